@@ -1,0 +1,178 @@
+//! The admin API, on its own listener (loopback by default), never on a
+//! traffic port: health, metrics, state and reload.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::snapshot::Action;
+use crate::proxy::body::{Body, full};
+use crate::proxy::problem::problem;
+use crate::server::Inner;
+
+/// Accepts admin connections until the process exits.
+pub async fn serve(listener: TcpListener, inner: Arc<Inner>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(address = %addr, "admin listening");
+    }
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(req, inner.clone()));
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn text_response(content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+/// Answers one admin request.
+pub async fn handle(
+    req: Request<Incoming>,
+    inner: Arc<Inner>,
+) -> Result<Response<Body>, Infallible> {
+    let rt = &inner.runtime;
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => text_response("text/plain", "ok\n".into()),
+        (&Method::GET, "/metrics") => text_response(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            rt.metrics.encode(),
+        ),
+        (&Method::GET, "/api/v1/status") => {
+            let s = rt.snapshot.load();
+            let loaded_at = s
+                .info
+                .loaded_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            json_response(
+                StatusCode::OK,
+                json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_seconds": rt.started.elapsed().as_secs(),
+                    "config_file": s.info.path.display().to_string(),
+                    "config_hash": s.info.hash,
+                    "loaded_at": httpdate::fmt_http_date(s.info.loaded_at),
+                    "loaded_at_unix": loaded_at,
+                    "listeners": s.listeners.iter().map(|l| json!({
+                        "name": &*l.name,
+                        "address": inner.listener_addr(&l.name).map(|a| a.to_string()),
+                        "protocol": format!("{:?}", l.protocol).to_lowercase(),
+                    })).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        (&Method::GET, "/api/v1/routes") => {
+            let s = rt.snapshot.load();
+            let listeners: Vec<_> = s
+                .listeners
+                .iter()
+                .map(|l| {
+                    let routes: Vec<_> = l
+                        .routes
+                        .match_order()
+                        .into_iter()
+                        .filter_map(|i| l.bindings.get(i))
+                        .map(|b| {
+                            let action = match &b.route.action {
+                                Action::Forward(u) => json!({"upstream": &*u.name}),
+                                Action::Split(sp) => json!({"split": sp.shares.iter().map(|(_, u)| &*u.name).collect::<Vec<_>>()}),
+                                Action::Static(_) => json!("static"),
+                                Action::Respond(r) => json!({"respond": r.status.as_u16()}),
+                            };
+                            json!({
+                                "name": &*b.route.name,
+                                "action": action,
+                                "policies": b.policies.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    json!({"listener": &*l.name, "routes": routes})
+                })
+                .collect();
+            json_response(StatusCode::OK, json!({ "listeners": listeners }))
+        }
+        (&Method::GET, "/api/v1/upstreams") => {
+            let s = rt.snapshot.load();
+            let mut names: Vec<_> = s.upstreams.keys().cloned().collect();
+            names.sort();
+            let ups: Vec<_> = names
+                .iter()
+                .filter_map(|n| s.upstreams.get(n))
+                .map(|u| {
+                    json!({
+                        "name": &*u.name,
+                        "targets": u.targets.iter().map(|t| json!({
+                            "address": &*t.address,
+                            "weight": t.weight,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, json!({ "upstreams": ups }))
+        }
+        (&Method::POST, "/api/v1/reload") => match inner.reload().await {
+            Ok(s) => json_response(
+                StatusCode::OK,
+                json!({"status": "reloaded", "config_hash": s.info.hash}),
+            ),
+            Err(errors) => json_response(
+                StatusCode::BAD_REQUEST,
+                json!({
+                    "status": "rejected",
+                    "detail": "the configuration has errors; the running configuration stays",
+                    "errors": errors.0.iter().map(|e| json!({
+                        "file": e.file.display().to_string(),
+                        "line": e.line,
+                        "column": e.column,
+                        "message": e.message,
+                        "hint": e.hint,
+                    })).collect::<Vec<_>>(),
+                }),
+            ),
+        },
+        (
+            _,
+            "/healthz" | "/metrics" | "/api/v1/status" | "/api/v1/routes" | "/api/v1/upstreams"
+            | "/api/v1/reload",
+        ) => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed on this admin path",
+            "-",
+        ),
+        _ => problem(StatusCode::NOT_FOUND, "no such admin path", "-"),
+    };
+    Ok(resp)
+}

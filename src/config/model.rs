@@ -1,0 +1,473 @@
+//! The configuration file as typed data, exactly as users write it.
+//!
+//! Nothing here is checked beyond its shape: cross references, addresses,
+//! regexes and files are checked by [`super::validate`] and turned into ready
+//! structures by [`super::compile`]. Every struct denies unknown fields so that
+//! a typo is an error with a did-you-mean, not a silently ignored option.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::units::{Dur, Size};
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The admin listener; none when absent.
+    #[serde(default)]
+    pub admin: Option<Admin>,
+    /// How long SIGTERM/SIGINT wait for in-flight requests.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: Dur,
+    /// Sockets that accept traffic.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// HTTP routes, matched by precedence (see docs/configuration.md).
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Named groups of targets that routes forward to.
+    #[serde(default)]
+    pub upstreams: Vec<Upstream>,
+    /// Named policies that routes and listeners attach.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyDef>,
+    /// Logs, metrics and traces.
+    #[serde(default)]
+    pub observability: Observability,
+}
+
+fn default_shutdown_timeout() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+/// The admin listener (health, metrics, state, reload).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Socket address, loopback by convention (`127.0.0.1:9901`).
+    pub address: String,
+}
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[default]
+    Http,
+    /// HTTP/1.1 and HTTP/2 over TLS (ALPN).
+    Https,
+    /// Layer 4 TCP balancing.
+    Tcp,
+    /// TLS passthrough routed by SNI.
+    Tls,
+    /// Layer 4 UDP balancing.
+    Udp,
+}
+
+/// A socket that accepts traffic.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Unique name, used by routes, metrics and logs.
+    pub name: String,
+    /// `IP:port` to bind (`0.0.0.0:8080`, `[::]:8443`, `127.0.0.1:0` for an ephemeral port).
+    pub address: String,
+    /// `http` (default), `https`, `tcp`, `tls` or `udp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Require a PROXY protocol header from an L4 tier in front.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// Policies that run on every route of this listener.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// TLS settings for `https` listeners.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// Upstream for `tcp` and `udp` listeners.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// SNI name to upstream, for `tls` listeners.
+    #[serde(default)]
+    pub sni: BTreeMap<String, String>,
+    /// Upstream for `tls` listeners when no SNI entry matches.
+    #[serde(default)]
+    pub default_upstream: Option<String>,
+    /// Largest total size of request headers; past it 431 (default 64KiB).
+    #[serde(default)]
+    pub max_header_size: Option<Size>,
+    /// Most request headers; past it 431 (default 100).
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    /// Largest request body; past it 413 (default unlimited).
+    #[serde(default)]
+    pub max_body: Option<Size>,
+    /// Time a client has to send its request headers (default 10s).
+    #[serde(default)]
+    pub header_read_timeout: Option<Dur>,
+}
+
+/// TLS termination settings of an `https` listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate and key pairs; chosen by SNI from each certificate's names, the first is the default.
+    pub certificates: Vec<CertificatePair>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// PEM bundle of CAs that sign client certificates.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `none` (default), `optional` or `required`.
+    #[serde(default)]
+    pub client_auth: Option<String>,
+    /// Header that carries the verified client certificate's subject to upstreams.
+    #[serde(default)]
+    pub client_subject_header: Option<String>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// An HTTP route: a match and one action (upstream, split, static, respond).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Unique name, used by metrics, logs and the admin API.
+    pub name: String,
+    /// Listeners this route attaches to (default: every http/https listener).
+    #[serde(default)]
+    pub listeners: Option<Vec<String>>,
+    /// Conditions a request must meet.
+    #[serde(default, rename = "match")]
+    pub matches: RouteMatch,
+    /// Path rewrite before forwarding or serving files.
+    #[serde(default)]
+    pub rewrite: Option<Rewrite>,
+    /// Header changes on the way to the upstream.
+    #[serde(default)]
+    pub request_headers: Option<HeaderOps>,
+    /// Header changes on the way back to the client.
+    #[serde(default)]
+    pub response_headers: Option<HeaderOps>,
+    /// Policies for this route, run in phase order.
+    #[serde(default)]
+    pub policies: Vec<String>,
+    /// Forward to this upstream.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Forward to several upstreams by weight.
+    #[serde(default)]
+    pub split: Option<Vec<SplitTarget>>,
+    /// Serve files from a directory.
+    #[serde(default, rename = "static")]
+    pub static_files: Option<StaticFiles>,
+    /// Answer directly.
+    #[serde(default)]
+    pub respond: Option<Respond>,
+}
+
+/// Conditions of a route; all given ones must hold.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Exact (`api.example.com`) or wildcard (`*.example.org`) hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Exact path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Segment-aware path prefix.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Regular expression that must match the whole path.
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    /// Allowed methods.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Headers that must be present with exactly these values.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Query parameters that must be present with exactly these values.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+}
+
+/// One path rewrite (exactly one of the fields).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// Remove this prefix (segment-aware); an emptied path becomes `/`.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Replace one prefix with another.
+    #[serde(default)]
+    pub replace_prefix: Option<ReplacePrefix>,
+    /// Regex substitution on the path (`$1` refers to groups).
+    #[serde(default)]
+    pub regex: Option<RegexRewrite>,
+}
+
+/// `replace_prefix: { from, to }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacePrefix {
+    /// Prefix to remove.
+    pub from: String,
+    /// Prefix to put in its place.
+    pub to: String,
+}
+
+/// `regex: { pattern, replacement }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    /// Regular expression applied to the path.
+    pub pattern: String,
+    /// Replacement, with `$1`, `${name}` for groups.
+    pub replacement: String,
+}
+
+/// Header changes: `set` replaces or adds, `add` appends, `remove` deletes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Headers to set, replacing existing values.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers to append, keeping existing values.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Headers to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// One share of a weighted split.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    /// Upstream name.
+    pub upstream: String,
+    /// Relative weight (default 1).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `static: { root, index }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFiles {
+    /// Directory the request path resolves under (as nginx's `root`).
+    pub root: PathBuf,
+    /// File served for a directory (for example `index.html`).
+    #[serde(default)]
+    pub index: Option<String>,
+}
+
+/// `respond: { status, body, headers }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Respond {
+    /// Status code (default 200).
+    #[serde(default = "default_status")]
+    pub status: u16,
+    /// Body text (default empty).
+    #[serde(default)]
+    pub body: String,
+    /// Response headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_status() -> u16 {
+    200
+}
+
+/// A named group of targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Unique name.
+    pub name: String,
+    /// Balancing algorithm.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Targets: `host:port` or `{ address, weight }`.
+    pub targets: Vec<Target>,
+    /// Connect, response-header and idle timeouts.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// TLS to the targets.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    /// Speak HTTP/2 to the targets (gRPC needs it).
+    #[serde(default)]
+    pub http2: bool,
+}
+
+/// Balancing algorithm of an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+}
+
+/// A target as written: a bare address or an address with a weight.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Target {
+    /// `host:port`, weight 1.
+    Address(String),
+    /// `{ address, weight }`.
+    Weighted {
+        /// `host:port`.
+        address: String,
+        /// Relative weight (default 1).
+        #[serde(default = "one")]
+        weight: u32,
+    },
+}
+
+impl Target {
+    /// The `host:port` of the target.
+    pub fn address(&self) -> &str {
+        match self {
+            Target::Address(a) | Target::Weighted { address: a, .. } => a,
+        }
+    }
+    /// The weight of the target.
+    pub fn weight(&self) -> u32 {
+        match self {
+            Target::Address(_) => 1,
+            Target::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time to open a connection to a target (default 5s).
+    #[serde(default = "default_connect")]
+    pub connect: Dur,
+    /// Time from sending the request to receiving the response headers (default 60s).
+    #[serde(default = "default_response_header")]
+    pub response_header: Dur,
+    /// How long an unused pooled connection stays open (default 60s).
+    #[serde(default = "default_idle")]
+    pub idle: Dur,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: default_connect(),
+            response_header: default_response_header(),
+            idle: default_idle(),
+        }
+    }
+}
+
+fn default_connect() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_response_header() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_idle() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// TLS to upstream targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Server name to send and verify (default: the target's host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// PEM bundle of CAs to trust (default: the Mozilla roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate for mTLS (with `key`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// Client private key for mTLS (with `cert`).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+/// A named policy; `type` picks the kind.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PolicyDef {
+    /// Allow and deny lists of CIDRs.
+    IpFilter(IpFilterDef),
+}
+
+/// `type: ip_filter`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilterDef {
+    /// When non-empty, only these networks may pass.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// These networks never pass (deny wins over allow).
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// Logs, metrics and traces.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observability {
+    /// One JSON line per request.
+    #[serde(default)]
+    pub access_log: Option<AccessLog>,
+}
+
+/// Access log settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLog {
+    /// `stdout`, `off`, or a file path (appended to).
+    #[serde(default = "default_log_path")]
+    pub path: String,
+    /// Only `json` for now.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_log_path() -> String {
+    "stdout".to_string()
+}
+
+/// Access log line format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+}

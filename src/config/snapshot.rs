@@ -1,0 +1,219 @@
+//! The compiled configuration: everything the data plane needs, ready to use.
+//!
+//! A snapshot is immutable. The data plane loads the current one once per
+//! request; a reload compiles a new one and swaps it whole, so a request never
+//! sees half of an old configuration and half of a new one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderName, StatusCode};
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::model::Protocol;
+use crate::observe::access_log::AccessLog;
+use crate::policy::NamedPolicy;
+use crate::proxy::headers::HeaderOps;
+use crate::proxy::rewrite::Rewrite;
+use crate::proxy::static_files::StaticDir;
+use crate::route::RouteTable;
+use crate::upstream::Upstream;
+
+/// Where a snapshot came from.
+#[derive(Clone, Debug)]
+pub struct ConfigInfo {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// SHA-256 of the file's bytes, hex.
+    pub hash: String,
+    /// When this snapshot was built.
+    pub loaded_at: SystemTime,
+}
+
+/// Request limits of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest total size of request headers (names, values and separators).
+    pub max_header_size: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request body; None is unlimited.
+    pub max_body: Option<u64>,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_size: 64 * 1024,
+            max_headers: 100,
+            max_body: None,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A listener as the server opens it and the pipeline serves it.
+pub struct ListenerPlan {
+    /// The configured name.
+    pub name: Arc<str>,
+    /// The configured address text, which identifies the socket across reloads.
+    pub address_text: String,
+    /// Where to bind.
+    pub address: SocketAddr,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// TLS termination for `https`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Header that carries the verified client certificate subject.
+    pub client_subject_header: Option<HeaderName>,
+    /// Request limits.
+    pub limits: Limits,
+    /// The routes attached to this listener.
+    pub routes: RouteTable,
+    /// One binding per route-table index.
+    pub bindings: Vec<Binding>,
+}
+
+/// A route as attached to one listener: the route and its policies in phase
+/// order (the listener's policies, then the route's).
+pub struct Binding {
+    /// The route.
+    pub route: Arc<RouteEntry>,
+    /// Policies in phase order.
+    pub policies: Arc<[NamedPolicy]>,
+}
+
+/// A compiled route.
+pub struct RouteEntry {
+    /// The configured name.
+    pub name: Arc<str>,
+    /// What the route does with a request.
+    pub action: Action,
+    /// Path rewrite, applied before forwarding or serving files.
+    pub rewrite: Option<Rewrite>,
+    /// Header changes toward the upstream.
+    pub request_headers: HeaderOps,
+    /// Header changes toward the client.
+    pub response_headers: HeaderOps,
+    /// `portcullis_request_duration_seconds{route}`, resolved once.
+    pub duration: Histogram,
+}
+
+/// What a route does.
+pub enum Action {
+    /// Forward to one upstream.
+    Forward(Arc<Upstream>),
+    /// Forward to one of several upstreams by weight.
+    Split(Split),
+    /// Serve files.
+    Static(StaticDir),
+    /// Answer directly.
+    Respond(DirectResponse),
+}
+
+/// A weighted split over upstreams.
+pub struct Split {
+    /// Upstreams with cumulative weights, for a binary search by a random draw.
+    pub shares: Vec<(u64, Arc<Upstream>)>,
+    /// Sum of the weights.
+    pub total: u64,
+    /// Cheap rotating counter mixed into the draw.
+    pub counter: AtomicUsize,
+}
+
+impl Split {
+    /// Picks an upstream with probability proportional to its weight.
+    pub fn pick(&self) -> &Arc<Upstream> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) as u64;
+        let draw = spread(n, self.total);
+        let i = self.shares.partition_point(|(cum, _)| *cum <= draw);
+        &self.shares[i.min(self.shares.len() - 1)].1
+    }
+}
+
+/// Maps the n-th request to a point in `0..total`. A multiplicative hash of a
+/// counter spreads consecutive requests over the whole range without a random
+/// number generator per request, and every window of requests gets close to
+/// the configured shares.
+fn spread(n: u64, total: u64) -> u64 {
+    n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32) % total.max(1)
+}
+
+/// A fixed answer.
+pub struct DirectResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Body bytes.
+    pub body: bytes::Bytes,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+/// The whole compiled configuration.
+pub struct Snapshot {
+    /// Where it came from.
+    pub info: ConfigInfo,
+    /// Listeners in file order.
+    pub listeners: Vec<Arc<ListenerPlan>>,
+    /// Listener index by name.
+    pub listener_index: HashMap<Arc<str>, usize>,
+    /// Routes in file order.
+    pub routes: Vec<Arc<RouteEntry>>,
+    /// Upstreams by name.
+    pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+    /// Admin listener address.
+    pub admin: Option<SocketAddr>,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    /// The access log, when on.
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+impl Snapshot {
+    /// The listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerPlan>> {
+        self.listener_index.get(name).map(|i| &self.listeners[*i])
+    }
+}
+
+impl Snapshot {
+    /// A snapshot with nothing in it, used only while the first one compiles.
+    pub fn empty(path: &std::path::Path) -> Snapshot {
+        Snapshot {
+            info: ConfigInfo {
+                path: path.to_path_buf(),
+                hash: String::new(),
+                loaded_at: SystemTime::now(),
+            },
+            listeners: Vec::new(),
+            listener_index: HashMap::new(),
+            routes: Vec::new(),
+            upstreams: HashMap::new(),
+            admin: None,
+            shutdown_timeout: Duration::from_secs(30),
+            access_log: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_shares_follow_weights() {
+        let cum = [90u64, 100];
+        let mut counts = [0u32; 2];
+        for n in 0..1_000 {
+            let i = cum.partition_point(|c| *c <= spread(n, 100));
+            counts[i] += 1;
+        }
+        assert!((870..=930).contains(&counts[0]), "{counts:?}");
+    }
+}

@@ -1,0 +1,16 @@
+//! portcullis: a reverse proxy, load balancer and API gateway in one binary.
+//!
+//! Data flows one way: a configuration file is loaded into a typed model
+//! ([`config::model`]), validated, and compiled into an immutable
+//! [`config::Snapshot`]. The data plane ([`proxy::pipeline`]) reads the current
+//! snapshot once per request; a reload builds a new snapshot and swaps it whole.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod observe;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,117 @@
+//! The portcullis command line: run, check, demo, version.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::server::{Gateway, Runtime, StartError};
+
+/// A reverse proxy, load balancer and API gateway in one binary.
+#[derive(Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with a configuration file.
+    Run {
+        /// Configuration file (.yaml, .yml or .toml).
+        #[arg(short, long, default_value = "portcullis.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (0 valid, 1 with every error).
+    Check {
+        /// Configuration file (.yaml, .yml or .toml).
+        #[arg(short, long, default_value = "portcullis.yaml")]
+        config: PathBuf,
+    },
+    /// A self-contained tour: demo backends and a gateway on 127.0.0.1:8080.
+    Demo,
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("portcullis {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Check { config } => check(config),
+        Command::Run { config } => {
+            init_logging();
+            with_runtime(run(config))
+        }
+        Command::Demo => {
+            init_logging();
+            with_runtime(portcullis::demo::run())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("portcullis: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: PathBuf) -> ExitCode {
+    match Runtime::start(config.clone()) {
+        Ok(rt) => {
+            let s = rt.snapshot.load();
+            println!(
+                "{}: ok ({} listeners, {} routes, {} upstreams)",
+                config.display(),
+                s.listeners.len(),
+                s.routes.len(),
+                s.upstreams.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{} error{} in {}",
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" },
+                config.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: PathBuf) -> ExitCode {
+    let gateway = match Gateway::start(config).await {
+        Ok(g) => g,
+        Err(StartError::Config(errors)) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    portcullis::server::serve_until_signal(gateway).await
+}

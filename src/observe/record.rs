@@ -1,0 +1,191 @@
+//! Recording a finished request: metrics and the access-log line are written
+//! when the response body has been sent in full (or the client went away),
+//! so that durations and byte counts cover the whole exchange.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::access_log::AccessLog;
+use super::metrics::{Metrics, RequestLabels};
+use crate::proxy::body::{Body, BoxError};
+
+/// What is known about a request when its response starts.
+pub struct Record {
+    /// Shared metric families.
+    pub metrics: Arc<Metrics>,
+    /// Listener, route and upstream names for the labels.
+    pub labels: RequestLabels,
+    /// The route's duration histogram, when a route matched.
+    pub route_duration: Option<Histogram>,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Fields only the access log needs (absent when the log is off).
+    pub log: Option<LogFields>,
+}
+
+/// Access-log fields captured from the request.
+pub struct LogFields {
+    /// Where to write.
+    pub sink: Arc<AccessLog>,
+    /// Request id.
+    pub request_id: HeaderValue,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Method.
+    pub method: Method,
+    /// Host as the client sent it.
+    pub host: String,
+    /// Path and query as the client sent them.
+    pub path: String,
+    /// The upstream target that served the request.
+    pub target: Option<Arc<str>>,
+    /// Request body bytes read.
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+impl Record {
+    /// Writes the metrics and the log line.
+    fn finish(self, status: StatusCode, bytes_out: u64) {
+        let elapsed = self.started.elapsed();
+        let mut labels = self.labels;
+        labels.status = status.as_u16();
+        self.metrics.requests.get_or_create(&labels).inc();
+        if let Some(h) = &self.route_duration {
+            h.observe(elapsed.as_secs_f64());
+        }
+        if let Some(log) = self.log {
+            let line = serde_json::json!({
+                "time": rfc3339_millis(SystemTime::now()),
+                "request_id": log.request_id.to_str().unwrap_or("-"),
+                "client": log.client.to_string(),
+                "listener": &*labels.listener,
+                "method": log.method.as_str(),
+                "host": log.host,
+                "path": log.path,
+                "status": status.as_u16(),
+                "route": &*labels.route,
+                "upstream": &*labels.upstream,
+                "target": log.target.as_deref(),
+                "bytes_in": log.bytes_in.load(Ordering::Relaxed),
+                "bytes_out": bytes_out,
+                "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            });
+            log.sink.write(line.to_string());
+        }
+    }
+}
+
+/// Formats `t` as RFC 3339 in UTC with milliseconds (`2026-11-23T08:16:38.123Z`).
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// A response body that records the request when it ends or is dropped.
+pub struct RecordedBody {
+    inner: Body,
+    status: StatusCode,
+    bytes: u64,
+    record: Option<Record>,
+}
+
+impl RecordedBody {
+    /// Wraps `inner`, the body of a response with `status`.
+    pub fn new(inner: Body, status: StatusCode, record: Record) -> Self {
+        RecordedBody {
+            inner,
+            status,
+            bytes: 0,
+            record: Some(record),
+        }
+    }
+
+    fn done(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.finish(self.status, self.bytes);
+        }
+    }
+}
+
+impl HttpBody for RecordedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.done();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.done(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordedBody {
+    fn drop(&mut self) {
+        // A client that disconnects mid-body still gets its line.
+        self.done();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_422_998_123);
+        assert_eq!(rfc3339_millis(t), "2026-11-23T08:36:38.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,108 @@
+//! The one body type every response and forwarded request uses, so that
+//! streamed upstream bodies, files and gateway-made answers mix freely.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+
+/// Error type carried by streaming bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming HTTP body (request or response).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body holding `data` in full.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A body with no bytes.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+
+/// A request body on its way upstream: counts the bytes (for the access log)
+/// and stops the stream once it exceeds the listener's `max_body`.
+pub struct LimitedBody {
+    inner: Incoming,
+    limit: Option<u64>,
+    seen: u64,
+    /// Bytes read so far, shared with the pipeline for the access log.
+    counter: Arc<AtomicU64>,
+    /// Set when the limit was crossed, so the pipeline can answer 413.
+    exceeded: Arc<AtomicBool>,
+}
+
+/// Error a [`LimitedBody`] yields once the client sent more than `max_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the listener's max_body")]
+pub struct BodyTooLarge;
+
+impl LimitedBody {
+    /// Wraps a client body; `counter` and `exceeded` report back to the pipeline.
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        counter: Arc<AtomicU64>,
+        exceeded: Arc<AtomicBool>,
+    ) -> Self {
+        LimitedBody {
+            inner,
+            limit,
+            seen: 0,
+            counter,
+            exceeded,
+        }
+    }
+}
+
+impl HttpBody for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    this.counter.store(this.seen, Ordering::Relaxed);
+                    if this.limit.is_some_and(|l| this.seen > l) {
+                        this.exceeded.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Boxes an upstream response body into the common [`Body`].
+pub fn from_incoming(body: Incoming) -> Body {
+    body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+}

@@ -1,0 +1,31 @@
+//! Per-request state that policies and phases share.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+
+/// What the pipeline knows about one request besides the request itself.
+pub struct RequestCtx {
+    /// The X-Request-Id sent upstream and logged (kept from the client when valid).
+    pub request_id: HeaderValue,
+    /// The client's address (from PROXY protocol when the listener takes it).
+    pub client: SocketAddr,
+    /// When the request arrived.
+    pub started: Instant,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The matched route's name, once routing has run.
+    pub route: Option<Arc<str>>,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+}
+
+impl RequestCtx {
+    /// The request id as text, for logs and error bodies.
+    pub fn request_id_str(&self) -> &str {
+        // Ids are ASCII by construction (validated or generated).
+        self.request_id.to_str().unwrap_or("-")
+    }
+}

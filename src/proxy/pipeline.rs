@@ -1,0 +1,275 @@
+//! The life of one HTTP request, phase by phase. Read this file to follow a
+//! request from the listener to the log line:
+//!
+//! 1. **accept**: load the current snapshot once; take or make the request id.
+//! 2. **limits**: header count and size (431), declared body size (413).
+//! 3. **route**: normalize the path, find the most specific route (404 if none).
+//! 4. **request policies**: in fixed phase order (filter, authenticate,
+//!    authorize, rate limit, validate, cache lookup, request transform); any
+//!    policy may answer and stop the chain.
+//! 5. **action**: forward to an upstream (or a weighted split), serve a file,
+//!    or answer directly.
+//! 6. **response policies**: in reverse phase order; then the route's
+//!    response header changes.
+//! 7. **log**: metrics and the access-log line, written when the response
+//!    body has been sent.
+//!
+//! Errors the gateway makes are problem+json (see [`super::problem`]) and
+//! never name a backend address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{Body, LimitedBody};
+use super::context::RequestCtx;
+use super::forward::{self, Forwarded};
+use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
+use super::problem::problem;
+use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan};
+use crate::observe::metrics::RequestLabels;
+use crate::observe::record::{LogFields, Record, RecordedBody};
+use crate::policy::Flow;
+use crate::route::normalize_path;
+use crate::server::runtime::Runtime;
+
+/// What the listener knows about the connection a request came on.
+pub struct Connection {
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The verified client certificate subject (mTLS), ready as a header value.
+    pub client_subject: Option<HeaderValue>,
+    /// The header that carries the subject upstream (listeners with client_auth).
+    pub subject_header: Option<http::HeaderName>,
+}
+
+/// Serves one request. Never fails: every error becomes a response.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<Connection>,
+    rt: Arc<Runtime>,
+) -> Result<Response<Body>, Infallible> {
+    // accept
+    let started = Instant::now();
+    let snapshot = rt.snapshot.load_full();
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => new_request_id(),
+    };
+    let mut ctx = RequestCtx {
+        request_id,
+        client: conn.client,
+        started,
+        listener: conn.listener.clone(),
+        route: None,
+        tls: conn.tls,
+    };
+    let bytes_in = Arc::new(AtomicU64::new(0));
+    let log = snapshot.access_log.as_ref().map(|sink| LogFields {
+        sink: sink.clone(),
+        request_id: ctx.request_id.clone(),
+        client: conn.client,
+        method: req.method().clone(),
+        host: host_of(&req).unwrap_or("").to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string(),
+        target: None,
+        bytes_in: bytes_in.clone(),
+    });
+    let mut record = Record {
+        metrics: rt.metrics.clone(),
+        labels: RequestLabels {
+            listener: conn.listener.clone(),
+            route: Arc::from(""),
+            upstream: Arc::from(""),
+            status: 0,
+        },
+        route_duration: None,
+        started,
+        log,
+    };
+    let Some(listener) = snapshot.listener(&conn.listener).cloned() else {
+        // The listener was removed by a reload while this connection was open.
+        let resp = problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this listener is shutting down",
+            ctx.request_id_str(),
+        );
+        return Ok(finish(resp, &ctx, record));
+    };
+
+    // limits
+    if let Some(resp) = check_limits(&listener.limits, &req, &ctx) {
+        return Ok(finish(resp, &ctx, record));
+    }
+
+    // route
+    let Some(binding) = find_route(&listener, &req) else {
+        let resp = problem(
+            StatusCode::NOT_FOUND,
+            "no route matches this request",
+            ctx.request_id_str(),
+        );
+        return Ok(finish(resp, &ctx, record));
+    };
+    let route = binding.route.clone();
+    ctx.route = Some(route.name.clone());
+    record.labels.route = route.name.clone();
+    record.route_duration = Some(route.duration.clone());
+
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let limit = listener.limits.max_body;
+    let mut req =
+        req.map(|b| LimitedBody::new(b, limit, bytes_in.clone(), exceeded.clone()).boxed_unsync());
+
+    // request policies
+    for p in binding.policies.iter() {
+        let mut flow = p.policy.on_request(&mut ctx, &mut req);
+        if let Flow::Continue = flow
+            && let Some(pending) = p.policy.on_request_async(&mut ctx, &mut req)
+        {
+            flow = pending.await;
+        }
+        if let Flow::Respond(resp) = flow {
+            return Ok(finish(resp, &ctx, record));
+        }
+    }
+
+    // action
+    let mut resp = match &route.action {
+        Action::Respond(direct) => {
+            let mut resp = Response::new(super::body::full(direct.body.clone()));
+            *resp.status_mut() = direct.status;
+            *resp.headers_mut() = direct.headers.clone();
+            resp
+        }
+        Action::Static(dir) => {
+            let path = req.uri().path();
+            let path = match &route.rewrite {
+                Some(rw) => rw.apply(path),
+                None => path.into(),
+            };
+            match dir.serve(req.method(), &path, req.headers()).await {
+                Ok(resp) => resp,
+                Err(e) => e.into_response(ctx.request_id_str()),
+            }
+        }
+        Action::Forward(upstream) => {
+            let Forwarded { response, target } =
+                forward::forward(&ctx, &conn, &route, upstream, req, &exceeded, &rt).await;
+            record.labels.upstream = upstream.name.clone();
+            if let Some(log) = record.log.as_mut() {
+                log.target = target;
+            }
+            response
+        }
+        Action::Split(split) => {
+            let upstream = split.pick();
+            let Forwarded { response, target } =
+                forward::forward(&ctx, &conn, &route, upstream, req, &exceeded, &rt).await;
+            record.labels.upstream = upstream.name.clone();
+            if let Some(log) = record.log.as_mut() {
+                log.target = target;
+            }
+            response
+        }
+    };
+
+    // response policies, in reverse phase order
+    for p in binding.policies.iter().rev() {
+        p.policy.on_response(&ctx, &mut resp);
+    }
+    route.response_headers.apply(resp.headers_mut());
+
+    // log
+    Ok(finish(resp, &ctx, record))
+}
+
+/// Stamps the request id on the response and arranges for the request to be
+/// recorded when its body has been sent.
+fn finish(resp: Response<Body>, ctx: &RequestCtx, record: Record) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let body = RecordedBody::new(body, parts.status, record).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute form) or the Host header.
+pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
+}
+
+fn find_route<'a>(listener: &'a ListenerPlan, req: &Request<Incoming>) -> Option<&'a Binding> {
+    let path = normalize_path(req.uri().path());
+    listener
+        .routes
+        .find(
+            host_of(req),
+            req.method(),
+            &path,
+            req.uri().query(),
+            req.headers(),
+        )
+        .and_then(|i| listener.bindings.get(i))
+}
+
+fn check_limits(
+    limits: &Limits,
+    req: &Request<Incoming>,
+    ctx: &RequestCtx,
+) -> Option<Response<Body>> {
+    let headers = req.headers();
+    if headers.len() > limits.max_headers {
+        return Some(problem(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many request headers",
+            ctx.request_id_str(),
+        ));
+    }
+    // Count as HTTP/1.1 would put them on the wire: "name: value\r\n".
+    let size: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if size > limits.max_header_size {
+        return Some(problem(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers are too large",
+            ctx.request_id_str(),
+        ));
+    }
+    if let Some(max) = limits.max_body {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Some(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than this listener accepts",
+                ctx.request_id_str(),
+            ));
+        }
+    }
+    None
+}

@@ -1,0 +1,47 @@
+//! Errors the gateway itself answers with, as `application/problem+json`
+//! (RFC 9457). Bodies never name a backend address: callers pass a detail
+//! written for the client, not an upstream error's text.
+
+use http::{HeaderValue, Response, StatusCode, header};
+
+use super::body::{Body, full};
+
+/// Media type of every error the gateway produces.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Builds a problem+json response with `status`, a client-facing `detail`
+/// and the request id so that a client report can be matched to a log line.
+pub fn problem(status: StatusCode, detail: &str, request_id: &str) -> Response<Body> {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+        "request_id": request_id,
+    });
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn problem_has_rfc9457_fields_and_media_type() {
+        let resp = problem(StatusCode::BAD_GATEWAY, "upstream failed", "abc");
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["title"], "Bad Gateway");
+        assert_eq!(v["detail"], "upstream failed");
+        assert_eq!(v["request_id"], "abc");
+    }
+}

@@ -1,0 +1,117 @@
+//! Serving one accepted client connection: the TLS handshake when the
+//! listener terminates TLS, then HTTP/1.1 or HTTP/2 (auto-detected, h2c
+//! included) with the listener's limits, until the client leaves or a
+//! graceful shutdown asks the connection to finish its in-flight requests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::tls;
+use crate::config::snapshot::ListenerPlan;
+use crate::proxy::pipeline::{self, Connection};
+use crate::server::runtime::Runtime;
+
+/// Serves `stream` from `client` on the listener `plan` until it closes.
+pub async fn serve(
+    stream: TcpStream,
+    client: SocketAddr,
+    plan: Arc<ListenerPlan>,
+    rt: Arc<Runtime>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    match &plan.tls {
+        None => {
+            let conn = Connection {
+                listener: plan.name.clone(),
+                client,
+                tls: false,
+                client_subject: None,
+                subject_header: None,
+            };
+            serve_http(stream, conn, &plan, rt, shutdown).await;
+        }
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let handshake =
+                tokio::time::timeout(plan.limits.header_read_timeout, acceptor.accept(stream))
+                    .await;
+            let tls_stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%client, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%client, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let client_subject = tls::client_subject(tls_stream.get_ref().1)
+                .and_then(|s| HeaderValue::try_from(s).ok());
+            let conn = Connection {
+                listener: plan.name.clone(),
+                client,
+                tls: true,
+                client_subject,
+                subject_header: plan.client_subject_header.clone(),
+            };
+            serve_http(tls_stream, conn, &plan, rt, shutdown).await;
+        }
+    }
+}
+
+async fn serve_http<I>(
+    io: I,
+    conn: Connection,
+    plan: &ListenerPlan,
+    rt: Arc<Runtime>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = plan.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // The pipeline answers 431 with problem+json up to the configured
+        // limits; hyper's own caps sit above them as a hard stop.
+        .max_headers(limits.max_headers.saturating_mul(2).max(100))
+        .max_buf_size(limits.max_header_size.saturating_mul(2).max(16 * 1024));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(
+            u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| pipeline::handle(req, conn.clone(), rt.clone()));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    // The watch guard must not live across the await below (it is not Send),
+    // so the drain signal is reduced to a plain value first.
+    let draining = async move { shutdown.wait_for(|stop| *stop).await.is_ok() };
+    tokio::select! {
+        res = connection.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = draining => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "connection ended with an error while draining");
+    }
+}

@@ -1,0 +1,378 @@
+//! Listeners, accept loops, TLS, reload and shutdown.
+//!
+//! A [`Gateway`] owns the running listeners. Reload compiles the new
+//! configuration, binds any new listeners, and only then swaps the snapshot
+//! and closes listeners that are gone; a failure at any step leaves the
+//! running configuration untouched.
+
+pub mod connection;
+pub mod runtime;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, Notify, watch};
+
+use crate::config::diagnostics::{ConfigError, ConfigErrors};
+use crate::config::model::Protocol;
+use crate::config::snapshot::Snapshot;
+use crate::observe::metrics::ListenerLabel;
+pub use runtime::Runtime;
+
+/// Identifies a listener socket across reloads: same name, address text and
+/// protocol means the socket stays open.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ListenerKey {
+    name: String,
+    address: String,
+    protocol: Protocol,
+}
+
+struct RunningListener {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+/// Errors starting the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration has mistakes.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A socket could not be bound.
+    #[error("cannot listen on {address} ({name}): {source}")]
+    Bind {
+        /// Listener name.
+        name: String,
+        /// Address text.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Shared by the gateway handle, the accept loops and the admin API.
+pub struct Inner {
+    /// Snapshot, metrics, pools.
+    pub runtime: Arc<Runtime>,
+    listeners: Mutex<HashMap<ListenerKey, RunningListener>>,
+    /// Addresses of running listeners by name (for tests and status).
+    addresses: std::sync::Mutex<HashMap<String, SocketAddr>>,
+    admin_addr: Option<SocketAddr>,
+    /// Flips to true when connections must drain.
+    drain: watch::Sender<bool>,
+    /// Open client connections, to know when draining is done.
+    open_connections: AtomicUsize,
+    connections_closed: Notify,
+    /// Asks the process to shut down (admin or signal).
+    stop_requested: Notify,
+}
+
+/// A running gateway.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl Gateway {
+    /// Loads `config_path`, binds every listener and the admin listener, and starts serving.
+    pub async fn start(config_path: PathBuf) -> Result<Gateway, StartError> {
+        let runtime = Runtime::start(config_path)?;
+        let snapshot = runtime.snapshot.load_full();
+        let (drain, _) = watch::channel(false);
+        let admin_listener = match snapshot.admin {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            name: "admin".into(),
+                            address: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let inner = Arc::new(Inner {
+            runtime,
+            listeners: Mutex::new(HashMap::new()),
+            addresses: std::sync::Mutex::new(HashMap::new()),
+            admin_addr,
+            drain,
+            open_connections: AtomicUsize::new(0),
+            connections_closed: Notify::new(),
+            stop_requested: Notify::new(),
+        });
+        {
+            let mut running = inner.listeners.lock().await;
+            let new = bind_new(&snapshot, &running).await?;
+            for (key, listener) in new {
+                start_listener(&inner, key, listener, &mut running);
+            }
+        }
+        if let Some(listener) = admin_listener {
+            tokio::spawn(crate::admin::serve(listener, inner.clone()));
+        }
+        Ok(Gateway { inner })
+    }
+
+    /// The bound address of listener `name` (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.inner.listener_addr(name)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin_addr
+    }
+
+    /// The shared runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.runtime
+    }
+
+    /// Reloads the configuration file (as SIGHUP does).
+    pub async fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
+        self.inner.reload().await
+    }
+
+    /// Resolves when shutdown was requested through [`Gateway::request_stop`].
+    pub async fn stop_requested(&self) {
+        self.inner.stop_requested.notified().await
+    }
+
+    /// Asks a task waiting in [`Gateway::stop_requested`] to shut down.
+    pub fn request_stop(&self) {
+        self.inner.stop_requested.notify_waiters();
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the configured
+    /// `shutdown_timeout`, and returns whether every connection finished.
+    pub async fn shutdown(&self) -> bool {
+        let timeout = self.inner.runtime.snapshot.load().shutdown_timeout;
+        self.shutdown_within(timeout).await
+    }
+
+    /// As [`Gateway::shutdown`] with an explicit deadline.
+    pub async fn shutdown_within(&self, timeout: Duration) -> bool {
+        {
+            let mut running = self.inner.listeners.lock().await;
+            for (_, l) in running.drain() {
+                let _ = l.stop.send(true);
+            }
+        }
+        let _ = self.inner.drain.send(true);
+        let drained = async {
+            loop {
+                let notified = self.inner.connections_closed.notified();
+                if self.inner.open_connections.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, drained).await.is_ok()
+    }
+}
+
+impl Inner {
+    /// The bound address of listener `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        let map = match self.addresses.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.get(name).copied()
+    }
+
+    /// Compiles the file again, binds new listeners, swaps the snapshot and
+    /// closes removed listeners. On any error nothing changes.
+    pub async fn reload(self: &Arc<Self>) -> Result<Arc<Snapshot>, ConfigErrors> {
+        let rt = &self.runtime;
+        let (_guard, result) = rt.prepare_reload().await;
+        let snapshot = match result {
+            Ok(s) => Arc::new(s),
+            Err(errors) => {
+                rt.count_reload(false);
+                tracing::error!(errors = %errors, "reload failed; the running configuration stays");
+                return Err(errors);
+            }
+        };
+        let mut running = self.listeners.lock().await;
+        let new = match bind_new(&snapshot, &running).await {
+            Ok(n) => n,
+            Err(e) => {
+                rt.count_reload(false);
+                let errors = ConfigErrors(vec![ConfigError {
+                    file: snapshot.info.path.clone(),
+                    line: 0,
+                    column: 0,
+                    message: e.to_string(),
+                    hint: Some("free the port or pick another address".into()),
+                }]);
+                tracing::error!(errors = %errors, "reload failed; the running configuration stays");
+                return Err(errors);
+            }
+        };
+        rt.snapshot.store(snapshot.clone());
+        for (key, listener) in new {
+            start_listener(self, key, listener, &mut running);
+        }
+        let wanted: Vec<ListenerKey> = snapshot.listeners.iter().map(key_of).collect();
+        running.retain(|key, l| {
+            let keep = wanted.contains(key);
+            if !keep {
+                tracing::info!(listener = %key.name, address = %l.local_addr, "listener closed by reload");
+                let _ = l.stop.send(true);
+                if let Ok(mut map) = self.addresses.lock() {
+                    map.remove(&key.name);
+                }
+            }
+            keep
+        });
+        rt.count_reload(true);
+        tracing::info!(hash = %snapshot.info.hash, "configuration reloaded");
+        Ok(snapshot)
+    }
+}
+
+fn key_of(plan: &Arc<crate::config::snapshot::ListenerPlan>) -> ListenerKey {
+    ListenerKey {
+        name: plan.name.to_string(),
+        address: plan.address_text.clone(),
+        protocol: plan.protocol,
+    }
+}
+
+/// Binds every listener of `snapshot` that is not running yet.
+async fn bind_new(
+    snapshot: &Snapshot,
+    running: &HashMap<ListenerKey, RunningListener>,
+) -> Result<Vec<(ListenerKey, TcpListener)>, StartError> {
+    let mut out = Vec::new();
+    for plan in &snapshot.listeners {
+        let key = key_of(plan);
+        if running.contains_key(&key) {
+            continue;
+        }
+        let listener =
+            TcpListener::bind(plan.address)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: key.name.clone(),
+                    address: key.address.clone(),
+                    source,
+                })?;
+        out.push((key, listener));
+    }
+    Ok(out)
+}
+
+fn start_listener(
+    inner: &Arc<Inner>,
+    key: ListenerKey,
+    listener: TcpListener,
+    running: &mut HashMap<ListenerKey, RunningListener>,
+) {
+    let Ok(local_addr) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(listener = %key.name, address = %local_addr, "listening");
+    let (stop, stop_rx) = watch::channel(false);
+    if let Ok(mut map) = inner.addresses.lock() {
+        map.insert(key.name.clone(), local_addr);
+    }
+    tokio::spawn(accept_loop(
+        inner.clone(),
+        key.name.clone(),
+        listener,
+        stop_rx,
+    ));
+    running.insert(key, RunningListener { local_addr, stop });
+}
+
+async fn accept_loop(
+    inner: Arc<Inner>,
+    name: String,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let gauge = inner
+        .runtime
+        .metrics
+        .connections_active
+        .get_or_create_owned(&ListenerLabel {
+            listener: Arc::from(name.as_str()),
+        });
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, client) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(plan) = inner.runtime.snapshot.load().listener(&name).cloned() else {
+            return;
+        };
+        let inner = inner.clone();
+        let gauge = gauge.clone();
+        inner.open_connections.fetch_add(1, Ordering::AcqRel);
+        gauge.inc();
+        tokio::spawn(async move {
+            let drain = inner.drain.subscribe();
+            connection::serve(stream, client, plan, inner.runtime.clone(), drain).await;
+            gauge.dec();
+            if inner.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+                inner.connections_closed.notify_waiters();
+            }
+        });
+    }
+}
+
+/// Reloads on SIGHUP; on SIGTERM or SIGINT stops accepting, drains within
+/// `shutdown_timeout` and returns success.
+pub async fn serve_until_signal(gateway: Gateway) -> std::process::ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::process::ExitCode::FAILURE;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading");
+                // Errors are logged by reload; the running configuration stays.
+                let _ = gateway.reload().await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = gateway.stop_requested() => break,
+        }
+    }
+    tracing::info!("draining connections");
+    if gateway.shutdown().await {
+        tracing::info!("all connections finished; exiting");
+    } else {
+        tracing::warn!("shutdown_timeout passed with connections still open; exiting");
+    }
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,5 @@
+//! Balancing algorithms, one per file.
+
+mod round_robin;
+
+pub use round_robin::RoundRobin;

@@ -1,0 +1,78 @@
+//! The smallest working configuration, and the demo's configuration.
+
+use crate::common::*;
+
+#[tokio::test]
+async fn minimal_config_proxies_a_request() {
+    let backend = Backend::echo("only").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [{}]
+"#,
+        backend.addr
+    ))
+    .await;
+    let (status, headers, text) = get(&gw.url("web", "/hello?x=1")).await;
+    assert_eq!(status, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["backend"], "only");
+    assert_eq!(v["path"], "/hello?x=1");
+    assert!(headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn minimal_toml_config_proxies_a_request() {
+    let backend = Backend::echo("toml").await;
+    let gw = TestGateway::start_named(
+        "portcullis.toml",
+        &format!(
+            r#"
+[[listeners]]
+name = "web"
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "all"
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+targets = ["{}"]
+"#,
+            backend.addr
+        ),
+    )
+    .await;
+    let (status, _, text) = get(&gw.url("web", "/")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"toml\""));
+}
+
+#[tokio::test]
+async fn demo_configuration_is_valid() {
+    let a = portcullis::demo::start_backend("a").await.unwrap();
+    let b = portcullis::demo::start_backend("b").await.unwrap();
+    let c = portcullis::demo::start_backend("c").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The demo's fixed ports are swapped for ephemeral ones so tests can run in parallel.
+    let text = portcullis::demo::config(a, b, c, &dir.path().display().to_string())
+        .replace(portcullis::demo::GATEWAY, "127.0.0.1:0")
+        .replace(portcullis::demo::ADMIN, "127.0.0.1:0");
+    let gw = TestGateway::start(&text).await;
+    let (status, _, text) = get(&gw.url("web", "/users/1")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("users-") || text.contains("\"a\"") || text.contains("\"b\""),
+        "{text}"
+    );
+    let (status, _, text) = get(&gw.url("web", "/ping")).await;
+    assert_eq!((status.as_u16(), text.as_str()), (200, "pong\n"));
+}
