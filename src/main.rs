@@ -76,7 +76,7 @@ fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 }
 
 fn check(config: PathBuf) -> ExitCode {
-    match Runtime::start(config.clone()) {
+    match Runtime::check(config.clone()) {
         Ok(rt) => {
             let s = rt.snapshot.load();
             println!(

@@ -165,13 +165,24 @@ pub async fn handle(
         },
         (
             _,
-            "/healthz" | "/metrics" | "/api/v1/status" | "/api/v1/routes" | "/api/v1/upstreams"
-            | "/api/v1/reload",
-        ) => problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed on this admin path",
-            "-",
-        ),
+            path @ ("/healthz" | "/metrics" | "/api/v1/status" | "/api/v1/routes"
+            | "/api/v1/upstreams" | "/api/v1/reload"),
+        ) => {
+            let mut resp = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this admin path",
+                "-",
+            );
+            // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+            let allow = if path == "/api/v1/reload" {
+                "POST"
+            } else {
+                "GET"
+            };
+            resp.headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+            resp
+        }
         _ => problem(StatusCode::NOT_FOUND, "no such admin path", "-"),
     };
     Ok(resp)

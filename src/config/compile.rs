@@ -25,7 +25,7 @@ use super::snapshot::{
     Action, Binding, ConfigInfo, DirectResponse, Limits, ListenerPlan, RouteEntry, Snapshot, Split,
 };
 use crate::observe::access_log::{AccessLog, Destination};
-use crate::observe::metrics::RouteLabel;
+use crate::observe::metrics::{RouteLabel, UpstreamLabel};
 use crate::policy::{self, NamedPolicy};
 use crate::proxy::headers::HeaderOps;
 use crate::proxy::rewrite::Rewrite;
@@ -263,8 +263,17 @@ impl Compiler<'_> {
             return None;
         }
         let weights: Vec<u32> = targets.iter().map(|t| t.weight).collect();
+        let name: Arc<str> = Arc::from(u.name.as_str());
+        let duration = self
+            .runtime
+            .metrics
+            .upstream_duration
+            .get_or_create_owned(&UpstreamLabel {
+                upstream: name.clone(),
+            });
         Some(Upstream {
-            name: Arc::from(u.name.as_str()),
+            duration,
+            name,
             balancer: RoundRobin::new(&weights),
             targets,
             scheme,
@@ -870,7 +879,7 @@ impl Compiler<'_> {
             p => Destination::File(self.resolve(Path::new(p))),
         };
         match self.runtime.access_log(destination) {
-            Ok(l) => Some(l),
+            Ok(l) => l,
             Err(e) => {
                 self.diag.error(
                     &DocPath::root()

@@ -84,13 +84,17 @@ pub fn parse(path: &Path, text: &str, format: Format) -> Result<Config, ConfigEr
 /// keys and values, the expected choices otherwise.
 fn syntax_error(path: &Path, message: &str, line: u32, column: u32) -> ConfigError {
     let first_line = message.lines().next().unwrap_or(message).trim().to_string();
-    let hint = locate::parse_unknown(message).map(|(word, expected)| {
-        match locate::did_you_mean(&word, expected.iter().map(String::as_str)) {
-            Some(close) => format!("did you mean `{close}`?"),
-            None if expected.is_empty() => "remove it".to_string(),
-            None => format!("expected one of: {}", expected.join(", ")),
-        }
-    });
+    let hint = locate::parse_unknown(message)
+        .map(|(word, expected)| {
+            match locate::did_you_mean(&word, expected.iter().map(String::as_str)) {
+                Some(close) => format!("did you mean `{close}`?"),
+                None if expected.is_empty() => "remove it".to_string(),
+                None => format!("expected one of: {}", expected.join(", ")),
+            }
+        })
+        // `check` promises a hint with every error, so messages that name no
+        // alternatives still say where to look.
+        .or_else(|| Some(fallback_hint(&first_line)));
     ConfigError {
         file: path.to_path_buf(),
         line,
@@ -98,4 +102,20 @@ fn syntax_error(path: &Path, message: &str, line: u32, column: u32) -> ConfigErr
         message: first_line,
         hint,
     }
+}
+
+/// A hint for parser messages that offer no alternatives: the field to add,
+/// or where a syntax mistake usually hides.
+fn fallback_hint(message: &str) -> String {
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field)
+    {
+        return format!("add `{field}` to this entry");
+    }
+    if message.starts_with("invalid") {
+        return "check this value's type and format in docs/configuration.md".to_string();
+    }
+    "check the syntax here and on the line before: indentation, quotes and brackets".to_string()
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 
 use super::access_log::AccessLog;
 use super::metrics::{Metrics, RequestLabels};
-use crate::proxy::body::{Body, BoxError};
+use crate::proxy::body::{Body, BodyStats, BoxError};
 
 /// What is known about a request when its response starts.
 pub struct Record {
@@ -48,8 +48,8 @@ pub struct LogFields {
     pub path: String,
     /// The upstream target that served the request.
     pub target: Option<Arc<str>>,
-    /// Request body bytes read.
-    pub bytes_in: Arc<AtomicU64>,
+    /// The request body's byte count.
+    pub body: Arc<BodyStats>,
 }
 
 impl Record {
@@ -75,7 +75,7 @@ impl Record {
                 "route": &*labels.route,
                 "upstream": &*labels.upstream,
                 "target": log.target.as_deref(),
-                "bytes_in": log.bytes_in.load(Ordering::Relaxed),
+                "bytes_in": log.body.bytes.load(Ordering::Relaxed),
                 "bytes_out": bytes_out,
                 "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             });

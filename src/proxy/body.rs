@@ -31,16 +31,22 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+/// What the pipeline learns from a request body while it streams upstream.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    /// Bytes read so far (for the access log).
+    pub bytes: AtomicU64,
+    /// Set when the body crossed `max_body`, so the pipeline answers 413.
+    pub too_large: AtomicBool,
+}
+
 /// A request body on its way upstream: counts the bytes (for the access log)
 /// and stops the stream once it exceeds the listener's `max_body`.
 pub struct LimitedBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
-    /// Bytes read so far, shared with the pipeline for the access log.
-    counter: Arc<AtomicU64>,
-    /// Set when the limit was crossed, so the pipeline can answer 413.
-    exceeded: Arc<AtomicBool>,
+    stats: Arc<BodyStats>,
 }
 
 /// Error a [`LimitedBody`] yields once the client sent more than `max_body`.
@@ -49,19 +55,13 @@ pub struct LimitedBody {
 pub struct BodyTooLarge;
 
 impl LimitedBody {
-    /// Wraps a client body; `counter` and `exceeded` report back to the pipeline.
-    pub fn new(
-        inner: Incoming,
-        limit: Option<u64>,
-        counter: Arc<AtomicU64>,
-        exceeded: Arc<AtomicBool>,
-    ) -> Self {
+    /// Wraps a client body; `stats` reports back to the pipeline.
+    pub fn new(inner: Incoming, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
         LimitedBody {
             inner,
             limit,
             seen: 0,
-            counter,
-            exceeded,
+            stats,
         }
     }
 }
@@ -79,9 +79,9 @@ impl HttpBody for LimitedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
-                    this.counter.store(this.seen, Ordering::Relaxed);
+                    this.stats.bytes.store(this.seen, Ordering::Relaxed);
                     if this.limit.is_some_and(|l| this.seen > l) {
-                        this.exceeded.store(true, Ordering::Relaxed);
+                        this.stats.too_large.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                 }

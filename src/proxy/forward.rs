@@ -4,20 +4,18 @@
 
 use std::error::Error as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, from_incoming};
+use super::body::{Body, BodyStats, from_incoming};
 use super::context::RequestCtx;
 use super::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
 use super::pipeline::{Connection, host_of};
 use super::problem::problem;
 use crate::config::snapshot::RouteEntry;
-use crate::observe::metrics::UpstreamLabel;
-use crate::server::runtime::Runtime;
 use crate::upstream::Upstream;
 
 /// An upstream's answer (or the gateway's error) and the target that was used.
@@ -35,8 +33,7 @@ pub async fn forward(
     route: &RouteEntry,
     upstream: &Upstream,
     mut req: Request<Body>,
-    body_too_large: &AtomicBool,
-    rt: &Runtime,
+    body: &BodyStats,
 ) -> Forwarded {
     let target = upstream.pick();
     let upgrade = is_upgrade(&req);
@@ -90,12 +87,7 @@ pub async fn forward(
     let sent = std::time::Instant::now();
     let result =
         tokio::time::timeout(upstream.response_header_timeout, upstream.client.send(req)).await;
-    rt.metrics
-        .upstream_duration
-        .get_or_create(&UpstreamLabel {
-            upstream: upstream.name.clone(),
-        })
-        .observe(sent.elapsed().as_secs_f64());
+    upstream.duration.observe(sent.elapsed().as_secs_f64());
 
     let target_name = Some(target.address.clone());
     let response = match result {
@@ -108,7 +100,7 @@ pub async fn forward(
             )
         }
         Ok(Err(e)) => {
-            if body_too_large.load(Ordering::Relaxed) {
+            if body.too_large.load(Ordering::Relaxed) {
                 problem(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request body is larger than this listener accepts",

@@ -17,23 +17,24 @@
 //! Errors the gateway makes are problem+json (see [`super::problem`]) and
 //! never name a backend address.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Instant;
 
+use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::body::{Body, LimitedBody};
+use super::body::{Body, BodyStats, LimitedBody};
 use super::context::RequestCtx;
 use super::forward::{self, Forwarded};
 use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
 use super::problem::problem;
 use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan};
-use crate::observe::metrics::RequestLabels;
+use crate::observe::metrics::{RequestLabels, empty_label};
 use crate::observe::record::{LogFields, Record, RecordedBody};
 use crate::policy::Flow;
 use crate::route::normalize_path;
@@ -74,7 +75,7 @@ pub async fn handle(
         route: None,
         tls: conn.tls,
     };
-    let bytes_in = Arc::new(AtomicU64::new(0));
+    let body_stats = Arc::new(BodyStats::default());
     let log = snapshot.access_log.as_ref().map(|sink| LogFields {
         sink: sink.clone(),
         request_id: ctx.request_id.clone(),
@@ -88,14 +89,14 @@ pub async fn handle(
             .unwrap_or("/")
             .to_string(),
         target: None,
-        bytes_in: bytes_in.clone(),
+        body: body_stats.clone(),
     });
     let mut record = Record {
         metrics: rt.metrics.clone(),
         labels: RequestLabels {
             listener: conn.listener.clone(),
-            route: Arc::from(""),
-            upstream: Arc::from(""),
+            route: empty_label(),
+            upstream: empty_label(),
             status: 0,
         },
         route_duration: None,
@@ -117,7 +118,18 @@ pub async fn handle(
         return Ok(finish(resp, &ctx, record));
     }
 
-    // route
+    // route: dot segments go first, and the cleaned path is also what static
+    // files and the upstream see, so `/public/../admin` cannot be routed as
+    // /admin and then read differently by the backend.
+    let mut req = req;
+    if normalize_request_path(&mut req).is_err() {
+        let resp = problem(
+            StatusCode::BAD_REQUEST,
+            "the request path is not valid",
+            ctx.request_id_str(),
+        );
+        return Ok(finish(resp, &ctx, record));
+    }
     let Some(binding) = find_route(&listener, &req) else {
         let resp = problem(
             StatusCode::NOT_FOUND,
@@ -131,10 +143,8 @@ pub async fn handle(
     record.labels.route = route.name.clone();
     record.route_duration = Some(route.duration.clone());
 
-    let exceeded = Arc::new(AtomicBool::new(false));
     let limit = listener.limits.max_body;
-    let mut req =
-        req.map(|b| LimitedBody::new(b, limit, bytes_in.clone(), exceeded.clone()).boxed_unsync());
+    let mut req = req.map(|b| LimitedBody::new(b, limit, body_stats.clone()).boxed_unsync());
 
     // request policies
     for p in binding.policies.iter() {
@@ -170,7 +180,7 @@ pub async fn handle(
         }
         Action::Forward(upstream) => {
             let Forwarded { response, target } =
-                forward::forward(&ctx, &conn, &route, upstream, req, &exceeded, &rt).await;
+                forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
             record.labels.upstream = upstream.name.clone();
             if let Some(log) = record.log.as_mut() {
                 log.target = target;
@@ -180,7 +190,7 @@ pub async fn handle(
         Action::Split(split) => {
             let upstream = split.pick();
             let Forwarded { response, target } =
-                forward::forward(&ctx, &conn, &route, upstream, req, &exceeded, &rt).await;
+                forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
             record.labels.upstream = upstream.name.clone();
             if let Some(log) = record.log.as_mut() {
                 log.target = target;
@@ -219,14 +229,32 @@ pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
+/// Removes dot segments from the request path in place (see [`normalize_path`]),
+/// keeping the query and, for absolute-form and HTTP/2 requests, the scheme
+/// and authority. Clean paths, the common case, are left untouched.
+fn normalize_request_path<B>(req: &mut Request<B>) -> Result<(), http::Error> {
+    let normalized = match normalize_path(req.uri().path()) {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(path) => path,
+    };
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query)?);
+    *req.uri_mut() = Uri::from_parts(parts)?;
+    Ok(())
+}
+
+/// The binding for a request whose path [`normalize_request_path`] has cleaned.
 fn find_route<'a>(listener: &'a ListenerPlan, req: &Request<Incoming>) -> Option<&'a Binding> {
-    let path = normalize_path(req.uri().path());
     listener
         .routes
         .find(
             host_of(req),
             req.method(),
-            &path,
+            req.uri().path(),
             req.uri().query(),
             req.headers(),
         )

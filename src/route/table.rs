@@ -178,6 +178,25 @@ impl fmt::Debug for RouteTable {
     }
 }
 
+impl RegexIndex {
+    /// The best regex route whose pattern and conditions match.
+    fn find(&self, req: &Request<'_>, conditions: &[Conditions]) -> Option<usize> {
+        // `is_match` does not allocate and `matches` does (a bitset of patterns), so the
+        // latter runs only on a hit, and not at all for the common single-regex group.
+        if !self.set.is_match(req.path) {
+            return None;
+        }
+        if let [only] = *self.routes {
+            return conditions[only].matches(req).then_some(only);
+        }
+        self.set
+            .matches(req.path)
+            .iter()
+            .map(|pattern| self.routes[pattern])
+            .find(|&i| conditions[i].matches(req))
+    }
+}
+
 impl HostGroup {
     /// Exact paths, then regexes, then prefixes from the longest: the first candidate
     /// whose other conditions hold wins, the others are fallen through.
@@ -188,15 +207,8 @@ impl HostGroup {
         {
             return Some(found);
         }
-        // `is_match` does not allocate; `matches` does, so it only runs on a hit.
         if let Some(regex) = &self.regex
-            && regex.set.is_match(req.path)
-            && let Some(found) = regex
-                .set
-                .matches(req.path)
-                .iter()
-                .map(|pattern| regex.routes[pattern])
-                .find(|&i| conditions[i].matches(req))
+            && let Some(found) = regex.find(req, conditions)
         {
             return Some(found);
         }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::HeaderValue;
 use hyper::service::service_fn;
@@ -95,17 +96,36 @@ async fn serve_http<I>(
             u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
         );
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| pipeline::handle(req, conn.clone(), rt.clone()));
+    let started = Arc::new(AtomicBool::new(false));
+    let request_started = started.clone();
+    let service = service_fn(move |req| {
+        request_started.store(true, Ordering::Relaxed);
+        pipeline::handle(req, conn.clone(), rt.clone())
+    });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     // The watch guard must not live across the await below (it is not Send),
     // so the drain signal is reduced to a plain value first.
     let draining = async move { shutdown.wait_for(|stop| *stop).await.is_ok() };
+    // hyper's header_read_timeout starts with the first bytes of HTTP/1.1;
+    // while the protocol is still being detected (a client that sends
+    // nothing, or an HTTP/2 preface and no request) no timer runs, so the
+    // first request must arrive within the same limit or the socket closes.
+    let first_request_deadline = async {
+        tokio::time::sleep(limits.header_read_timeout).await;
+        if started.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         res = connection.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            return;
+        }
+        _ = first_request_deadline => {
+            tracing::debug!("no request within header_read_timeout; closing the connection");
             return;
         }
         _ = draining => {}

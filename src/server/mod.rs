@@ -26,7 +26,7 @@ use crate::observe::metrics::ListenerLabel;
 pub use runtime::Runtime;
 
 /// Identifies a listener socket across reloads: same name, address text and
-/// protocol means the socket stays open.
+/// protocol (http and https counting as one) means the socket stays open.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ListenerKey {
     name: String,
@@ -232,7 +232,11 @@ impl Inner {
             if !keep {
                 tracing::info!(listener = %key.name, address = %l.local_addr, "listener closed by reload");
                 let _ = l.stop.send(true);
-                if let Ok(mut map) = self.addresses.lock() {
+                // A listener that moved to a new address keeps its name; the
+                // new socket was recorded above and must not be forgotten.
+                if let Ok(mut map) = self.addresses.lock()
+                    && map.get(&key.name) == Some(&l.local_addr)
+                {
                     map.remove(&key.name);
                 }
             }
@@ -248,7 +252,13 @@ fn key_of(plan: &Arc<crate::config::snapshot::ListenerPlan>) -> ListenerKey {
     ListenerKey {
         name: plan.name.to_string(),
         address: plan.address_text.clone(),
-        protocol: plan.protocol,
+        // http and https share one accept loop, and each connection reads its
+        // TLS settings from the current plan, so switching between them keeps
+        // the socket instead of binding the same port a second time.
+        protocol: match plan.protocol {
+            Protocol::Https => Protocol::Http,
+            other => other,
+        },
     }
 }
 

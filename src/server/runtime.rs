@@ -31,11 +31,22 @@ pub struct Runtime {
     pub started: Instant,
     /// Serializes reloads so two at once cannot interleave.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Set by `portcullis check`: validate without side effects (no log files opened).
+    check_only: bool,
 }
 
 impl Runtime {
     /// Loads and compiles `config_path`; fails with every error in the file.
     pub fn start(config_path: PathBuf) -> Result<Arc<Runtime>, ConfigErrors> {
+        Self::build(config_path, false)
+    }
+
+    /// Validates `config_path` as `start` would, without opening log files.
+    pub fn check(config_path: PathBuf) -> Result<Arc<Runtime>, ConfigErrors> {
+        Self::build(config_path, true)
+    }
+
+    fn build(config_path: PathBuf, check_only: bool) -> Result<Arc<Runtime>, ConfigErrors> {
         let loaded = load_file(&config_path)?;
         // The snapshot needs a runtime (pools, metrics) to compile against, so
         // the runtime is built around a placeholder swapped out at once.
@@ -47,6 +58,7 @@ impl Runtime {
             access_logs: Mutex::new(HashMap::new()),
             started: Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
+            check_only,
         });
         let snapshot = compile(&config_path, &loaded, &runtime)?;
         runtime.snapshot.store(Arc::new(snapshot));
@@ -76,17 +88,50 @@ impl Runtime {
         self.metrics.config_reloads.get_or_create(&label).inc();
     }
 
-    /// The access-log writer for `destination`, opened once and shared.
-    pub fn access_log(&self, destination: Destination) -> std::io::Result<Arc<AccessLog>> {
+    /// The access-log writer for `destination`, opened once and shared. In
+    /// check mode the destination is only checked, and no writer is returned.
+    pub fn access_log(&self, destination: Destination) -> std::io::Result<Option<Arc<AccessLog>>> {
+        if self.check_only {
+            if let Destination::File(path) = &destination {
+                check_writable(path)?;
+            }
+            return Ok(None);
+        }
         let mut logs = match self.access_logs.lock() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
         };
         if let Some(log) = logs.get(&destination) {
-            return Ok(log.clone());
+            return Ok(Some(log.clone()));
         }
         let log = Arc::new(AccessLog::open(destination.clone())?);
         logs.insert(destination, log.clone());
-        Ok(log)
+        Ok(Some(log))
+    }
+}
+
+/// Whether a log file could be opened for appending, without creating it.
+fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::new(ErrorKind::IsADirectory, "it is a directory")),
+        Ok(m) if m.permissions().readonly() => Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "the file is read-only",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            match parent.map(std::fs::metadata) {
+                Some(Ok(m)) if m.is_dir() => Ok(()),
+                Some(Ok(_)) => Err(Error::new(
+                    ErrorKind::NotADirectory,
+                    "its parent is not a directory",
+                )),
+                Some(Err(e)) => Err(e),
+                None => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
     }
 }

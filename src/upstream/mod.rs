@@ -42,6 +42,8 @@ pub struct Upstream {
     pub response_header_timeout: Duration,
     /// Whether requests go out as HTTP/2.
     pub http2: bool,
+    /// `portcullis_upstream_duration_seconds{upstream}`, resolved once.
+    pub duration: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Upstream {

@@ -268,3 +268,447 @@ pub async fn dead_addr() -> SocketAddr {
     drop(l);
     a
 }
+
+/// A free loopback port, for the real binary (which does not print the
+/// addresses it bound): bind port 0, read the port, close the socket.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Polls until `addr` accepts a TCP connection; panics after `within`.
+pub async fn wait_accepting(addr: SocketAddr, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} never accepted a connection"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until connecting to `addr` is refused; returns false if it still accepts after `within`.
+pub async fn wait_refusing(addr: SocketAddr, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return true,
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `f` until it returns true; returns false after `within`.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Replaces `path` atomically (write a sibling, rename), so a reload never
+/// reads a half-written file.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The real `portcullis run -c FILE` process, its stdout and stderr collected
+/// by reader threads. Killed on drop if still running.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl GatewayProcess {
+    /// Starts `portcullis run -c config` with `RUST_LOG=info`.
+    pub fn spawn(config: &Path) -> GatewayProcess {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        GatewayProcess {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, `INT`) with `kill -SIGNAL PID`.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Everything written to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle`; returns false after `within`.
+    pub async fn wait_stderr(&self, needle: &str, within: Duration) -> bool {
+        eventually(within, || self.stderr().contains(needle)).await
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Copies everything `from` produces into `into`, on a thread.
+fn collect(mut from: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    });
+}
+
+/// The cryptography provider every test-side TLS config uses, named
+/// explicitly so that no test depends on a process-wide default.
+pub fn tls_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A throwaway certificate authority that writes the certificates it issues
+/// as PEM files into its own temp dir, laid out as an operator would.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    /// The CA certificate as a PEM file (for `client_ca` or an upstream's `ca`).
+    pub cert_path: PathBuf,
+    /// The CA certificate as PEM text.
+    pub pem: String,
+}
+
+/// A certificate issued by a [`TestCa`], with its key.
+pub struct TestCert {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    /// A new CA whose subject is `CN={cn}`.
+    pub fn new(cn: &str) -> TestCa {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.path().join("ca.pem");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        TestCa {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+            cert_path,
+            pem: cert.pem(),
+        }
+    }
+
+    /// A server certificate valid for `names` (DNS names, `*.` wildcards allowed), no subject.
+    pub fn server(&self, stem: &str, names: &[&str]) -> TestCert {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(stem, params)
+    }
+
+    /// A client certificate whose subject prints as `CN={cn},O={org}`.
+    pub fn client(&self, stem: &str, cn: &str, org: &str) -> TestCert {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Most general first in the DER, so RFC 4514 prints CN first.
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, org);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(stem, params)
+    }
+
+    fn issue(&self, stem: &str, params: rcgen::CertificateParams) -> TestCert {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_path = self.dir.path().join(format!("{stem}.pem"));
+        let key_path = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        TestCert {
+            cert_path,
+            key_path,
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// A root store holding only this CA.
+    pub fn roots(&self) -> rustls::RootCertStore {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+            .unwrap();
+        roots
+    }
+}
+
+impl TestCert {
+    /// The certificate and key as a rustls signing pair.
+    pub fn chain_and_key(
+        &self,
+    ) -> (
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        (
+            vec![self.der.clone()],
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap(),
+        )
+    }
+
+    /// The certificate and key as a reqwest client identity.
+    pub fn identity(&self) -> reqwest::Identity {
+        reqwest::Identity::from_pem(format!("{}{}", self.cert_pem, self.key_pem).as_bytes())
+            .unwrap()
+    }
+}
+
+/// A rustls server config presenting `cert`, offering `alpn`, and requiring a
+/// client certificate signed by `client_ca` when one is given.
+pub fn tls_server_config(
+    cert: &TestCert,
+    client_ca: Option<&TestCa>,
+    alpn: &[&str],
+) -> Arc<rustls::ServerConfig> {
+    let provider = tls_provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(ca.roots()),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let (chain, key) = cert.chain_and_key();
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+/// What a TLS backend saw of one successful handshake.
+#[derive(Clone, Debug)]
+pub struct TlsHandshake {
+    pub sni: Option<String>,
+    pub alpn: Option<Vec<u8>>,
+    /// The verified client certificate, when the peer sent one.
+    pub client_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// A backend that terminates TLS with its own config, then serves like [`Backend`].
+pub struct TlsBackend {
+    pub backend: Backend,
+    pub handshakes: Arc<Mutex<Vec<TlsHandshake>>>,
+}
+
+impl TlsBackend {
+    /// A TLS backend answering with [`echo_response`] tagged `name`.
+    pub async fn echo(name: &'static str, config: Arc<rustls::ServerConfig>) -> TlsBackend {
+        Self::start(config, move |req: Request<Incoming>| async move {
+            echo_response(name, req)
+        })
+        .await
+    }
+
+    /// A TLS backend whose answers come from `handler`; failed handshakes are dropped unrecorded.
+    pub async fn start<F, Fut>(config: Arc<rustls::ServerConfig>, handler: F) -> TlsBackend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (seen2, handshakes2) = (seen.clone(), handshakes.clone());
+        tokio::spawn(async move {
+            let mut stop_rx = stop_rx;
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = stop_rx.wait_for(|s| *s) => return,
+                };
+                let (handler, seen, handshakes) =
+                    (handler.clone(), seen2.clone(), handshakes2.clone());
+                let acceptor = acceptor.clone();
+                let mut stop_conn = stop_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let conn = tls.get_ref().1;
+                    handshakes.lock().unwrap().push(TlsHandshake {
+                        sni: conn.server_name().map(str::to_owned),
+                        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+                        client_cert: conn
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.clone().into_owned()),
+                    });
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        seen.lock().unwrap().push(Seen {
+                            method: req.method().to_string(),
+                            uri: req.uri().to_string(),
+                            version: req.version(),
+                            headers: req.headers().clone(),
+                        });
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop_conn.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        });
+        TlsBackend {
+            backend: Backend { addr, seen, stop },
+            handshakes,
+        }
+    }
+
+    /// The backend's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.backend.addr
+    }
+
+    /// Requests seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.backend.seen()
+    }
+
+    /// Successful handshakes so far.
+    pub fn handshakes(&self) -> Vec<TlsHandshake> {
+        self.handshakes.lock().unwrap().clone()
+    }
+}
+
+/// A reqwest client for an https listener: trusts only `ca`, resolves each
+/// `(name, addr)` pair to the gateway so SNI carries the name, and presents
+/// `identity` when given.
+pub fn https_client(
+    ca: &TestCa,
+    names: &[(&str, SocketAddr)],
+    identity: Option<&TestCert>,
+) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .tls_info(true)
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()]);
+    for (name, addr) in names {
+        b = b.resolve(name, *addr);
+    }
+    if let Some(cert) = identity {
+        b = b.identity(cert.identity());
+    }
+    b.build().unwrap()
+}

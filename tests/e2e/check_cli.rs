@@ -1,0 +1,631 @@
+//! `portcullis check -c FILE`: exit 0 and `ok` for a valid file; exit 1 with
+//! every mistake as `FILE:LINE:COL: message` plus a `hint:` line otherwise.
+//! These tests run the real binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What one `portcullis check` run produced.
+struct Checked {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Checked {
+    /// The `(line, col, message)` of every `FILE:LINE:COL: message` line on stderr.
+    fn errors(&self) -> Vec<(u32, u32, String)> {
+        let prefix = format!("{}:", self.file.display());
+        self.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|rest| {
+                let mut parts = rest.splitn(3, ':');
+                let line = parts.next().and_then(|s| s.parse().ok());
+                let col = parts.next().and_then(|s| s.parse().ok());
+                let message = parts.next().map(|s| s.trim().to_string());
+                match (line, col, message) {
+                    (Some(line), Some(col), Some(message)) => (line, col, message),
+                    _ => panic!(
+                        "not FILE:LINE:COL: message: {rest:?}\nstderr:\n{}",
+                        self.stderr
+                    ),
+                }
+            })
+            .collect()
+    }
+
+    /// The hint printed right under the error whose message contains `needle`.
+    fn hint_for(&self, needle: &str) -> String {
+        let mut lines = self.stderr.lines();
+        while let Some(l) = lines.next() {
+            if l.contains(needle) {
+                let next = lines.next().unwrap_or_default().trim();
+                return next
+                    .strip_prefix("hint: ")
+                    .unwrap_or_else(|| panic!("no hint after {l:?}\nstderr:\n{}", self.stderr))
+                    .to_string();
+            }
+        }
+        panic!("no error containing {needle:?}\nstderr:\n{}", self.stderr)
+    }
+
+    /// The error whose message contains `needle`.
+    fn error_with(&self, needle: &str) -> (u32, u32, String) {
+        self.errors()
+            .into_iter()
+            .find(|(_, _, m)| m.contains(needle))
+            .unwrap_or_else(|| panic!("no error containing {needle:?}\nstderr:\n{}", self.stderr))
+    }
+}
+
+/// Writes `text` as `name` in a fresh temp dir and runs `portcullis check -c` on it.
+fn check(name: &str, text: &str) -> Checked {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, text).unwrap();
+    let out = check_path(&file);
+    Checked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        file,
+        _dir: dir,
+    }
+}
+
+fn check_path(file: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-c"])
+        .arg(file)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+const MINIMAL: &str = "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+";
+
+#[test]
+fn check_accepts_a_minimal_file_and_prints_ok() {
+    let out = check("portcullis.yaml", MINIMAL);
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert!(out.stdout.contains("ok"), "stdout: {}", out.stdout);
+    assert!(
+        out.stdout.contains(&out.file.display().to_string()),
+        "stdout: {}",
+        out.stdout
+    );
+    assert!(out.errors().is_empty(), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn check_accepts_a_minimal_toml_file_and_prints_ok() {
+    let out = check(
+        "portcullis.toml",
+        r#"
+[[listeners]]
+name = "web"
+address = "127.0.0.1:0"
+
+[[routes]]
+name = "all"
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+targets = ["127.0.0.1:9"]
+"#,
+    );
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert!(out.stdout.contains("ok"), "stdout: {}", out.stdout);
+}
+
+#[test]
+fn check_accepts_durations_and_sizes_in_their_units() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+shutdown_timeout: 2s
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    max_body: 8MiB
+    max_header_size: 512KiB
+    header_read_timeout: 250ms
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+    timeouts: { connect: 250ms, response_header: 1m, idle: 2s }
+",
+    );
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert!(out.stdout.contains("ok"), "stdout: {}", out.stdout);
+}
+
+#[test]
+fn check_reports_a_misspelled_key_with_did_you_mean() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    adress: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, col, message) = out.error_with("adress");
+    assert_eq!((line, col), (3, 5), "{message}");
+    assert!(message.contains("unknown field"), "{message}");
+    assert!(
+        out.hint_for("adress").contains("did you mean `address`"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_a_misspelled_upstream_reference_with_did_you_mean() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: usres
+upstreams:
+  - name: users
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("usres");
+    assert_eq!(line, 6, "{message}");
+    assert!(message.contains("not defined"), "{message}");
+    assert!(
+        out.hint_for("usres").contains("did you mean `users`"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_a_route_naming_a_missing_policy() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: app
+    policies: [firewal]
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+policies:
+  firewall: { type: ip_filter, allow: [127.0.0.0/8] }
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("firewal`");
+    assert_eq!(line, 7, "{message}");
+    assert!(message.contains("policy"), "{message}");
+    assert!(
+        out.hint_for("firewal`").contains("did you mean `firewall`"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_a_bad_listener_address_with_a_hint() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:99999
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("127.0.0.1:99999");
+    assert_eq!(line, 3, "{message}");
+    assert!(
+        out.hint_for("127.0.0.1:99999").contains("IP:port"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_a_duplicate_name_at_the_second_definition() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+  - name: app
+    targets: [127.0.0.1:10]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("duplicate");
+    assert_eq!(line, 10, "{message}");
+    assert!(message.contains("app"), "{message}");
+    assert!(!out.hint_for("duplicate").is_empty());
+}
+
+#[test]
+fn check_reports_an_invalid_regex() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    match:
+      path_regex: \"/users/(\\\\d+\"
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("regex");
+    assert_eq!(line, 7, "{message}");
+    assert!(!out.hint_for("regex").is_empty());
+}
+
+#[test]
+fn check_reports_an_unreadable_certificate_file() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: websecure
+    address: 127.0.0.1:0
+    protocol: https
+    tls:
+      certificates:
+        - { cert: missing.pem, key: missing.key }
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("missing.");
+    assert_eq!(line, 7, "{message}");
+    assert!(!out.hint_for("missing.").is_empty());
+}
+
+#[test]
+fn check_reports_a_key_that_is_not_pem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.path().join("site.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("site.key"), "not a key\n").unwrap();
+    let file = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &file,
+        "\
+listeners:
+  - name: websecure
+    address: 127.0.0.1:0
+    protocol: https
+    tls:
+      certificates:
+        - cert: site.pem
+          key: site.key
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    )
+    .unwrap();
+    let out = check_path(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    let prefix = format!("{}:7:", file.display());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no error at line 7:\n{stderr}"));
+    assert!(line.contains("site.key"), "{line}");
+}
+
+#[test]
+fn check_reports_every_error_in_one_run_in_file_order() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: not-an-address
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    match: { path_regex: \"/(a\" }
+    upstream: ap
+    policies: [nope]
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let lines: Vec<u32> = out.errors().iter().map(|(l, _, _)| *l).collect();
+    assert_eq!(lines, vec![3, 4, 8, 9, 10], "stderr:\n{}", out.stderr);
+    assert_eq!(
+        out.stderr.matches("hint: ").count(),
+        5,
+        "stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.hint_for("`ap`").contains("did you mean `app`"),
+        "stderr:\n{}",
+        out.stderr
+    );
+    assert!(out.stdout.is_empty(), "stdout: {}", out.stdout);
+}
+
+#[test]
+fn check_reports_a_malformed_duration_at_its_line() {
+    let out = check(
+        "portcullis.yaml",
+        &format!("{MINIMAL}shutdown_timeout: 2 parsecs\n"),
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("parsecs");
+    assert_eq!(line, 10, "{message}");
+}
+
+#[test]
+fn check_reports_a_malformed_size_at_its_line() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    max_body: 8 furlongs
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("furlongs");
+    assert_eq!(line, 4, "{message}");
+}
+
+#[test]
+fn check_reports_a_misspelled_toml_key_with_did_you_mean() {
+    let out = check(
+        "portcullis.toml",
+        r#"[[listeners]]
+name = "web"
+adress = "127.0.0.1:0"
+
+[[routes]]
+name = "all"
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+targets = ["127.0.0.1:9"]
+"#,
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, col, message) = out.error_with("adress");
+    assert_eq!((line, col), (3, 1), "{message}");
+    assert!(
+        out.hint_for("adress").contains("did you mean `address`"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_every_toml_error_at_its_line() {
+    let out = check(
+        "portcullis.toml",
+        r#"[[listeners]]
+name = "web"
+address = "nope"
+
+[[routes]]
+name = "all"
+upstream = "ap"
+
+[[upstreams]]
+name = "app"
+targets = ["127.0.0.1:9"]
+"#,
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let lines: Vec<u32> = out.errors().iter().map(|(l, _, _)| *l).collect();
+    assert_eq!(lines, vec![3, 7], "stderr:\n{}", out.stderr);
+    assert!(
+        out.hint_for("`ap`").contains("did you mean `app`"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("absent.yaml");
+    let out = check_path(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&file.display().to_string()),
+        "stderr:\n{stderr}"
+    );
+    assert!(stderr.contains("hint: "), "stderr:\n{stderr}");
+}
+
+#[test]
+fn check_reports_a_misspelled_value_with_did_you_mean() {
+    let out = check(
+        "portcullis.yaml",
+        &MINIMAL.replace("127.0.0.1:0\n", "127.0.0.1:0\n    protocol: htps\n"),
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("htps");
+    assert_eq!(line, 4, "{message}");
+    assert!(
+        out.hint_for("htps").contains("did you mean `https`"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_a_yaml_syntax_error_at_its_line_with_a_hint() {
+    // Line 6 is indented one space short.
+    let out = check(
+        "portcullis.yaml",
+        &MINIMAL.replace("    upstream: app", "   upstream: app"),
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "stderr:\n{}", out.stderr);
+    assert_eq!(errors[0].0, 6, "stderr:\n{}", out.stderr);
+    assert!(!out.hint_for(&errors[0].2).is_empty());
+}
+
+#[test]
+fn check_reports_a_missing_required_field_with_a_hint() {
+    let out = check(
+        "portcullis.yaml",
+        &MINIMAL.replace("  - name: web\n    address", "  - address"),
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("name");
+    assert_eq!(line, 2, "{message}");
+    assert!(
+        out.hint_for("name").contains("name"),
+        "stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_reports_a_toml_syntax_error_at_its_line_with_a_hint() {
+    let out = check(
+        "portcullis.toml",
+        "[[listeners]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n[[routes]\n",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "stderr:\n{}", out.stderr);
+    assert_eq!(errors[0].0, 4, "stderr:\n{}", out.stderr);
+    assert!(!out.hint_for(&errors[0].2).is_empty());
+}
+
+#[test]
+fn check_reports_an_unknown_file_extension() {
+    let out = check("portcullis.json", "{}");
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains(&out.file.display().to_string()),
+        "stderr:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(".toml"),
+        "the hint names the accepted formats:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_does_not_create_the_access_log_file() {
+    let c = check(
+        "portcullis.yaml",
+        r#"listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: ping
+    respond: { body: pong }
+observability:
+  access_log: { path: access.log }
+"#,
+    );
+    assert_eq!(c.code, Some(0), "stderr:\n{}", c.stderr);
+    assert!(!c.file.with_file_name("access.log").exists());
+}
+
+#[test]
+fn check_reports_an_access_log_in_a_missing_directory() {
+    let c = check(
+        "portcullis.yaml",
+        r#"listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: ping
+    respond: { body: pong }
+observability:
+  access_log: { path: no/such/dir/access.log }
+"#,
+    );
+    assert_eq!(c.code, Some(1), "stdout:\n{}", c.stdout);
+    let (line, _, _) = c.error_with("cannot open the access log");
+    assert_eq!(line, 8);
+}
