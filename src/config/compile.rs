@@ -727,7 +727,7 @@ impl Compiler<'_> {
                 let (route, spec, route_policies) = &routes[*k];
                 let mut all = listener_policies.clone();
                 all.extend(route_policies.iter().cloned());
-                specs.push(clone_spec(spec));
+                specs.push(spec.clone());
                 bindings.push(Binding {
                     route: route.clone(),
                     policies: policy::in_phase_order(all).into(),
@@ -902,20 +902,5 @@ fn section_of(kind: &str) -> &'static str {
         "upstream" => "upstreams",
         "listener" => "listeners",
         _ => "routes",
-    }
-}
-
-fn clone_spec(s: &RouteSpec) -> RouteSpec {
-    RouteSpec {
-        hosts: s.hosts.clone(),
-        path: match &s.path {
-            PathMatch::Any => PathMatch::Any,
-            PathMatch::Exact(p) => PathMatch::Exact(p.clone()),
-            PathMatch::Prefix(p) => PathMatch::Prefix(p.clone()),
-            PathMatch::Regex(p) => PathMatch::Regex(p.clone()),
-        },
-        methods: s.methods.clone(),
-        headers: s.headers.clone(),
-        query: s.query.clone(),
     }
 }

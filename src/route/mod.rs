@@ -86,7 +86,7 @@ pub enum RouteError {
     /// The regexes sharing one host are together too large for one regex set.
     #[error("path_regex patterns for host {host:?} are too large to compile together: {source}")]
     RegexSetTooLarge {
-        /// The host group (`*` for routes without a host).
+        /// The host the routes share ("" for routes without a host).
         host: String,
         /// What the regex compiler reported.
         #[source]

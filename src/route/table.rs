@@ -79,19 +79,21 @@ impl RouteTable {
             }
         }
 
-        let finish = |groups: HashMap<String, GroupBuilder>, label: &dyn Fn(&str) -> String| {
-            let built = groups
-                .into_iter()
-                .map(|(key, group)| {
-                    let built = group.finish(&weights, &paths, || label(&key))?;
-                    Ok((key, built))
-                })
-                .collect::<Result<Vec<_>, RouteError>>()?;
+        let finish = |groups: HashMap<String, GroupBuilder>, wildcard: bool| {
+            let mut built = Vec::with_capacity(groups.len());
+            for (key, group) in groups {
+                let host = if wildcard {
+                    format!("*{key}")
+                } else {
+                    key.clone()
+                };
+                built.push((key, group.finish(&weights, &paths, host)?));
+            }
             Ok::<_, RouteError>(KeyedMap::new(built))
         };
-        let exact_hosts = finish(exact_hosts, &|h| h.to_owned())?;
-        let wildcard_hosts = finish(wildcard_hosts, &|s| format!("*{s}"))?;
-        let any_host = any_host.finish(&weights, &paths, || "*".to_owned())?;
+        let exact_hosts = finish(exact_hosts, false)?;
+        let wildcard_hosts = finish(wildcard_hosts, true)?;
+        let any_host = any_host.finish(&weights, &paths, String::new())?;
 
         let mut order: Vec<usize> = (0..paths.len()).collect();
         order.sort_by_key(|&i| precedence(&hosts[i], &paths[i], weights[i], i));
@@ -240,7 +242,7 @@ impl GroupBuilder {
         self,
         weights: &[usize],
         paths: &[CompiledPath],
-        label: impl FnOnce() -> String,
+        host: String,
     ) -> Result<HostGroup, RouteError> {
         let ranked = |mut list: Vec<usize>| -> Box<[usize]> {
             list.sort_by_key(|&i| (Reverse(weights[i]), i));
@@ -254,10 +256,8 @@ impl GroupBuilder {
                 CompiledPath::Regex(p) => Some(p.as_str()),
                 _ => None,
             });
-            let set = RegexSet::new(patterns).map_err(|source| RouteError::RegexSetTooLarge {
-                host: label(),
-                source,
-            })?;
+            let set = RegexSet::new(patterns)
+                .map_err(|source| RouteError::RegexSetTooLarge { host, source })?;
             Some(RegexIndex { set, routes })
         };
         let index = |map: HashMap<String, Vec<usize>>| {
