@@ -92,3 +92,52 @@ pub fn in_phase_order(mut policies: Vec<NamedPolicy>) -> Vec<NamedPolicy> {
     policies.sort_by_key(|p| p.policy.phase());
     policies
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct InPhase(Phase);
+    impl Policy for InPhase {
+        fn phase(&self) -> Phase {
+            self.0
+        }
+    }
+
+    fn named(name: &str, phase: Phase) -> NamedPolicy {
+        NamedPolicy {
+            name: Arc::from(name),
+            policy: Arc::new(InPhase(phase)),
+        }
+    }
+
+    #[test]
+    fn policies_run_in_phase_order_whatever_the_list_order() {
+        let listed = vec![
+            named("limit", Phase::RateLimit),
+            named("auth", Phase::Authenticate),
+            named("transform", Phase::RequestTransform),
+            named("firewall", Phase::Filter),
+            named("groups", Phase::Authorize),
+        ];
+        let order: Vec<String> = in_phase_order(listed)
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(order, ["firewall", "auth", "groups", "limit", "transform"]);
+    }
+
+    #[test]
+    fn list_order_holds_within_a_phase() {
+        let listed = vec![
+            named("listener-filter", Phase::Filter),
+            named("route-auth", Phase::Authenticate),
+            named("route-filter", Phase::Filter),
+        ];
+        let order: Vec<String> = in_phase_order(listed)
+            .iter()
+            .map(|p| p.name.to_string())
+            .collect();
+        assert_eq!(order, ["listener-filter", "route-filter", "route-auth"]);
+    }
+}

@@ -76,3 +76,41 @@ async fn demo_configuration_is_valid() {
     let (status, _, text) = get(&gw.url("web", "/ping")).await;
     assert_eq!((status.as_u16(), text.as_str()), (200, "pong\n"));
 }
+
+#[tokio::test]
+async fn reverse_proxy_example_runs_as_written() {
+    let api = Backend::echo("api").await;
+    let site = Backend::echo("site").await;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let text = std::fs::read_to_string(format!("{root}/reverse-proxy.yaml")).unwrap();
+    // Only addresses and the static root change: fixed ports become ephemeral
+    // and the example's backends become test backends.
+    let text = text
+        .replace("127.0.0.1:3000", &api.addr.to_string())
+        .replace("127.0.0.1:3001", &site.addr.to_string())
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
+        .replace("root: public", &format!("root: {root}/public"))
+        .replace("path: stdout", "path: off");
+    let gw = TestGateway::start(&text).await;
+
+    let (status, _, body) = get(&gw.url("web", "/api/users")).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["backend"].as_str(), v["path"].as_str()),
+        (Some("api"), Some("/users"))
+    );
+    assert_eq!(v["headers"]["x-gateway"], "portcullis");
+
+    let (status, _, body) = get(&gw.url("web", "/anything")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"site\""), "{body}");
+
+    let (status, _, body) = get(&gw.url("web", "/assets/")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("Static files"), "{body}");
+
+    let (status, _, body) = get(&gw.url("web", "/healthz")).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));
+}
