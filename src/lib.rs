@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+pub mod l4;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

@@ -137,6 +137,9 @@ pub async fn handle(
                         "targets": u.targets.iter().map(|t| json!({
                             "address": &*t.address,
                             "weight": t.weight,
+                            "healthy": t.state.active_healthy(),
+                            "ejected": t.state.ejected(),
+                            "in_flight": t.state.in_flight(),
                         })).collect::<Vec<_>>(),
                     })
                 })

@@ -311,6 +311,24 @@ pub struct Upstream {
     /// Balancing algorithm.
     #[serde(default)]
     pub balance: Balance,
+    /// What `consistent_hash` hashes: `client_ip` (default), `header:N`, `cookie:N`, `query:N`, `path`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    /// `fail` (503 at once, default) or `any` (use every target anyway) when no target is available.
+    #[serde(default)]
+    pub when_all_down: WhenAllDown,
+    /// Active health checks.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckDef>,
+    /// Passive health: eject targets that keep failing.
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDef>,
+    /// Retrying failed requests on another target.
+    #[serde(default)]
+    pub retries: Option<RetriesDef>,
+    /// Caps that fail requests fast instead of piling them on a struggling upstream.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerDef>,
     /// Targets: `host:port` or `{ address, weight }`.
     pub targets: Vec<Target>,
     /// Connect, response-header and idle timeouts.
@@ -322,15 +340,144 @@ pub struct Upstream {
     /// Speak HTTP/2 to the targets (gRPC needs it).
     #[serde(default)]
     pub http2: bool,
+    /// Send a PROXY protocol header (`v1` or `v2`) to the targets (L4 listeners only for now).
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolVersion>,
+}
+
+/// Which PROXY protocol header an upstream sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// Balancing algorithm of an upstream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
-    /// Weighted round robin.
+    /// Smooth weighted round robin.
     #[default]
     RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    LeastConnections,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on latency (EWMA) times load.
+    P2cEwma,
+    /// Consistent hash of the client IP.
+    IpHash,
+    /// Consistent hash of `hash_key`.
+    ConsistentHash,
+}
+
+/// `health_check: { type, path, ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckDef {
+    /// `http` (default) or `tcp`.
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Path requested by `http` checks (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Host header of `http` checks (default: the target's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Status codes that pass, like `"200-399"` or `"200"` (default `"200-399"`).
+    #[serde(default)]
+    pub expect_status: Option<String>,
+    /// Time between checks (default 5s); a random jitter of up to 10% is added.
+    #[serde(default)]
+    pub interval: Option<Dur>,
+    /// Time one check may take (default 2s).
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// Consecutive passes that make an unhealthy target healthy (default 2).
+    #[serde(default)]
+    pub healthy_threshold: Option<u32>,
+    /// Consecutive failures that make a healthy target unhealthy (default 3).
+    #[serde(default)]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Kind of active health check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// An HTTP request whose status must fall in `expect_status`.
+    #[default]
+    Http,
+    /// A TCP connect.
+    Tcp,
+}
+
+/// `outlier_detection: { consecutive_failures, base_ejection, max_ejected_percent }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDef {
+    /// Consecutive connect errors, resets or 5xx that eject a target (default 5).
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    /// First ejection length; the n-th ejection lasts n times this (default 30s).
+    #[serde(default)]
+    pub base_ejection: Option<Dur>,
+    /// Most of the upstream's targets ejected at once, in percent (default 50).
+    #[serde(default)]
+    pub max_ejected_percent: Option<u32>,
+}
+
+/// `retries: { attempts, backoff, on, budget_percent, ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesDef {
+    /// Retries after the first try (default 1).
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Base wait before a retry, doubled each time, with jitter (default 25ms).
+    #[serde(default)]
+    pub backoff: Option<Dur>,
+    /// What is retried: `connect_error`, `reset`, `timeout`, and status codes like `"503"` (default connect_error, reset).
+    #[serde(default)]
+    pub on: Option<Vec<String>>,
+    /// Retries may add at most this share of recent requests (default 20).
+    #[serde(default)]
+    pub budget_percent: Option<u32>,
+    /// Retry POST, PATCH and other non-idempotent methods too (default false).
+    #[serde(default)]
+    pub non_idempotent: bool,
+    /// Largest request body kept for a retry (default 64KiB); larger bodies are sent once.
+    #[serde(default)]
+    pub max_body: Option<Size>,
+}
+
+/// `circuit_breaker: { max_connections, max_pending, max_requests }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerDef {
+    /// Most connections (L4) or in-flight exchanges held open to the upstream.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection.
+    #[serde(default)]
+    pub max_pending: Option<u32>,
+    /// Most requests in flight to the upstream.
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+}
+
+/// What to do when every target is unhealthy or ejected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenAllDown {
+    /// Answer 503 at once.
+    #[default]
+    Fail,
+    /// Send to every target anyway.
+    Any,
 }
 
 /// A target as written: a bare address or an address with a weight.

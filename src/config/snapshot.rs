@@ -78,6 +78,10 @@ pub struct ListenerPlan {
     pub routes: RouteTable,
     /// One binding per route-table index.
     pub bindings: Vec<Binding>,
+    /// Whether every connection must start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// What a `tcp`, `tls` or `udp` listener does; `None` for http and https.
+    pub l4: Option<crate::l4::L4Plan>,
 }
 
 /// A route as attached to one listener: the route and its policies in phase

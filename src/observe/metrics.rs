@@ -46,6 +46,15 @@ pub struct UpstreamLabel {
     pub upstream: Arc<str>,
 }
 
+/// Labels of `portcullis_upstream_target_healthy`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// Upstream name.
+    pub upstream: Arc<str>,
+    /// Target address as configured.
+    pub target: Arc<str>,
+}
+
 /// A single `listener` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
@@ -74,8 +83,14 @@ pub struct Metrics {
     pub upstream_duration: HistogramFamily<UpstreamLabel>,
     /// `portcullis_connections_active{listener}`.
     pub connections_active: Family<ListenerLabel, Gauge>,
+    /// `portcullis_upstream_target_healthy{upstream,target}`.
+    pub upstream_target_healthy: Family<TargetLabel, Gauge>,
     /// `portcullis_config_reloads_total{result}`.
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// `portcullis_retries_total{upstream}`.
+    pub retries: Family<UpstreamLabel, Counter>,
+    /// `portcullis_circuit_open_total{upstream}`.
+    pub circuit_open: Family<UpstreamLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,7 +116,21 @@ impl Metrics {
         let upstream_duration =
             HistogramFamily::<UpstreamLabel>::new_with_constructor(latency_histogram);
         let connections_active = Family::<ListenerLabel, Gauge>::default();
+        let upstream_target_healthy = Family::<TargetLabel, Gauge>::default();
+        registry.register(
+            "upstream_target_healthy",
+            "Active health-check verdict per checked target (1 healthy, 0 not)",
+            upstream_target_healthy.clone(),
+        );
         let config_reloads = Family::<ResultLabel, Counter>::default();
+        let retries = Family::<UpstreamLabel, Counter>::default();
+        let circuit_open = Family::<UpstreamLabel, Counter>::default();
+        registry.register("retries", "Retried upstream attempts", retries.clone());
+        registry.register(
+            "circuit_open",
+            "Requests refused by an upstream's circuit breaker",
+            circuit_open.clone(),
+        );
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -129,7 +158,10 @@ impl Metrics {
             request_duration,
             upstream_duration,
             connections_active,
+            upstream_target_healthy,
             config_reloads,
+            retries,
+            circuit_open,
         }
     }
 

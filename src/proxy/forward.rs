@@ -1,22 +1,30 @@
 //! Forwarding a request to an upstream target and bringing the response back:
-//! URI and header rewriting, the response-header timeout, HTTP/1.1 upgrade
-//! tunnels (WebSocket), and mapping failures to 502/504.
+//! header hygiene, the circuit breaker, retries on another target, the
+//! response-header timeout, HTTP/1.1 upgrade tunnels (WebSocket), and mapping
+//! failures to 502/503/504.
 
 use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, BodyStats, from_incoming};
+use super::body::{Body, BodyStats, from_incoming, hold};
 use super::context::RequestCtx;
 use super::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
 use super::pipeline::{Connection, host_of};
 use super::problem::problem;
 use crate::config::snapshot::RouteEntry;
-use crate::upstream::Upstream;
+use crate::upstream::balance::PickContext;
+use crate::upstream::breaker::Admitted;
+use crate::upstream::retry::Failure;
+use crate::upstream::{InFlight, Upstream};
 
 /// An upstream's answer (or the gateway's error) and the target that was used.
 pub struct Forwarded {
@@ -26,112 +34,390 @@ pub struct Forwarded {
     pub target: Option<Arc<str>>,
 }
 
-/// Sends `req` to a target of `upstream` and returns the response to relay.
+/// Sends `req` to a target of `upstream`, retrying on another target when the
+/// upstream's `retries` allow it, and returns the response to relay.
 pub async fn forward(
     ctx: &RequestCtx,
     conn: &Connection,
     route: &RouteEntry,
     upstream: &Upstream,
     mut req: Request<Body>,
-    body: &BodyStats,
+    body_stats: &BodyStats,
 ) -> Forwarded {
-    let target = upstream.pick();
+    let rid = ctx.request_id_str();
+    let fail = |status, detail| Forwarded {
+        response: problem(status, detail, rid),
+        target: None,
+    };
+    let pick = PickContext {
+        hash: upstream
+            .hash_key
+            .as_ref()
+            .map(|k| k.hash(&req, ctx.client.ip()))
+            .unwrap_or(0),
+    };
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-    let uri = match upstream_uri(upstream, target, &req, route) {
-        Some(u) => u,
-        None => {
-            return Forwarded {
-                response: problem(
-                    StatusCode::BAD_REQUEST,
-                    "the request path cannot be forwarded",
-                    ctx.request_id_str(),
-                ),
-                target: None,
-            };
-        }
+    let Some(path_and_query) = upstream_path(&req, route) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            "the request path cannot be forwarded",
+        );
     };
-    let original_host = host_of(&req).and_then(|h| HeaderValue::from_str(h).ok());
-    *req.uri_mut() = uri;
-    let headers = req.headers_mut();
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    remove_hop_by_hop(headers, upgrade);
-    if te_trailers {
-        // gRPC needs "te: trailers", the one TE value HTTP/2 allows.
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    set_forwarded(headers, ctx.client.ip(), ctx.tls, original_host.as_ref());
-    if !headers.contains_key(header::HOST)
-        && let Some(h) = &original_host
-    {
-        headers.insert(header::HOST, h.clone());
-    }
-    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-    if let Some(name) = &conn.subject_header {
-        // Never trust a client-sent subject: only the verified one passes.
-        headers.remove(name);
-        if let Some(subject) = &conn.client_subject {
-            headers.insert(name.clone(), subject.clone());
-        }
-    }
-    route.request_headers.apply(headers);
+    prepare_headers(ctx, conn, route, &mut req, upgrade);
     *req.version_mut() = if upstream.client_is_http2() {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
 
-    let sent = std::time::Instant::now();
+    let admitted = match &upstream.breaker {
+        None => None,
+        Some(breaker) => match breaker.admit(upstream.connect_timeout).await {
+            Ok(a) => Some(a),
+            Err(refused) => {
+                upstream.circuit_open_total.inc();
+                tracing::debug!(upstream = %upstream.name, request_id = rid, reason = %refused, "circuit breaker refused a request");
+                return fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the upstream is at capacity; try again later",
+                );
+            }
+        },
+    };
+
+    // Retries need the request body again, so only an empty or small body
+    // (kept in memory) can be retried; anything else is sent once.
+    let retry = upstream
+        .retries
+        .as_ref()
+        .filter(|r| !upgrade && (r.non_idempotent || req.method().is_idempotent()));
+    if let Some(r) = retry {
+        r.budget.deposit();
+    }
+    let (parts, body) = req.into_parts();
+    let kept = match retry {
+        Some(r) => keep_body(body, r.max_body, body_stats).await,
+        None => Kept::Stream(body),
+    };
+    let (policy, replay) = match (retry, kept) {
+        (Some(policy), Kept::Bytes(bytes)) => (policy, bytes),
+        (None, Kept::Bytes(bytes)) => {
+            let req = Request::from_parts(parts, super::body::full(bytes));
+            return send_once(
+                ctx,
+                upstream,
+                &pick,
+                &path_and_query,
+                req,
+                client_upgrade,
+                admitted,
+                body_stats,
+            )
+            .await;
+        }
+        (_, Kept::Stream(body)) => {
+            let req = Request::from_parts(parts, body);
+            return send_once(
+                ctx,
+                upstream,
+                &pick,
+                &path_and_query,
+                req,
+                client_upgrade,
+                admitted,
+                body_stats,
+            )
+            .await;
+        }
+        (_, Kept::TooLarge) => {
+            return fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than this listener accepts",
+            );
+        }
+        (_, Kept::Unreadable) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+    };
+
+    let mut tried = Tried::default();
+    let mut retries_done = 0;
+    loop {
+        let Some((index, lease)) = upstream.select(&pick, tried.as_slice()) else {
+            return fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream target is available",
+            );
+        };
+        tried.push(index);
+        let target = &upstream.targets[index];
+        let mut attempt = Request::new(super::body::full(replay.clone()));
+        *attempt.method_mut() = parts.method.clone();
+        *attempt.version_mut() = parts.version;
+        *attempt.headers_mut() = parts.headers.clone();
+        let outcome = exchange(upstream, index, &path_and_query, attempt).await;
+        let failure = match &outcome {
+            Ok(resp) if resp.status().is_server_error() => {
+                Some(Failure::Status(resp.status().as_u16()))
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.failure),
+        };
+        if let Some(failure) = failure
+            && retries_done < policy.attempts
+            && policy.retries(failure)
+            && policy.budget.withdraw()
+        {
+            retries_done += 1;
+            upstream.retries_total.inc();
+            tracing::debug!(upstream = %upstream.name, target = %target.address, request_id = rid, ?failure, "retrying on another target");
+            drop(outcome);
+            drop(lease);
+            tokio::time::sleep(policy.delay(retries_done)).await;
+            continue;
+        }
+        return relay(
+            ctx,
+            upstream,
+            index,
+            outcome,
+            None,
+            Guards(lease, admitted),
+            body_stats,
+        );
+    }
+}
+
+/// The single attempt for requests that cannot be retried (streamed bodies,
+/// upgrades, non-idempotent methods, or no `retries`).
+#[allow(clippy::too_many_arguments)]
+async fn send_once(
+    ctx: &RequestCtx,
+    upstream: &Upstream,
+    pick: &PickContext,
+    path_and_query: &PathAndQuery,
+    request: Request<Body>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    admitted: Option<Admitted>,
+    body_stats: &BodyStats,
+) -> Forwarded {
+    let Some((index, lease)) = upstream.select(pick, &[]) else {
+        return Forwarded {
+            response: problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream target is available",
+                ctx.request_id_str(),
+            ),
+            target: None,
+        };
+    };
+    let outcome = exchange(upstream, index, path_and_query, request).await;
+    relay(
+        ctx,
+        upstream,
+        index,
+        outcome,
+        client_upgrade,
+        Guards(lease, admitted),
+        body_stats,
+    )
+}
+
+/// Sends one attempt to `targets[index]` and waits for the response head,
+/// recording latency and the outcome for outlier detection.
+async fn exchange(
+    upstream: &Upstream,
+    index: usize,
+    path_and_query: &PathAndQuery,
+    mut req: Request<Body>,
+) -> Result<Response<Incoming>, AttemptError> {
+    let target = &upstream.targets[index];
+    match Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query(path_and_query.clone())
+        .build()
+    {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => {
+            return Err(AttemptError {
+                failure: Failure::ConnectError,
+                detail: e.to_string(),
+                timed_out: false,
+            });
+        }
+    }
+    let sent = Instant::now();
     let result =
         tokio::time::timeout(upstream.response_header_timeout, upstream.client.send(req)).await;
-    upstream.duration.observe(sent.elapsed().as_secs_f64());
+    let elapsed = sent.elapsed();
+    upstream.duration.observe(elapsed.as_secs_f64());
+    let outcome = match result {
+        Err(_elapsed) => Err(AttemptError {
+            failure: Failure::Timeout,
+            detail: "no response head within response_header".to_string(),
+            timed_out: true,
+        }),
+        Ok(Err(e)) => Err(AttemptError {
+            failure: failure_of(&e),
+            detail: error_chain(&e),
+            timed_out: timed_out(&e),
+        }),
+        Ok(Ok(resp)) => {
+            target.state.observe_latency(elapsed);
+            Ok(resp)
+        }
+    };
+    let failed = match &outcome {
+        Ok(resp) => resp.status().is_server_error(),
+        Err(_) => true,
+    };
+    upstream.record_outcome(index, failed);
+    outcome
+}
 
-    let target_name = Some(target.address.clone());
-    let response = match result {
-        Err(_elapsed) => {
-            tracing::warn!(upstream = %upstream.name, target = %target.address, request_id = ctx.request_id_str(), "upstream response timed out");
-            problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer in time",
-                ctx.request_id_str(),
-            )
-        }
-        Ok(Err(e)) => {
-            if body.too_large.load(Ordering::Relaxed) {
-                problem(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "request body is larger than this listener accepts",
-                    ctx.request_id_str(),
-                )
-            } else {
-                let (status, detail) = classify(&e);
-                tracing::warn!(upstream = %upstream.name, target = %target.address, request_id = ctx.request_id_str(), error = %error_chain(&e), "upstream request failed");
-                problem(status, detail, ctx.request_id_str())
-            }
-        }
-        Ok(Ok(mut resp)) => {
+/// What the client gets for the final attempt's outcome.
+fn relay(
+    ctx: &RequestCtx,
+    upstream: &Upstream,
+    index: usize,
+    outcome: Result<Response<Incoming>, AttemptError>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    guards: Guards,
+    body_stats: &BodyStats,
+) -> Forwarded {
+    let target = &upstream.targets[index];
+    let rid = ctx.request_id_str();
+    let response = match outcome {
+        Ok(mut resp) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_side) = client_upgrade {
                     let upstream_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client_side, upstream_side));
+                    tokio::spawn(tunnel(client_side, upstream_side, guards));
+                    return Forwarded {
+                        response: resp.map(from_incoming),
+                        target: Some(target.address.clone()),
+                    };
                 }
             } else {
                 remove_hop_by_hop(resp.headers_mut(), false);
             }
-            resp.map(from_incoming)
+            // The target counts as in use until the body has been relayed.
+            resp.map(|b| hold(from_incoming(b), guards))
+        }
+        Err(_) if body_stats.too_large.load(Ordering::Relaxed) => problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is larger than this listener accepts",
+            rid,
+        ),
+        Err(e) => {
+            tracing::warn!(upstream = %upstream.name, target = %target.address, request_id = rid, failure = ?e.failure, error = %e.detail, "upstream request failed");
+            let (status, text) = match e.failure {
+                _ if e.timed_out => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time",
+                ),
+                Failure::ConnectError => {
+                    (StatusCode::BAD_GATEWAY, "the upstream could not be reached")
+                }
+                _ => (StatusCode::BAD_GATEWAY, "the upstream connection failed"),
+            };
+            problem(status, text, rid)
         }
     };
     Forwarded {
         response,
-        target: target_name,
+        target: Some(target.address.clone()),
+    }
+}
+
+/// What holds an upstream slot while a response streams: the target's
+/// in-flight count and the circuit breaker's admission. Only dropping it
+/// matters, so its fields are never read.
+struct Guards(
+    #[allow(dead_code)] InFlight,
+    #[allow(dead_code)] Option<Admitted>,
+);
+
+/// Targets one request has used, without allocating.
+#[derive(Default)]
+struct Tried {
+    used: [usize; 8],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, index: usize) {
+        // Past eight attempts the oldest are forgotten; a repeat is harmless.
+        self.used[self.len % 8] = index;
+        self.len += 1;
+    }
+    fn as_slice(&self) -> &[usize] {
+        &self.used[..self.len.min(8)]
+    }
+}
+
+/// A request body read for possible replay.
+enum Kept {
+    /// Small enough: here it is.
+    Bytes(Bytes),
+    /// Too large to keep: still streaming, send it once.
+    Stream(Body),
+    /// Crossed the listener's max_body while being read.
+    TooLarge,
+    /// The client's body broke while being read.
+    Unreadable,
+}
+
+/// Reads the body into memory when it is empty or declares a length no
+/// larger than `max`. A body of unknown length is streamed once instead:
+/// reading it to find out would mean it could not be sent unread anymore.
+async fn keep_body(body: Body, max: u64, stats: &BodyStats) -> Kept {
+    use http_body_util::BodyExt;
+    let hint = hyper::body::Body::size_hint(&body);
+    if hyper::body::Body::is_end_stream(&body) {
+        return Kept::Bytes(Bytes::new());
+    }
+    match hint.exact() {
+        Some(len) if len <= max => match body.collect().await {
+            Ok(c) => Kept::Bytes(c.to_bytes()),
+            Err(_) if stats.too_large.load(Ordering::Relaxed) => Kept::TooLarge,
+            Err(_) => Kept::Unreadable,
+        },
+        _ => Kept::Stream(body),
+    }
+}
+
+/// Why one attempt produced no response head.
+struct AttemptError {
+    /// The failure as retry rules name it.
+    failure: Failure,
+    /// The error chain, for the log (never for the client).
+    detail: String,
+    /// Whether it was a timeout (504) rather than a refusal or reset (502).
+    timed_out: bool,
+}
+
+/// Connect errors are retried as `connect_error`; everything else that broke
+/// before a response head is a `reset`.
+fn failure_of(e: &hyper_util::client::legacy::Error) -> Failure {
+    if e.is_connect() {
+        Failure::ConnectError
+    } else {
+        Failure::Reset
     }
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _guards: Guards,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {
@@ -158,58 +444,76 @@ fn is_upgrade(req: &Request<Body>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// `scheme://target/path?query` with the route's rewrite applied.
-fn upstream_uri(
-    upstream: &Upstream,
-    target: &crate::upstream::Target,
-    req: &Request<Body>,
-    route: &RouteEntry,
-) -> Option<Uri> {
-    let path = req.uri().path();
-    let query = req.uri().query();
-    let path_and_query: PathAndQuery = match &route.rewrite {
-        None => match req.uri().path_and_query() {
-            Some(pq) => pq.clone(),
-            None => PathAndQuery::from_static("/"),
-        },
+/// The path and query to send upstream, with the route's rewrite applied.
+fn upstream_path(req: &Request<Body>, route: &RouteEntry) -> Option<PathAndQuery> {
+    match &route.rewrite {
+        None => Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        ),
         Some(rw) => {
-            let new_path = rw.apply(path);
+            let new_path = rw.apply(req.uri().path());
             // A regex rewrite may add its own query; the client's is appended.
-            let joined = match (new_path.contains('?'), query) {
+            let joined = match (new_path.contains('?'), req.uri().query()) {
                 (_, None) => new_path.into_owned(),
                 (true, Some(q)) => format!("{new_path}&{q}"),
                 (false, Some(q)) => format!("{new_path}?{q}"),
             };
-            PathAndQuery::try_from(joined).ok()?
+            PathAndQuery::try_from(joined).ok()
         }
-    };
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
+    }
 }
 
-/// 504 for timeouts, 502 for everything else; details never name the target.
-fn classify(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
+/// Header hygiene and the route's header changes, done once per request
+/// (not per attempt).
+fn prepare_headers(
+    ctx: &RequestCtx,
+    conn: &Connection,
+    route: &RouteEntry,
+    req: &mut Request<Body>,
+    upgrade: bool,
+) {
+    let original_host = host_of(req).and_then(|h| HeaderValue::from_str(h).ok());
+    let headers = req.headers_mut();
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    remove_hop_by_hop(headers, upgrade);
+    if te_trailers {
+        // gRPC needs "te: trailers", the one TE value HTTP/2 allows.
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    set_forwarded(headers, ctx.client.ip(), ctx.tls, original_host.as_ref());
+    if !headers.contains_key(header::HOST)
+        && let Some(h) = &original_host
+    {
+        headers.insert(header::HOST, h.clone());
+    }
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    if let Some(name) = &conn.subject_header {
+        // Never trust a client-sent subject: only the verified one passes.
+        headers.remove(name);
+        if let Some(subject) = &conn.client_subject {
+            headers.insert(name.clone(), subject.clone());
+        }
+    }
+    route.request_headers.apply(headers);
+}
+
+/// Whether a connect error was a timeout (504 rather than 502).
+fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source = e.source();
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::TimedOut
         {
-            return (
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer in time",
-            );
+            return true;
         }
         source = s.source();
     }
-    if e.is_connect() {
-        (StatusCode::BAD_GATEWAY, "the upstream could not be reached")
-    } else {
-        (StatusCode::BAD_GATEWAY, "the upstream connection failed")
-    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1,11 +1,14 @@
-//! Serving one accepted client connection: the TLS handshake when the
-//! listener terminates TLS, then HTTP/1.1 or HTTP/2 (auto-detected, h2c
-//! included) with the listener's limits, until the client leaves or a
-//! graceful shutdown asks the connection to finish its in-flight requests.
+//! Serving one accepted client connection: the PROXY protocol header when
+//! the listener requires one, then either an L4 relay (`tcp`, `tls`
+//! passthrough), or the TLS handshake when the listener terminates TLS and
+//! HTTP/1.1 or HTTP/2 (auto-detected, h2c included) with the listener's
+//! limits, until the client leaves or a graceful shutdown asks the
+//! connection to finish its in-flight requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http::HeaderValue;
 use hyper::service::service_fn;
@@ -15,20 +18,68 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::proxy_protocol::{self, Prefixed};
 use super::tls;
 use crate::config::snapshot::ListenerPlan;
+use crate::l4::{self, L4Plan};
 use crate::proxy::pipeline::{self, Connection};
 use crate::server::runtime::Runtime;
 
-/// Serves `stream` from `client` on the listener `plan` until it closes.
+/// Longest wait for a PROXY protocol header (bounded further by the
+/// listener's `header_read_timeout`): an L4 tier sends it at once, so a slow
+/// header means a client that bypassed the tier.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `stream` from `peer` on the listener `plan` until it closes.
 pub async fn serve(
-    stream: TcpStream,
-    client: SocketAddr,
+    mut stream: TcpStream,
+    peer: SocketAddr,
     plan: Arc<ListenerPlan>,
     rt: Arc<Runtime>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    let mut client = peer;
+    let mut destination = stream.local_addr().unwrap_or(plan.address);
+    let mut early = Vec::new();
+    if plan.proxy_protocol {
+        let timeout = plan.limits.header_read_timeout.min(PROXY_HEADER_TIMEOUT);
+        match proxy_protocol::read_header(&mut stream, timeout).await {
+            Ok((header, rest)) => {
+                // The header's addresses stand for the client everywhere:
+                // X-Forwarded-For, ip_hash, rate limits and logs.
+                client = header.source.unwrap_or(peer);
+                destination = header.destination.unwrap_or(destination);
+                early = rest;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, listener = %plan.name, error = %e, "closing the connection");
+                return;
+            }
+        }
+    }
+    // Bytes read past the PROXY header belong to the payload.
+    let stream = Prefixed::new(early, stream);
+    match &plan.l4 {
+        None => {}
+        Some(L4Plan::Tcp(upstream)) => {
+            return l4::tcp::serve(stream, client, destination, upstream, &plan.name).await;
+        }
+        Some(L4Plan::Tls(routes)) => {
+            let hello_timeout = plan.limits.header_read_timeout;
+            return l4::tls_passthrough::serve(
+                stream,
+                client,
+                destination,
+                routes,
+                hello_timeout,
+                &plan.name,
+            )
+            .await;
+        }
+        // UDP listeners have their own socket loop and never accept streams.
+        Some(L4Plan::Udp(_)) => return,
+    }
     match &plan.tls {
         None => {
             let conn = Connection {

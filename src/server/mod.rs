@@ -6,6 +6,7 @@
 //! running configuration untouched.
 
 pub mod connection;
+pub mod proxy_protocol;
 pub mod runtime;
 pub mod tls;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::diagnostics::{ConfigError, ConfigErrors};
@@ -118,6 +119,7 @@ impl Gateway {
                 start_listener(&inner, key, listener, &mut running);
             }
         }
+        inner.runtime.sync_health_checks();
         if let Some(listener) = admin_listener {
             tokio::spawn(crate::admin::serve(listener, inner.clone()));
         }
@@ -163,6 +165,7 @@ impl Gateway {
 
     /// As [`Gateway::shutdown`] with an explicit deadline.
     pub async fn shutdown_within(&self, timeout: Duration) -> bool {
+        self.inner.runtime.stop_health_checks();
         {
             let mut running = self.inner.listeners.lock().await;
             for (_, l) in running.drain() {
@@ -223,6 +226,8 @@ impl Inner {
             }
         };
         rt.snapshot.store(snapshot.clone());
+        rt.health_checks.sync(&snapshot);
+        rt.prune_targets(&snapshot);
         for (key, listener) in new {
             start_listener(self, key, listener, &mut running);
         }
@@ -252,13 +257,29 @@ fn key_of(plan: &Arc<crate::config::snapshot::ListenerPlan>) -> ListenerKey {
     ListenerKey {
         name: plan.name.to_string(),
         address: plan.address_text.clone(),
-        // http and https share one accept loop, and each connection reads its
-        // TLS settings from the current plan, so switching between them keeps
-        // the socket instead of binding the same port a second time.
+        // http, https, tcp and tls share one accept loop, and each connection
+        // reads its protocol and TLS settings from the current plan, so
+        // switching between them keeps the socket instead of binding the same
+        // port a second time. Only udp needs a different kind of socket.
         protocol: match plan.protocol {
-            Protocol::Https => Protocol::Http,
-            other => other,
+            Protocol::Udp => Protocol::Udp,
+            _ => Protocol::Http,
         },
+    }
+}
+
+/// A bound listener socket: a stream listener, or a UDP socket.
+enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
     }
 }
 
@@ -266,21 +287,22 @@ fn key_of(plan: &Arc<crate::config::snapshot::ListenerPlan>) -> ListenerKey {
 async fn bind_new(
     snapshot: &Snapshot,
     running: &HashMap<ListenerKey, RunningListener>,
-) -> Result<Vec<(ListenerKey, TcpListener)>, StartError> {
+) -> Result<Vec<(ListenerKey, Bound)>, StartError> {
     let mut out = Vec::new();
     for plan in &snapshot.listeners {
         let key = key_of(plan);
         if running.contains_key(&key) {
             continue;
         }
-        let listener =
-            TcpListener::bind(plan.address)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: key.name.clone(),
-                    address: key.address.clone(),
-                    source,
-                })?;
+        let bound = match plan.protocol {
+            Protocol::Udp => UdpSocket::bind(plan.address).await.map(Bound::Udp),
+            _ => TcpListener::bind(plan.address).await.map(Bound::Tcp),
+        };
+        let listener = bound.map_err(|source| StartError::Bind {
+            name: key.name.clone(),
+            address: key.address.clone(),
+            source,
+        })?;
         out.push((key, listener));
     }
     Ok(out)
@@ -289,7 +311,7 @@ async fn bind_new(
 fn start_listener(
     inner: &Arc<Inner>,
     key: ListenerKey,
-    listener: TcpListener,
+    listener: Bound,
     running: &mut HashMap<ListenerKey, RunningListener>,
 ) {
     let Ok(local_addr) = listener.local_addr() else {
@@ -300,12 +322,34 @@ fn start_listener(
     if let Ok(mut map) = inner.addresses.lock() {
         map.insert(key.name.clone(), local_addr);
     }
-    tokio::spawn(accept_loop(
-        inner.clone(),
-        key.name.clone(),
-        listener,
-        stop_rx,
-    ));
+    match listener {
+        Bound::Tcp(listener) => {
+            tokio::spawn(accept_loop(
+                inner.clone(),
+                key.name.clone(),
+                listener,
+                stop_rx,
+            ));
+        }
+        Bound::Udp(socket) => {
+            let name: Arc<str> = Arc::from(key.name.as_str());
+            // Open UDP sessions count as connections in connections_active.
+            let gauge = inner
+                .runtime
+                .metrics
+                .connections_active
+                .get_or_create_owned(&ListenerLabel {
+                    listener: name.clone(),
+                });
+            tokio::spawn(crate::l4::udp::serve(
+                socket,
+                name,
+                inner.runtime.clone(),
+                gauge,
+                stop_rx,
+            ));
+        }
+    }
     running.insert(key, RunningListener { local_addr, stop });
 }
 

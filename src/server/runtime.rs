@@ -13,7 +13,8 @@ use crate::config::load::load_file;
 use crate::config::{ConfigErrors, Snapshot};
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::{Metrics, ResultLabel};
-use crate::upstream::ClientCache;
+use crate::upstream::health::HealthChecks;
+use crate::upstream::{ClientCache, TargetState};
 
 /// Everything the data plane and the admin API share.
 pub struct Runtime {
@@ -27,6 +28,10 @@ pub struct Runtime {
     pub clients: ClientCache,
     /// Access-log writers by destination, reused across reloads.
     access_logs: Mutex<HashMap<Destination, Arc<AccessLog>>>,
+    /// Live state of every target by (upstream, address), kept across reloads.
+    targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+    /// Active health checks of the installed snapshot's upstreams.
+    pub health_checks: HealthChecks,
     /// When the process started serving.
     pub started: Instant,
     /// Serializes reloads so two at once cannot interleave.
@@ -50,12 +55,15 @@ impl Runtime {
         let loaded = load_file(&config_path)?;
         // The snapshot needs a runtime (pools, metrics) to compile against, so
         // the runtime is built around a placeholder swapped out at once.
+        let metrics = Arc::new(Metrics::new());
         let runtime = Arc::new(Runtime {
             config_path: config_path.clone(),
             snapshot: ArcSwap::from_pointee(Snapshot::empty(&config_path)),
-            metrics: Arc::new(Metrics::new()),
+            health_checks: HealthChecks::new(metrics.upstream_target_healthy.clone()),
+            metrics,
             clients: ClientCache::default(),
             access_logs: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
             started: Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
             check_only,
@@ -86,6 +94,43 @@ impl Runtime {
             result: if success { "success" } else { "failure" },
         };
         self.metrics.config_reloads.get_or_create(&label).inc();
+    }
+
+    /// The live state of `address` in `upstream`: the same object for as long
+    /// as a snapshot keeps that target, so health and load survive reloads.
+    pub fn target_state(&self, upstream: &str, address: &str) -> Arc<TargetState> {
+        let mut map = match self.targets.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.entry((upstream.to_string(), address.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Brings active health checks in line with the installed snapshot; call
+    /// it after every install (start and reload), inside the tokio runtime.
+    pub fn sync_health_checks(&self) {
+        self.health_checks.sync(&self.snapshot.load());
+    }
+
+    /// Stops every active health check (shutdown).
+    pub fn stop_health_checks(&self) {
+        self.health_checks.stop();
+    }
+
+    /// Forgets the state of targets that `snapshot` no longer has.
+    pub fn prune_targets(&self, snapshot: &Snapshot) {
+        let mut map = match self.targets.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.retain(|(upstream, address), _| {
+            snapshot
+                .upstreams
+                .get(upstream.as_str())
+                .is_some_and(|u| u.targets.iter().any(|t| &*t.address == address))
+        });
     }
 
     /// The access-log writer for `destination`, opened once and shared. In

@@ -1,55 +1,111 @@
 //! Upstreams: named groups of targets, how one is picked, and the pooled
 //! HTTP clients that carry requests to them.
 //!
-//! An [`Upstream`] is rebuilt with each configuration snapshot, but the
-//! connection pools it uses live in [`ClientCache`], outside the snapshot, so
-//! a reload keeps warm keep-alive connections.
+//! An [`Upstream`] is rebuilt with each configuration snapshot, but what must
+//! outlive a snapshot lives elsewhere: connection pools in [`ClientCache`],
+//! and each target's health and load in a [`TargetState`] kept by the
+//! runtime's registry, so a reload keeps warm connections and health verdicts.
 
 pub mod balance;
+pub mod breaker;
 pub mod client;
+pub mod hash_key;
+pub mod health;
+pub mod outlier;
+pub mod retry;
+pub mod target;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Scheme;
 
+use balance::{Balancer, PickContext};
 pub use client::{ClientCache, UpstreamClient};
+pub use hash_key::HashKey;
+pub use target::{InFlight, Target, TargetState};
 
-/// One backend address of an upstream.
-#[derive(Debug)]
-pub struct Target {
-    /// `host:port` as configured.
-    pub address: Arc<str>,
-    /// The same, ready for request URIs.
-    pub authority: Authority,
-    /// Relative share of requests.
-    pub weight: u32,
+/// What to do when no target is available (every one unhealthy or ejected).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenAllDown {
+    /// Answer 503 at once.
+    #[default]
+    Fail,
+    /// Use every target anyway, as if all were healthy.
+    Any,
 }
 
 /// A compiled upstream.
 pub struct Upstream {
     /// The configured name.
-    pub name: Arc<str>,
+    pub name: std::sync::Arc<str>,
     /// The targets in file order.
     pub targets: Vec<Target>,
     /// Picks a target for each request.
-    pub balancer: balance::RoundRobin,
+    pub balancer: Box<dyn Balancer>,
+    /// What a hashing balancer hashes.
+    pub hash_key: Option<HashKey>,
+    /// Policy when no target is available.
+    pub when_all_down: WhenAllDown,
     /// `http` or `https` to the targets.
     pub scheme: Scheme,
     /// Pooled client for this upstream's settings.
     pub client: UpstreamClient,
+    /// Longest wait for a connection (also the longest wait for a circuit-breaker slot).
+    pub connect_timeout: Duration,
     /// Longest wait from sending the request to its response headers.
     pub response_header_timeout: Duration,
     /// Whether requests go out as HTTP/2.
     pub http2: bool,
+    /// Passive ejection of failing targets, when configured.
+    pub outlier: Option<outlier::OutlierDetection>,
+    /// Retry rules, when configured.
+    pub retries: Option<retry::RetryPolicy>,
+    /// Caps on requests in flight, when configured.
+    pub breaker: Option<breaker::CircuitBreaker>,
+    /// `portcullis_retries_total{upstream}`, resolved once.
+    pub retries_total: prometheus_client::metrics::counter::Counter,
+    /// `portcullis_circuit_open_total{upstream}`, resolved once.
+    pub circuit_open_total: prometheus_client::metrics::counter::Counter,
+    /// Active health checks, when configured.
+    pub health_check: Option<health::HealthCheck>,
     /// `portcullis_upstream_duration_seconds{upstream}`, resolved once.
     pub duration: prometheus_client::metrics::histogram::Histogram,
+    /// Connect and idle timeouts and the PROXY header for raw (L4) connections.
+    pub l4: crate::l4::L4Settings,
 }
 
 impl Upstream {
-    /// The target for the next request.
-    pub fn pick(&self) -> &Target {
-        &self.targets[self.balancer.next()]
+    /// Chooses a target and counts the request against it. `tried` lists
+    /// targets already used by this request: another one is preferred, the
+    /// same one only when nothing else is available. `None` means no target
+    /// may be used (all down and `when_all_down: fail`).
+    pub fn select(&self, ctx: &PickContext, tried: &[usize]) -> Option<(usize, InFlight)> {
+        let available = |i: usize| self.targets[i].state.available();
+        let chosen = self
+            .balancer
+            .pick(ctx, &|i| available(i) && !tried.contains(&i))
+            .or_else(|| self.balancer.pick(ctx, &available))
+            .or_else(|| match self.when_all_down {
+                WhenAllDown::Any => self.balancer.pick(ctx, &|_| true),
+                WhenAllDown::Fail => None,
+            })?;
+        Some((chosen, self.targets[chosen].state.lease()))
+    }
+
+    /// Records the outcome of one exchange with `targets[index]` for outlier
+    /// detection, logging an ejection.
+    pub fn record_outcome(&self, index: usize, failed: bool) {
+        let Some(outlier) = &self.outlier else {
+            return;
+        };
+        if let Some(length) = outlier.record(&self.targets, index, failed) {
+            tracing::warn!(
+                upstream = %self.name,
+                target = %self.targets[index].address,
+                seconds = length.as_secs_f64(),
+                "target ejected after consecutive failures"
+            );
+        }
     }
 
     /// Whether requests to this upstream go out as HTTP/2.

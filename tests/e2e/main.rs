@@ -4,12 +4,17 @@
 
 mod access_log;
 mod admin;
+mod balancing;
 mod check_cli;
 mod common;
 mod forwarding;
+mod health;
+mod l4;
 mod limits;
 mod policies;
+mod proxy_protocol;
 mod reload;
+mod resilience;
 mod routing;
 mod smoke;
 mod static_files;

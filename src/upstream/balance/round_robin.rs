@@ -6,6 +6,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::{Balancer, PickContext};
+
 /// Longest precomputed sequence; larger weight sums are scaled down to fit.
 const MAX_SEQUENCE: u64 = 4096;
 
@@ -48,19 +50,29 @@ impl RoundRobin {
             current[best] -= sum;
             sequence.push(best);
         }
-        if sequence.is_empty() {
-            sequence.push(0);
-        }
         RoundRobin {
             sequence,
             next: AtomicUsize::new(0),
         }
     }
 
-    /// Index of the next target.
-    pub fn next(&self) -> usize {
+    /// Index of the next target; `None` when there are no targets.
+    pub fn next(&self) -> Option<usize> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        self.sequence[n % self.sequence.len()]
+        self.sequence
+            .get(n.checked_rem(self.sequence.len())?)
+            .copied()
+    }
+}
+
+impl Balancer for RoundRobin {
+    fn pick(&self, _ctx: &PickContext, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        // A skipped target's slot is consumed from the shared sequence, so the
+        // remaining targets keep their relative shares (a local scan from one
+        // position would hand the skipped share to whichever target follows).
+        (0..self.sequence.len())
+            .map_while(|_| self.next())
+            .find(|&t| eligible(t))
     }
 }
 
@@ -71,16 +83,18 @@ mod tests {
     #[test]
     fn smooth_sequence_spreads_the_heavy_target() {
         let rr = RoundRobin::new(&[5, 1, 1]);
-        let seq: Vec<usize> = (0..7).map(|_| rr.next()).collect();
+        let seq: Vec<usize> = (0..7).map(|_| rr.next().unwrap()).collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
     }
 
     #[test]
     fn shares_follow_weights() {
+        // One shared sequence: over whole cycles the shares are exact
+        // (tolerance 0).
         let rr = RoundRobin::new(&[2, 1]);
         let mut counts = [0; 2];
         for _ in 0..300 {
-            counts[rr.next()] += 1;
+            counts[rr.next().unwrap()] += 1;
         }
         assert_eq!(counts, [200, 100]);
     }
@@ -90,17 +104,30 @@ mod tests {
         let rr = RoundRobin::new(&[1_000_000, 1]);
         let mut counts = [0; 2];
         for _ in 0..4096 {
-            counts[rr.next()] += 1;
+            counts[rr.next().unwrap()] += 1;
         }
         assert!(counts[1] >= 1);
         assert!(counts[0] > 4000);
     }
 
     #[test]
+    fn ineligible_targets_are_skipped_and_the_rest_keep_their_shares() {
+        let rr = RoundRobin::new(&[2, 1, 1]);
+        let ctx = PickContext::default();
+        let mut counts = [0; 3];
+        for _ in 0..400 {
+            counts[rr.pick(&ctx, &|i| i != 1).unwrap()] += 1;
+        }
+        assert_eq!(counts[1], 0);
+        assert!((250..=285).contains(&counts[0]), "{counts:?}");
+        assert!(rr.pick(&ctx, &|_| false).is_none());
+    }
+
+    #[test]
     fn zero_weights_everywhere_still_pick() {
         let rr = RoundRobin::new(&[0, 0]);
-        let a = rr.next();
-        let b = rr.next();
+        let a = rr.next().unwrap();
+        let b = rr.next().unwrap();
         assert_ne!(a, b);
     }
 }

@@ -1,0 +1,462 @@
+//! Compiling `listeners`: addresses, TLS termination, limits, PROXY protocol,
+//! L4 settings, and each listener's route table with its policies.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use crate::config::diagnostics::DocPath;
+use crate::config::locate;
+use crate::config::model::{self, Config, Protocol};
+use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan, RouteEntry};
+use crate::policy::{self, NamedPolicy};
+use crate::route::{RouteSpec, RouteTable};
+use crate::server::tls::{self, CertificateFiles, ClientAuth, ServerTlsSettings, TlsVersion};
+use crate::upstream::Upstream;
+
+use super::Compiler;
+
+impl Compiler<'_> {
+    pub(super) fn listeners(
+        &mut self,
+        cfg: &Config,
+        routes: &[(Arc<RouteEntry>, RouteSpec, Vec<NamedPolicy>)],
+        policies: &HashMap<String, NamedPolicy>,
+        upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+    ) -> Vec<Arc<ListenerPlan>> {
+        self.refuse_l7_proxy_protocol(cfg, routes);
+        let http_listeners: Vec<&str> = cfg
+            .listeners
+            .iter()
+            .filter(|l| matches!(l.protocol, Protocol::Http | Protocol::Https))
+            .map(|l| l.name.as_str())
+            .collect();
+        // Which listeners each route attaches to.
+        let mut attached: Vec<Vec<usize>> = vec![Vec::new(); cfg.listeners.len()];
+        for (i, r) in cfg.routes.iter().enumerate() {
+            let at = DocPath::root().key("routes").index(i).key("listeners");
+            match &r.listeners {
+                None => {
+                    for (li, l) in cfg.listeners.iter().enumerate() {
+                        if matches!(l.protocol, Protocol::Http | Protocol::Https) {
+                            attached[li].push(i);
+                        }
+                    }
+                }
+                Some(names) => {
+                    for (j, name) in names.iter().enumerate() {
+                        match cfg.listeners.iter().position(|l| &l.name == name) {
+                            Some(li) if http_listeners.contains(&name.as_str()) => {
+                                attached[li].push(i)
+                            }
+                            Some(_) => self.diag.error(
+                                &at.index(j),
+                                format!("listener `{name}` is not an http or https listener"),
+                                Some("routes attach to http and https listeners only".to_string()),
+                            ),
+                            None => self.missing(&at.index(j), "listener", name, &http_listeners),
+                        }
+                    }
+                }
+            }
+        }
+        // Route index in `routes` by file index (routes that failed to compile are absent).
+        let by_name: HashMap<&str, usize> = routes
+            .iter()
+            .enumerate()
+            .map(|(k, (r, _, _))| (&*r.name, k))
+            .collect();
+
+        let mut out = Vec::new();
+        for (li, l) in cfg.listeners.iter().enumerate() {
+            let at = DocPath::root().key("listeners").index(li);
+            let address = self.socket_addr(&at.key("address"), &l.address);
+            if matches!(l.protocol, Protocol::Tcp | Protocol::Tls | Protocol::Udp) {
+                if let Some(plan) = self.l4_listener(cfg, &at, l, address, upstreams) {
+                    out.push(Arc::new(plan));
+                }
+                continue;
+            }
+            for (key, given) in [
+                ("upstream", l.upstream.is_some()),
+                ("sni", !l.sni.is_empty()),
+                ("default_upstream", l.default_upstream.is_some()),
+            ] {
+                if given {
+                    self.diag.error(
+                        &at.key(key),
+                        format!("`{key}` applies only to tcp, tls and udp listeners"),
+                        Some(
+                            "http and https listeners forward through routes; remove it"
+                                .to_string(),
+                        ),
+                    );
+                }
+            }
+            let tls = self.listener_tls(&at, l);
+            let listener_policies = self.policy_list(&at.key("policies"), &l.policies, policies);
+            let limits = Limits {
+                max_header_size: l
+                    .max_header_size
+                    .map(|s| usize::try_from(s.0).unwrap_or(usize::MAX))
+                    .unwrap_or(Limits::default().max_header_size),
+                max_headers: l.max_headers.unwrap_or(Limits::default().max_headers),
+                max_body: l.max_body.map(|s| s.0),
+                header_read_timeout: l
+                    .header_read_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Limits::default().header_read_timeout),
+            };
+            let mut specs = Vec::new();
+            let mut bindings = Vec::new();
+            for ri in &attached[li] {
+                let Some(k) = by_name.get(cfg.routes[*ri].name.as_str()) else {
+                    continue;
+                };
+                let (route, spec, route_policies) = &routes[*k];
+                let mut all = listener_policies.clone();
+                all.extend(route_policies.iter().cloned());
+                specs.push(spec.clone());
+                bindings.push(Binding {
+                    route: route.clone(),
+                    policies: policy::in_phase_order(all).into(),
+                });
+            }
+            let table = match RouteTable::build(specs) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.diag
+                        .error(&at, format!("cannot build the route table: {e}"), None);
+                    continue;
+                }
+            };
+            let (Some(address), Some(tls)) = (address, tls) else {
+                continue;
+            };
+            out.push(Arc::new(ListenerPlan {
+                name: Arc::from(l.name.as_str()),
+                address_text: l.address.clone(),
+                address,
+                protocol: l.protocol,
+                tls: tls.0,
+                client_subject_header: tls.1,
+                limits,
+                routes: table,
+                bindings,
+                proxy_protocol: l.proxy_protocol,
+                l4: None,
+            }));
+        }
+        out
+    }
+
+    /// Compiles a `tcp`, `tls` or `udp` listener.
+    fn l4_listener(
+        &mut self,
+        cfg: &Config,
+        at: &DocPath,
+        l: &model::Listener,
+        address: Option<SocketAddr>,
+        upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+    ) -> Option<ListenerPlan> {
+        let kind = format!("{:?}", l.protocol).to_lowercase();
+        let http_only = [
+            (
+                "tls",
+                l.tls.is_some(),
+                "TLS passthrough never decrypts; use protocol: https to terminate TLS",
+            ),
+            (
+                "policies",
+                !l.policies.is_empty(),
+                "policies run on HTTP requests; remove them",
+            ),
+            ("max_header_size", l.max_header_size.is_some(), "remove it"),
+            ("max_headers", l.max_headers.is_some(), "remove it"),
+            ("max_body", l.max_body.is_some(), "remove it"),
+        ];
+        let mut ok = true;
+        for (key, given, hint) in http_only {
+            if given {
+                self.diag.error(
+                    &at.key(key),
+                    format!("`{key}` does not apply to {kind} listeners"),
+                    Some(hint.to_string()),
+                );
+                ok = false;
+            }
+        }
+        let known: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let lookup = |this: &mut Self, at: &DocPath, name: &str| -> Option<Arc<Upstream>> {
+            match upstreams.get(name) {
+                Some(u) => Some(u.clone()),
+                None => {
+                    // An upstream that failed to compile has its own error already.
+                    if !known.contains(&name) {
+                        this.missing(at, "upstream", name, &known);
+                    }
+                    None
+                }
+            }
+        };
+        let plan = match l.protocol {
+            Protocol::Tcp | Protocol::Udp => {
+                for (key, given) in [
+                    ("sni", !l.sni.is_empty()),
+                    ("default_upstream", l.default_upstream.is_some()),
+                ] {
+                    if given {
+                        self.diag.error(
+                            &at.key(key),
+                            format!("`{key}` applies only to tls listeners"),
+                            Some(format!("{kind} listeners forward to `upstream`")),
+                        );
+                        ok = false;
+                    }
+                }
+                let Some(name) = &l.upstream else {
+                    self.diag.error(
+                        at,
+                        format!("{kind} listener `{}` has no `upstream`", l.name),
+                        Some("add upstream: NAME".to_string()),
+                    );
+                    return None;
+                };
+                let upstream = lookup(self, &at.key("upstream"), name)?;
+                if l.protocol == Protocol::Udp {
+                    if l.proxy_protocol {
+                        self.diag.error(
+                            &at.key("proxy_protocol"),
+                            "PROXY protocol is not available on udp listeners",
+                            Some("remove `proxy_protocol`".to_string()),
+                        );
+                        ok = false;
+                    }
+                    if upstream.l4.proxy_protocol.is_some() {
+                        self.diag.error(
+                            &at.key("upstream"),
+                            format!(
+                                "upstream `{name}` sends PROXY headers, which udp listeners cannot"
+                            ),
+                            Some("use an upstream without `proxy_protocol`".to_string()),
+                        );
+                        ok = false;
+                    }
+                    crate::l4::L4Plan::Udp(upstream)
+                } else {
+                    crate::l4::L4Plan::Tcp(upstream)
+                }
+            }
+            _ => {
+                if let Some(_name) = &l.upstream {
+                    self.diag.error(
+                        &at.key("upstream"),
+                        "tls listeners route by `sni`, not `upstream`",
+                        Some("use default_upstream: NAME for every server name".to_string()),
+                    );
+                    ok = false;
+                }
+                if l.sni.is_empty() && l.default_upstream.is_none() {
+                    self.diag.error(
+                        at,
+                        format!("tls listener `{}` has neither `sni` nor `default_upstream`", l.name),
+                        Some("add sni: { \"db.example.com\": UPSTREAM } or default_upstream: UPSTREAM".to_string()),
+                    );
+                    return None;
+                }
+                let default = match &l.default_upstream {
+                    Some(name) => Some(lookup(self, &at.key("default_upstream"), name)?),
+                    None => None,
+                };
+                let mut routes = crate::l4::SniRoutes::new(default);
+                for (pattern, name) in &l.sni {
+                    let sat = at.key("sni").key(pattern);
+                    let Some(upstream) = lookup(self, &sat, name) else {
+                        ok = false;
+                        continue;
+                    };
+                    if let Err(reason) = routes.add(pattern, upstream) {
+                        self.diag.error(
+                            &sat,
+                            format!("`{pattern}` is not a server name: {reason}"),
+                            Some("write db.example.com or *.example.com".to_string()),
+                        );
+                        ok = false;
+                    }
+                }
+                crate::l4::L4Plan::Tls(routes)
+            }
+        };
+        let routes = RouteTable::build(Vec::new()).ok()?;
+        if !ok {
+            return None;
+        }
+        Some(ListenerPlan {
+            name: Arc::from(l.name.as_str()),
+            address_text: l.address.clone(),
+            address: address?,
+            protocol: l.protocol,
+            tls: None,
+            client_subject_header: None,
+            limits: Limits {
+                header_read_timeout: l
+                    .header_read_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Limits::default().header_read_timeout),
+                ..Limits::default()
+            },
+            routes,
+            bindings: Vec::new(),
+            proxy_protocol: l.proxy_protocol,
+            l4: Some(plan),
+        })
+    }
+
+    /// Sending a PROXY header needs one upstream connection per client, which
+    /// the pooled HTTP client does not do; until a dedicated connector exists,
+    /// an upstream that sends one may serve L4 listeners only.
+    fn refuse_l7_proxy_protocol(
+        &mut self,
+        cfg: &Config,
+        routes: &[(Arc<RouteEntry>, RouteSpec, Vec<NamedPolicy>)],
+    ) {
+        let mut reported = HashSet::new();
+        for (route, _, _) in routes {
+            let used: Vec<&Arc<Upstream>> = match &route.action {
+                Action::Forward(u) => vec![u],
+                Action::Split(split) => split.shares.iter().map(|(_, u)| u).collect(),
+                _ => Vec::new(),
+            };
+            for u in used {
+                if u.l4.proxy_protocol.is_none() || !reported.insert(u.name.clone()) {
+                    continue;
+                }
+                let Some(i) = cfg.upstreams.iter().position(|m| *m.name == *u.name) else {
+                    continue;
+                };
+                self.diag.error(
+                    &DocPath::root().key("upstreams").index(i).key("proxy_protocol"),
+                    format!(
+                        "upstream `{}` sends PROXY headers, but route `{}` forwards HTTP to it; PROXY headers to HTTP upstreams are not available in this version",
+                        u.name, route.name
+                    ),
+                    Some("use this upstream from tcp or tls listeners only, or remove `proxy_protocol`".to_string()),
+                );
+            }
+        }
+    }
+
+    /// The TLS config of a listener: `Some((None, None))` for plain HTTP, `None` on error.
+    #[allow(clippy::type_complexity)]
+    fn listener_tls(
+        &mut self,
+        at: &DocPath,
+        l: &model::Listener,
+    ) -> Option<(Option<Arc<rustls::ServerConfig>>, Option<HeaderName>)> {
+        let tat = at.key("tls");
+        match (l.protocol, &l.tls) {
+            (Protocol::Http, None) => Some((None, None)),
+            (Protocol::Http, Some(_)) => {
+                self.diag.error(
+                    &tat,
+                    "`tls` is set on an http listener",
+                    Some("use protocol: https".to_string()),
+                );
+                None
+            }
+            (Protocol::Https, None) => {
+                self.diag.error(
+                    at,
+                    format!("https listener `{}` has no `tls` section", l.name),
+                    Some("add tls: { certificates: [ { cert: FILE, key: FILE } ] }".to_string()),
+                );
+                None
+            }
+            (Protocol::Https, Some(t)) => {
+                let min_version = match t.min_version.as_deref() {
+                    None | Some("1.2") => TlsVersion::V1_2,
+                    Some("1.3") => TlsVersion::V1_3,
+                    Some(other) => {
+                        self.diag.error(
+                            &tat.key("min_version"),
+                            format!("unsupported TLS version `{other}`"),
+                            Some("use \"1.2\" or \"1.3\"".to_string()),
+                        );
+                        return None;
+                    }
+                };
+                let client_auth = match t.client_auth.as_deref() {
+                    None | Some("none") => ClientAuth::None,
+                    Some("optional") => ClientAuth::Optional,
+                    Some("required") => ClientAuth::Required,
+                    Some(other) => {
+                        let hint = locate::did_you_mean(other, ["none", "optional", "required"])
+                            .map(|c| format!("did you mean `{c}`?"))
+                            .unwrap_or_else(|| "use none, optional or required".to_string());
+                        self.diag.error(
+                            &tat.key("client_auth"),
+                            format!("unknown client_auth `{other}`"),
+                            Some(hint),
+                        );
+                        return None;
+                    }
+                };
+                if t.certificates.is_empty() {
+                    self.diag.error(
+                        &tat.key("certificates"),
+                        "no certificates listed",
+                        Some("add { cert: FILE, key: FILE }".to_string()),
+                    );
+                    return None;
+                }
+                let certificates: Vec<CertificateFiles> = t
+                    .certificates
+                    .iter()
+                    .map(|c| CertificateFiles {
+                        cert: self.resolve(&c.cert),
+                        key: self.resolve(&c.key),
+                    })
+                    .collect();
+                let client_ca = t.client_ca.as_ref().map(|p| self.resolve(p));
+                let settings = ServerTlsSettings {
+                    certificates: &certificates,
+                    min_version,
+                    client_ca: client_ca.as_deref(),
+                    client_auth,
+                };
+                let header_name = t
+                    .client_subject_header
+                    .as_deref()
+                    .unwrap_or("x-client-subject");
+                let header = match HeaderName::from_bytes(header_name.as_bytes()) {
+                    Ok(h) => h,
+                    Err(_) => {
+                        self.diag.error(
+                            &tat.key("client_subject_header"),
+                            format!("`{header_name}` is not a header name"),
+                            None,
+                        );
+                        return None;
+                    }
+                };
+                match tls::server_config(&settings) {
+                    Ok(config) => Some((
+                        Some(config),
+                        (client_auth != ClientAuth::None).then_some(header),
+                    )),
+                    Err(e) => {
+                        self.diag.error(
+                            &tat.key("certificates"),
+                            e.to_string(),
+                            Some("check that each file exists, is PEM, and that each key belongs to its certificate".to_string()),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => Some((None, None)),
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Checks a loaded model and compiles it into a [`Snapshot`].
+//!
+//! Validation and compilation are one walk: parsing a CIDR, a regex or a
+//! certificate is both the check and the build step, and doing them once
+//! means a file that passes `portcullis check` is exactly one that loads.
+//! Every mistake is recorded with its place in the file; the walk goes on
+//! after a mistake so that one run reports all of them.
+//!
+//! One file per section (`upstream`, `route`, `listener`); this file
+//! holds the walk itself and what the sections share.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+
+use super::diagnostics::{ConfigErrors, Diagnostics, DocPath};
+use super::load::Loaded;
+use super::locate;
+use super::model::Config;
+use super::snapshot::{ConfigInfo, Snapshot};
+use crate::observe::access_log::{AccessLog, Destination};
+use crate::policy::{self, NamedPolicy};
+use crate::server::runtime::Runtime;
+
+mod listener;
+mod route;
+mod upstream;
+
+/// Checks and compiles `loaded` (read from `path`); relative file paths in the
+/// configuration resolve against the file's directory.
+pub fn compile(path: &Path, loaded: &Loaded, runtime: &Runtime) -> Result<Snapshot, ConfigErrors> {
+    let mut c = Compiler {
+        diag: Diagnostics::new(path, loaded.source.as_ref()),
+        base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        runtime,
+    };
+    let snapshot = c.snapshot(path, &loaded.config, &loaded.text);
+    if c.diag.is_empty() {
+        snapshot.ok_or_else(|| c.diag.into_errors())
+    } else {
+        Err(c.diag.into_errors())
+    }
+}
+
+struct Compiler<'a> {
+    diag: Diagnostics<'a>,
+    base: std::path::PathBuf,
+    runtime: &'a Runtime,
+}
+
+/// Turns a dotted sub-path from a component ("allow.1") into a document path.
+fn sub_path(base: &DocPath, dotted: &str) -> DocPath {
+    let mut p = base.clone();
+    for seg in dotted.split('.').filter(|s| !s.is_empty()) {
+        p = match seg.parse::<usize>() {
+            Ok(i) => p.index(i),
+            Err(_) => p.key(seg),
+        };
+    }
+    p
+}
+
+impl Compiler<'_> {
+    fn resolve(&self, p: &Path) -> std::path::PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn unique_names<'n>(&mut self, section: &str, names: impl Iterator<Item = &'n str>) {
+        let mut seen = HashSet::new();
+        for (i, name) in names.enumerate() {
+            let at = DocPath::root().key(section).index(i).key("name");
+            if name.is_empty() {
+                self.diag.error(
+                    &at,
+                    format!("{section}[{i}] has an empty name"),
+                    Some("give it a unique name".into()),
+                );
+            } else if !seen.insert(name) {
+                self.diag.error(
+                    &at,
+                    format!("duplicate name `{name}` in {section}"),
+                    Some("names must be unique; rename one of them".into()),
+                );
+            }
+        }
+    }
+
+    fn missing(&mut self, at: &DocPath, kind: &str, name: &str, known: &[&str]) {
+        let hint = match locate::did_you_mean(name, known.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None if known.is_empty() => {
+                format!("define it in the top-level `{}` section", section_of(kind))
+            }
+            None => format!("known {kind}s: {}", known.join(", ")),
+        };
+        self.diag
+            .error(at, format!("{kind} `{name}` is not defined"), Some(hint));
+    }
+
+    fn snapshot(&mut self, path: &Path, cfg: &Config, text: &str) -> Option<Snapshot> {
+        self.unique_names("listeners", cfg.listeners.iter().map(|l| l.name.as_str()));
+        self.unique_names("routes", cfg.routes.iter().map(|r| r.name.as_str()));
+        self.unique_names("upstreams", cfg.upstreams.iter().map(|u| u.name.as_str()));
+
+        let upstreams = self.upstreams(cfg);
+        let policies = self.policies(cfg);
+        let routes = self.routes(cfg, &upstreams, &policies);
+        let listeners = self.listeners(cfg, &routes, &policies, &upstreams);
+
+        let admin = cfg.admin.as_ref().and_then(|a| {
+            self.socket_addr(&DocPath::root().key("admin").key("address"), &a.address)
+        });
+        let access_log = self.access_log(cfg);
+        if !self.diag.is_empty() {
+            return None;
+        }
+        let listener_index = listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.name.clone(), i))
+            .collect();
+        Some(Snapshot {
+            info: ConfigInfo {
+                path: path.to_path_buf(),
+                hash: hex::encode(Sha256::digest(text.as_bytes())),
+                loaded_at: SystemTime::now(),
+            },
+            listeners,
+            listener_index,
+            routes: routes.into_iter().map(|(r, _, _)| r).collect(),
+            upstreams,
+            admin,
+            shutdown_timeout: cfg.shutdown_timeout.0,
+            access_log,
+        })
+    }
+
+    fn socket_addr(&mut self, at: &DocPath, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.diag.error(
+                    at,
+                    format!("`{text}` is not a socket address"),
+                    Some(
+                        "write IP:port, like 0.0.0.0:8080 or [::]:8443 (port 0 picks a free port)"
+                            .into(),
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Compiler<'_> {
+    fn policies(&mut self, cfg: &Config) -> HashMap<String, NamedPolicy> {
+        let mut out = HashMap::new();
+        for (name, def) in &cfg.policies {
+            let at = DocPath::root().key("policies").key(name);
+            match policy::build(def) {
+                Ok(p) => {
+                    out.insert(
+                        name.clone(),
+                        NamedPolicy {
+                            name: Arc::from(name.as_str()),
+                            policy: p,
+                        },
+                    );
+                }
+                Err(errors) => {
+                    for (field, message) in errors {
+                        self.diag.error(
+                            &sub_path(&at, &field),
+                            format!("policy `{name}`: {message}"),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn policy_list(
+        &mut self,
+        at: &DocPath,
+        names: &[String],
+        known: &HashMap<String, NamedPolicy>,
+    ) -> Vec<NamedPolicy> {
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match known.get(name) {
+                Some(p) => out.push(p.clone()),
+                None => {
+                    let mut names: Vec<&str> = known.keys().map(String::as_str).collect();
+                    names.sort_unstable();
+                    self.missing(&at.index(i), "policy", name, &names);
+                }
+            }
+        }
+        out
+    }
+
+    /// Compiles routes; each comes with its match spec and its route-level policies.
+    fn access_log(&mut self, cfg: &Config) -> Option<Arc<AccessLog>> {
+        let log = cfg.observability.access_log.as_ref()?;
+        let destination = match log.path.as_str() {
+            "off" => return None,
+            "stdout" => Destination::Stdout,
+            p => Destination::File(self.resolve(Path::new(p))),
+        };
+        match self.runtime.access_log(destination) {
+            Ok(l) => l,
+            Err(e) => {
+                self.diag.error(
+                    &DocPath::root()
+                        .key("observability")
+                        .key("access_log")
+                        .key("path"),
+                    format!("cannot open the access log `{}`: {e}", log.path),
+                    Some("use stdout, off, or a writable file path".to_string()),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// The top-level section that defines things of `kind`.
+fn section_of(kind: &str) -> &'static str {
+    match kind {
+        "policy" => "policies",
+        "upstream" => "upstreams",
+        "listener" => "listeners",
+        _ => "routes",
+    }
+}

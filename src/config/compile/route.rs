@@ -1,0 +1,322 @@
+//! Compiling `routes`: match specs for the route table, actions, rewrites and
+//! header changes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use crate::config::diagnostics::DocPath;
+use crate::config::model::{self, Config};
+use crate::config::snapshot::{Action, DirectResponse, RouteEntry, Split};
+use crate::observe::metrics::RouteLabel;
+use crate::policy::NamedPolicy;
+use crate::proxy::headers::HeaderOps;
+use crate::proxy::rewrite::Rewrite;
+use crate::proxy::static_files::StaticDir;
+use crate::route::{PathMatch, RouteSpec};
+use crate::upstream::Upstream;
+
+use super::{Compiler, sub_path};
+
+impl Compiler<'_> {
+    pub(super) fn routes(
+        &mut self,
+        cfg: &Config,
+        upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+        policies: &HashMap<String, NamedPolicy>,
+    ) -> Vec<(Arc<RouteEntry>, RouteSpec, Vec<NamedPolicy>)> {
+        let mut upstream_names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+        upstream_names.sort_unstable();
+        let mut out = Vec::new();
+        for (i, r) in cfg.routes.iter().enumerate() {
+            let at = DocPath::root().key("routes").index(i);
+            let spec = self.route_spec(&at.key("match"), &r.matches);
+            let action = self.action(&at, r, upstreams, &upstream_names);
+            let rewrite = r.rewrite.as_ref().and_then(|rw| match Rewrite::build(rw) {
+                Ok(x) => Some(x),
+                Err((field, message)) => {
+                    self.diag
+                        .error(&sub_path(&at.key("rewrite"), &field), message, None);
+                    None
+                }
+            });
+            let request_headers =
+                self.header_ops(&at.key("request_headers"), r.request_headers.as_ref());
+            let response_headers =
+                self.header_ops(&at.key("response_headers"), r.response_headers.as_ref());
+            let route_policies = self.policy_list(&at.key("policies"), &r.policies, policies);
+            if let (Some(spec), Some(action)) = (spec, action) {
+                let name: Arc<str> = Arc::from(r.name.as_str());
+                let duration =
+                    self.runtime
+                        .metrics
+                        .request_duration
+                        .get_or_create_owned(&RouteLabel {
+                            route: name.clone(),
+                        });
+                out.push((
+                    Arc::new(RouteEntry {
+                        name,
+                        action,
+                        rewrite,
+                        request_headers,
+                        response_headers,
+                        duration,
+                    }),
+                    spec,
+                    route_policies,
+                ));
+            }
+        }
+        out
+    }
+
+    fn header_ops(&mut self, at: &DocPath, def: Option<&model::HeaderOps>) -> HeaderOps {
+        let Some(def) = def else {
+            return HeaderOps::default();
+        };
+        match HeaderOps::build(def) {
+            Ok(ops) => ops,
+            Err(errors) => {
+                for (field, message) in errors {
+                    self.diag.error(&sub_path(at, &field), message, None);
+                }
+                HeaderOps::default()
+            }
+        }
+    }
+
+    fn route_spec(&mut self, at: &DocPath, m: &model::RouteMatch) -> Option<RouteSpec> {
+        let mut ok = true;
+        let paths = [&m.path, &m.path_prefix, &m.path_regex]
+            .iter()
+            .filter(|p| p.is_some())
+            .count();
+        if paths > 1 {
+            self.diag.error(
+                at,
+                "a route matches on at most one of `path`, `path_prefix` and `path_regex`",
+                Some("keep one; use separate routes for the others".to_string()),
+            );
+            ok = false;
+        }
+        for (key, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+            if let Some(v) = value
+                && !v.starts_with('/')
+            {
+                self.diag
+                    .error(&at.key(key), format!("`{v}` must start with `/`"), None);
+                ok = false;
+            }
+        }
+        let path = if let Some(p) = &m.path {
+            PathMatch::Exact(p.clone())
+        } else if let Some(p) = &m.path_prefix {
+            PathMatch::Prefix(p.clone())
+        } else if let Some(p) = &m.path_regex {
+            if let Err(e) = regex::Regex::new(p) {
+                self.diag.error(
+                    &at.key("path_regex"),
+                    format!(
+                        "invalid regex: {}",
+                        e.to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                            .trim_start_matches("error: ")
+                    ),
+                    Some("the syntax is Rust's regex crate (RE2-like)".to_string()),
+                );
+                ok = false;
+            }
+            PathMatch::Regex(p.clone())
+        } else {
+            PathMatch::Any
+        };
+        for (j, h) in m.hosts.iter().enumerate() {
+            let bare = h.strip_prefix("*.").unwrap_or(h);
+            if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(' ') {
+                self.diag.error(
+                    &at.key("hosts").index(j),
+                    format!("`{h}` is not a host name"),
+                    Some(
+                        "write an exact host like api.example.com or a wildcard like *.example.org"
+                            .to_string(),
+                    ),
+                );
+                ok = false;
+            }
+        }
+        let mut methods = Vec::new();
+        for (j, name) in m.methods.iter().enumerate() {
+            match Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                Ok(meth) => methods.push(meth),
+                Err(_) => {
+                    self.diag.error(
+                        &at.key("methods").index(j),
+                        format!("`{name}` is not an HTTP method"),
+                        None,
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let mut headers = Vec::new();
+        for (name, value) in &m.headers {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(n) => headers.push((n, value.clone())),
+                Err(_) => {
+                    self.diag.error(
+                        &at.key("headers").key(name),
+                        format!("`{name}` is not a header name"),
+                        None,
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let query = m
+            .query
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        ok.then(|| RouteSpec {
+            hosts: m.hosts.clone(),
+            path,
+            methods,
+            headers,
+            query,
+        })
+    }
+
+    fn action(
+        &mut self,
+        at: &DocPath,
+        r: &model::Route,
+        upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+        upstream_names: &[&str],
+    ) -> Option<Action> {
+        let given = [
+            r.upstream.is_some(),
+            r.split.is_some(),
+            r.static_files.is_some(),
+            r.respond.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given != 1 {
+            self.diag.error(
+                at,
+                format!(
+                    "route `{}` needs exactly one of `upstream`, `split`, `static` or `respond` (it has {given})",
+                    r.name
+                ),
+                Some("say what the route does with a request: forward it, split it, serve files or answer".to_string()),
+            );
+            return None;
+        }
+        if let Some(name) = &r.upstream {
+            return match upstreams.get(name.as_str()) {
+                Some(u) => Some(Action::Forward(u.clone())),
+                None => {
+                    // An upstream that failed to compile has its own error already.
+                    if !upstream_names.contains(&name.as_str()) {
+                        self.missing(&at.key("upstream"), "upstream", name, upstream_names);
+                    }
+                    None
+                }
+            };
+        }
+        if let Some(split) = &r.split {
+            let mut shares = Vec::new();
+            let mut total = 0u64;
+            for (j, s) in split.iter().enumerate() {
+                match upstreams.get(s.upstream.as_str()) {
+                    Some(u) if s.weight > 0 => {
+                        total += u64::from(s.weight);
+                        shares.push((total, u.clone()));
+                    }
+                    Some(_) => {}
+                    None => {
+                        if !upstream_names.contains(&s.upstream.as_str()) {
+                            self.missing(
+                                &at.key("split").index(j).key("upstream"),
+                                "upstream",
+                                &s.upstream,
+                                upstream_names,
+                            );
+                        }
+                        return None;
+                    }
+                }
+            }
+            if total == 0 {
+                self.diag.error(
+                    &at.key("split"),
+                    "a split needs at least one share with a weight above 0",
+                    None,
+                );
+                return None;
+            }
+            return Some(Action::Split(Split {
+                shares,
+                total,
+                counter: AtomicUsize::new(0),
+            }));
+        }
+        if let Some(s) = &r.static_files {
+            let root = self.resolve(&s.root);
+            return match StaticDir::new(&root, s.index.as_deref()) {
+                Ok(dir) => Some(Action::Static(dir)),
+                Err(e) => {
+                    self.diag.error(
+                        &at.key("static").key("root"),
+                        format!("static root {}: {e}", root.display()),
+                        Some("point `root` at an existing directory (relative paths start at the config file's folder)".to_string()),
+                    );
+                    None
+                }
+            };
+        }
+        let respond = r.respond.as_ref()?;
+        let rat = at.key("respond");
+        let status = match StatusCode::from_u16(respond.status) {
+            Ok(s) => s,
+            Err(_) => {
+                self.diag.error(
+                    &rat.key("status"),
+                    format!("{} is not an HTTP status code", respond.status),
+                    None,
+                );
+                return None;
+            }
+        };
+        let mut headers = HeaderMap::new();
+        for (name, value) in &respond.headers {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                _ => {
+                    self.diag.error(
+                        &rat.key("headers").key(name),
+                        format!("`{name}: {value}` is not a valid header"),
+                        None,
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(Action::Respond(DirectResponse {
+            status,
+            body: bytes::Bytes::from(respond.body.clone()),
+            headers,
+        }))
+    }
+}
