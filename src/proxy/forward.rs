@@ -3,7 +3,6 @@
 //! response-header timeout, HTTP/1.1 upgrade tunnels (WebSocket), and mapping
 //! failures to 502/503/504.
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,6 +22,7 @@ use super::problem::problem;
 use crate::config::snapshot::RouteEntry;
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::Admitted;
+use crate::upstream::client::Peers;
 use crate::upstream::retry::Failure;
 use crate::upstream::{InFlight, Upstream};
 
@@ -55,6 +55,10 @@ pub async fn forward(
             .as_ref()
             .map(|k| k.hash(&req, ctx.client.ip()))
             .unwrap_or(0),
+    };
+    let peers = Peers {
+        source: ctx.client,
+        destination: conn.local,
     };
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -110,6 +114,7 @@ pub async fn forward(
                 &pick,
                 &path_and_query,
                 req,
+                peers,
                 client_upgrade,
                 admitted,
                 body_stats,
@@ -124,6 +129,7 @@ pub async fn forward(
                 &pick,
                 &path_and_query,
                 req,
+                peers,
                 client_upgrade,
                 admitted,
                 body_stats,
@@ -159,7 +165,7 @@ pub async fn forward(
         *attempt.method_mut() = parts.method.clone();
         *attempt.version_mut() = parts.version;
         *attempt.headers_mut() = parts.headers.clone();
-        let outcome = exchange(upstream, index, &path_and_query, attempt).await;
+        let outcome = exchange(upstream, index, &path_and_query, attempt, peers).await;
         let failure = match &outcome {
             Ok(resp) if resp.status().is_server_error() => {
                 Some(Failure::Status(resp.status().as_u16()))
@@ -201,6 +207,7 @@ async fn send_once(
     pick: &PickContext,
     path_and_query: &PathAndQuery,
     request: Request<Body>,
+    peers: Peers,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     admitted: Option<Admitted>,
     body_stats: &BodyStats,
@@ -215,7 +222,7 @@ async fn send_once(
             target: None,
         };
     };
-    let outcome = exchange(upstream, index, path_and_query, request).await;
+    let outcome = exchange(upstream, index, path_and_query, request, peers).await;
     relay(
         ctx,
         upstream,
@@ -234,6 +241,7 @@ async fn exchange(
     index: usize,
     path_and_query: &PathAndQuery,
     mut req: Request<Body>,
+    peers: Peers,
 ) -> Result<Response<Incoming>, AttemptError> {
     let target = &upstream.targets[index];
     match Uri::builder()
@@ -252,8 +260,11 @@ async fn exchange(
         }
     }
     let sent = Instant::now();
-    let result =
-        tokio::time::timeout(upstream.response_header_timeout, upstream.client.send(req)).await;
+    let result = tokio::time::timeout(
+        upstream.response_header_timeout,
+        upstream.client.send(req, Some(peers)),
+    )
+    .await;
     let elapsed = sent.elapsed();
     upstream.duration.observe(elapsed.as_secs_f64());
     let outcome = match result {
@@ -263,9 +274,13 @@ async fn exchange(
             timed_out: true,
         }),
         Ok(Err(e)) => Err(AttemptError {
-            failure: failure_of(&e),
-            detail: error_chain(&e),
-            timed_out: timed_out(&e),
+            failure: if e.connect {
+                Failure::ConnectError
+            } else {
+                Failure::Reset
+            },
+            timed_out: e.timed_out,
+            detail: e.detail,
         }),
         Ok(Ok(resp)) => {
             target.state.observe_latency(elapsed);
@@ -402,16 +417,6 @@ struct AttemptError {
     timed_out: bool,
 }
 
-/// Connect errors are retried as `connect_error`; everything else that broke
-/// before a response head is a `reset`.
-fn failure_of(e: &hyper_util::client::legacy::Error) -> Failure {
-    if e.is_connect() {
-        Failure::ConnectError
-    } else {
-        Failure::Reset
-    }
-}
-
 /// Copies bytes both ways between the upgraded client and upstream connections.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
@@ -500,29 +505,4 @@ fn prepare_headers(
         }
     }
     route.request_headers.apply(headers);
-}
-
-/// Whether a connect error was a timeout (504 rather than 502).
-fn timed_out(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -46,6 +46,9 @@ pub struct Connection {
     pub listener: Arc<str>,
     /// The client's address.
     pub client: SocketAddr,
+    /// The address the client connected to (from PROXY protocol when the
+    /// listener takes it), for PROXY headers toward upstreams.
+    pub local: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// The verified client certificate subject (mTLS), ready as a header value.

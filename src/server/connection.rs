@@ -85,6 +85,7 @@ pub async fn serve(
             let conn = Connection {
                 listener: plan.name.clone(),
                 client,
+                local: destination,
                 tls: false,
                 client_subject: None,
                 subject_header: None,
@@ -112,6 +113,7 @@ pub async fn serve(
             let conn = Connection {
                 listener: plan.name.clone(),
                 client,
+                local: destination,
                 tls: true,
                 client_subject,
                 subject_header: plan.client_subject_header.clone(),

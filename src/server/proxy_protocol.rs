@@ -237,6 +237,26 @@ pub fn encode(version: Version, source: SocketAddr, destination: SocketAddr) -> 
     }
 }
 
+/// A header that carries no client: v1 `UNKNOWN`, v2 `LOCAL`. The sender's
+/// own connections (health checks) use it; the receiver keeps the socket's
+/// peer address.
+pub fn encode_local(version: Version) -> Vec<u8> {
+    match version {
+        Version::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        Version::V2 => {
+            let mut out = V2_SIGNATURE.to_vec();
+            // Version 2, command LOCAL; family and protocol UNSPEC; no addresses.
+            out.extend_from_slice(&[0x20, 0x00, 0x00, 0x00]);
+            out
+        }
+    }
+}
+
+/// The twelve bytes every v2 header starts with.
+const V2_SIGNATURE: [u8; 12] = [
+    0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+];
+
 fn encode_v2_by_hand(
     family: v2::AddressFamily,
     source: SocketAddr,
@@ -358,6 +378,18 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_headers_parse_without_addresses() {
+        for version in [Version::V1, Version::V2] {
+            let bytes = encode_local(version);
+            let Parsed::Done(h, len) = parse(&bytes).unwrap() else {
+                panic!("incomplete {version:?}");
+            };
+            assert_eq!(len, bytes.len());
+            assert_eq!(h.source, None);
+        }
     }
 
     #[test]

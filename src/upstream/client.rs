@@ -1,11 +1,17 @@
-//! Pooled HTTP clients to upstream targets.
+//! HTTP clients to upstream targets.
 //!
 //! hyper-util's client keeps one keep-alive pool per target authority. Plain
 //! HTTP clients are shared by every upstream with the same settings and
 //! survive reloads (they sit in [`ClientCache`]); TLS clients are rebuilt on
 //! each reload so that rotated CA and client certificates are read again.
+//!
+//! Upstreams that receive PROXY protocol headers get a [`ProxiedClient`]
+//! instead: a header names one client, so such a connection is never shared
+//! between clients (HAProxy treats these connections as private too); each
+//! request opens its own connection.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,10 +20,13 @@ use hyper::body::Incoming;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::proxy::body::Body;
+use crate::server::proxy_protocol::{self, Version};
 
 /// Settings that decide whether two upstreams can share a pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,26 +39,206 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
 }
 
-/// A pooled client to plain-HTTP or TLS targets.
+/// A client to plain-HTTP or TLS targets.
 #[derive(Clone)]
 pub enum UpstreamClient {
-    /// Plain HTTP (h1 or h2c).
+    /// Plain HTTP (h1 or h2c), pooled.
     Plain(Client<HttpConnector, Body>),
-    /// TLS to the targets.
+    /// TLS to the targets, pooled.
     Tls(Client<HttpsConnector<HttpConnector>, Body>),
+    /// A connection per request that starts with a PROXY header.
+    Proxied(Arc<ProxiedClient>),
+}
+
+/// The two ends of the client's connection, for PROXY headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// The client's address.
+    pub source: SocketAddr,
+    /// The address the client connected to.
+    pub destination: SocketAddr,
+}
+
+/// Why a request got no response head.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct SendError {
+    /// The connection could not be opened (retried as `connect_error`).
+    pub connect: bool,
+    /// It was a timeout (the gateway answers 504 rather than 502).
+    pub timed_out: bool,
+    /// The error chain, for logs only: it names the target.
+    pub detail: String,
+}
+
+impl SendError {
+    fn from_legacy(e: &hyper_util::client::legacy::Error) -> SendError {
+        SendError {
+            connect: e.is_connect(),
+            timed_out: chain_has_timeout(e),
+            detail: error_chain(e),
+        }
+    }
+
+    fn connect(e: &(dyn std::error::Error + 'static)) -> SendError {
+        SendError {
+            connect: true,
+            timed_out: chain_has_timeout(e),
+            detail: error_chain(e),
+        }
+    }
 }
 
 impl UpstreamClient {
-    /// Sends `req` (whose URI holds the target) and waits for the response headers.
+    /// Sends `req` (whose URI holds the target) and waits for the response
+    /// headers. `peers` names the client for PROXY headers; `None` (the
+    /// gateway's own health checks) sends a header that names no client.
     pub async fn send(
         &self,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        peers: Option<Peers>,
+    ) -> Result<Response<Incoming>, SendError> {
         match self {
-            UpstreamClient::Plain(c) => c.request(req).await,
-            UpstreamClient::Tls(c) => c.request(req).await,
+            UpstreamClient::Plain(c) => {
+                c.request(req).await.map_err(|e| SendError::from_legacy(&e))
+            }
+            UpstreamClient::Tls(c) => c.request(req).await.map_err(|e| SendError::from_legacy(&e)),
+            UpstreamClient::Proxied(c) => c.send(req, peers).await,
         }
     }
+}
+
+/// Sends each request on a new connection that starts with a PROXY header.
+pub struct ProxiedClient {
+    /// PROXY protocol version.
+    pub version: Version,
+    /// TLS after the header, with the server name to send (default: the URI host).
+    pub tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+    /// Speak HTTP/2 (prior knowledge, or ALPN h2 over TLS).
+    pub http2: bool,
+    /// Time to open the connection.
+    pub connect_timeout: Duration,
+}
+
+impl ProxiedClient {
+    async fn send(
+        &self,
+        req: Request<Body>,
+        peers: Option<Peers>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let authority = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or_else(|| SendError {
+                connect: true,
+                timed_out: false,
+                detail: "request URI has no target".to_string(),
+            })?;
+        let mut stream = match tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect(&authority),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SendError::connect(&e)),
+            Err(_) => {
+                return Err(SendError {
+                    connect: true,
+                    timed_out: true,
+                    detail: format!("connect to {authority} timed out"),
+                });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let header = match peers {
+            Some(p) => proxy_protocol::encode(self.version, p.source, p.destination),
+            None => proxy_protocol::encode_local(self.version),
+        };
+        stream
+            .write_all(&header)
+            .await
+            .map_err(|e| SendError::connect(&e))?;
+        match &self.tls {
+            None => self.exchange(TokioIo::new(stream), req).await,
+            Some((connector, sni)) => {
+                let name = match sni {
+                    Some(n) => n.clone(),
+                    None => {
+                        let host = req.uri().host().unwrap_or_default();
+                        let host = host.trim_start_matches('[').trim_end_matches(']');
+                        ServerName::try_from(host.to_string())
+                            .map_err(|e| SendError::connect(&e))?
+                    }
+                };
+                let tls = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| SendError::connect(&e))?;
+                self.exchange(TokioIo::new(tls), req).await
+            }
+        }
+    }
+
+    async fn exchange<I>(&self, io: I, req: Request<Body>) -> Result<Response<Incoming>, SendError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let broken = |e: hyper::Error| SendError {
+            connect: false,
+            timed_out: false,
+            detail: error_chain(&e),
+        };
+        if self.http2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| SendError::connect(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxied upstream connection ended");
+                }
+            });
+            sender.send_request(req).await.map_err(broken)
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| SendError::connect(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "proxied upstream connection ended");
+                }
+            });
+            sender.send_request(req).await.map_err(broken)
+        }
+    }
+}
+
+/// Whether an error chain contains an I/O timeout.
+fn chain_has_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+/// An error and its sources on one line, for logs.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Clients that outlive a configuration snapshot.

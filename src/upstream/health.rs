@@ -211,11 +211,12 @@ async fn http_check(
         headers.insert(header::HOST, host);
     }
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-    let resp = probe.client.send(req).await.map_err(|e| {
-        if e.is_connect() {
-            Failure::Connect(error_chain(&e))
+    // `None`: the check is the gateway's own connection, not a client's.
+    let resp = probe.client.send(req, None).await.map_err(|e| {
+        if e.connect {
+            Failure::Connect(e.detail)
         } else {
-            Failure::Request(error_chain(&e))
+            Failure::Request(e.detail)
         }
     })?;
     let status = resp.status().as_u16();
@@ -245,18 +246,6 @@ async fn tcp_check(authority: &Authority) -> Result<(), Failure> {
         .await
         .map(drop)
         .map_err(|e| Failure::Connect(e.to_string()))
-}
-
-/// An error and its sources, as one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A fraction in [0, 1), different on each call, from std's randomly keyed

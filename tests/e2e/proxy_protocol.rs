@@ -142,34 +142,105 @@ upstreams:
     }
 }
 
-#[tokio::test]
-async fn proxy_headers_to_http_upstreams_are_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portcullis.yaml");
-    std::fs::write(
-        &path,
+/// A gateway whose HTTP route forwards to an upstream that gets PROXY
+/// headers: a second gateway (`proxy_protocol: true`) in front of `backend`.
+async fn http_chain_with_proxy(version: &str, backend: SocketAddr) -> (TestGateway, TestGateway) {
+    let inner = proxied_http_gateway(backend).await;
+    let outer = TestGateway::start(&format!(
         r#"
 listeners:
   - name: web
     address: 127.0.0.1:0
 routes:
   - name: all
-    upstream: app
+    upstream: inner
 upstreams:
-  - name: app
-    targets: [127.0.0.1:1]
-    proxy_protocol: v2
+  - name: inner
+    proxy_protocol: {version}
+    targets: [{}]
 "#,
-    )
-    .unwrap();
-    let errors = match portcullis::server::Gateway::start(path).await {
-        Ok(_) => panic!("the config must be refused"),
-        Err(e) => e.to_string(),
-    };
+        inner.addr("web")
+    ))
+    .await;
+    (outer, inner)
+}
+
+/// Sends one request from a client bound to `source` and returns the answer.
+async fn request_from(source: &str, to: SocketAddr) -> String {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(to).await.unwrap();
+    s.write_all(REQUEST).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn http_upstreams_receive_v1_and_v2_headers_for_each_client() {
+    for version in ["v1", "v2"] {
+        let backend = Backend::echo("app").await;
+        let (outer, _inner) = http_chain_with_proxy(version, backend.addr).await;
+        // Two clients from different addresses, one after the other: each
+        // request carries its own client's header, so no connection is
+        // shared between them.
+        for source in ["127.0.0.2", "127.0.0.3", "127.0.0.2"] {
+            let text = request_from(source, outer.addr("web")).await;
+            assert!(text.starts_with("HTTP/1.1 200"), "{version}: {text}");
+        }
+        // The outer gateway appends the client; the inner one appends the
+        // address from the PROXY header, which names the same client
+        // (without the header it would be the outer gateway, 127.0.0.1).
+        assert_eq!(
+            forwarded_for(&backend),
+            [
+                "127.0.0.2, 127.0.0.2",
+                "127.0.0.3, 127.0.0.3",
+                "127.0.0.2, 127.0.0.2"
+            ],
+            "{version}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn health_checks_to_proxy_upstreams_send_a_header_naming_no_client() {
+    let backend = Backend::echo("app").await;
+    let inner = proxied_http_gateway(backend.addr).await;
+    let outer = TestGateway::start(&format!(
+        r#"
+admin:
+  address: 127.0.0.1:0
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: inner
+upstreams:
+  - name: inner
+    proxy_protocol: v2
+    targets: [{}]
+    health_check: {{ type: http, path: /healthz, interval: 100ms, unhealthy_threshold: 1 }}
+"#,
+        inner.addr("web")
+    ))
+    .await;
+    // The inner gateway closes connections without a valid header; checks
+    // reaching the backend prove the LOCAL header was accepted.
     assert!(
-        errors.contains("sends PROXY headers, but route `all`"),
-        "{errors}"
+        eventually(Duration::from_secs(3), || backend
+            .seen()
+            .iter()
+            .any(|s| s.uri.contains("/healthz")))
+        .await,
+        "no health check got through"
     );
+    let (_, _, body) = get(&outer.admin_url("/api/v1/upstreams")).await;
+    assert!(body.contains("\"healthy\":true"), "{body}");
 }
 
 /// The layered deployment of the design: an L4 portcullis (`tcp`, sending

@@ -1,7 +1,7 @@
 //! Compiling `listeners`: addresses, TLS termination, limits, PROXY protocol,
 //! L4 settings, and each listener's route table with its policies.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use http::HeaderName;
 use crate::config::diagnostics::DocPath;
 use crate::config::locate;
 use crate::config::model::{self, Config, Protocol};
-use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan, RouteEntry};
+use crate::config::snapshot::{Binding, Limits, ListenerPlan, RouteEntry};
 use crate::policy::{self, NamedPolicy};
 use crate::route::{RouteSpec, RouteTable};
 use crate::server::tls::{self, CertificateFiles, ClientAuth, ServerTlsSettings, TlsVersion};
@@ -26,7 +26,6 @@ impl Compiler<'_> {
         policies: &HashMap<String, NamedPolicy>,
         upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
     ) -> Vec<Arc<ListenerPlan>> {
-        self.refuse_l7_proxy_protocol(cfg, routes);
         let http_listeners: Vec<&str> = cfg
             .listeners
             .iter()
@@ -312,40 +311,6 @@ impl Compiler<'_> {
             proxy_protocol: l.proxy_protocol,
             l4: Some(plan),
         })
-    }
-
-    /// Sending a PROXY header needs one upstream connection per client, which
-    /// the pooled HTTP client does not do; until a dedicated connector exists,
-    /// an upstream that sends one may serve L4 listeners only.
-    fn refuse_l7_proxy_protocol(
-        &mut self,
-        cfg: &Config,
-        routes: &[(Arc<RouteEntry>, RouteSpec, Vec<NamedPolicy>)],
-    ) {
-        let mut reported = HashSet::new();
-        for (route, _, _) in routes {
-            let used: Vec<&Arc<Upstream>> = match &route.action {
-                Action::Forward(u) => vec![u],
-                Action::Split(split) => split.shares.iter().map(|(_, u)| u).collect(),
-                _ => Vec::new(),
-            };
-            for u in used {
-                if u.l4.proxy_protocol.is_none() || !reported.insert(u.name.clone()) {
-                    continue;
-                }
-                let Some(i) = cfg.upstreams.iter().position(|m| *m.name == *u.name) else {
-                    continue;
-                };
-                self.diag.error(
-                    &DocPath::root().key("upstreams").index(i).key("proxy_protocol"),
-                    format!(
-                        "upstream `{}` sends PROXY headers, but route `{}` forwards HTTP to it; PROXY headers to HTTP upstreams are not available in this version",
-                        u.name, route.name
-                    ),
-                    Some("use this upstream from tcp or tls listeners only, or remove `proxy_protocol`".to_string()),
-                );
-            }
-        }
     }
 
     /// The TLS config of a listener: `Some((None, None))` for plain HTTP, `None` on error.

@@ -11,10 +11,11 @@ use http::uri::{Authority, Scheme};
 use crate::config::diagnostics::DocPath;
 use crate::config::model::{self, Balance, Config};
 use crate::observe::metrics::UpstreamLabel;
+use crate::server::proxy_protocol;
 use crate::server::tls::{self, CertificateFiles};
 use crate::upstream::balance::{self, Weighted};
 use crate::upstream::breaker::CircuitBreaker;
-use crate::upstream::client::PoolSettings;
+use crate::upstream::client::{PoolSettings, ProxiedClient, UpstreamClient};
 use crate::upstream::health::{CheckKind, HealthCheck, parse_status_range};
 use crate::upstream::outlier::OutlierDetection;
 use crate::upstream::retry::{RetryBudget, RetryPolicy};
@@ -67,8 +68,8 @@ impl Compiler<'_> {
             connect_timeout: u.timeouts.connect.0,
             idle_timeout: u.timeouts.idle.0,
         };
-        let (scheme, client) = match &u.tls {
-            None => (Scheme::HTTP, self.runtime.clients.plain(settings)),
+        let tls_setup = match &u.tls {
+            None => None,
             Some(t) => {
                 let tat = at.key("tls");
                 let client_cert = match (&t.cert, &t.key) {
@@ -102,10 +103,7 @@ impl Compiler<'_> {
                     None => None,
                 };
                 match tls::upstream_client_config(ca.as_deref(), client_cert.as_ref()) {
-                    Ok(config) => (
-                        Scheme::HTTPS,
-                        self.runtime.clients.tls(settings, &config, sni),
-                    ),
+                    Ok(config) => Some((config, sni)),
                     Err(e) => {
                         self.diag.error(
                             &tat,
@@ -116,6 +114,34 @@ impl Compiler<'_> {
                     }
                 }
             }
+        };
+        let scheme = if tls_setup.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let proxy_version = u.proxy_protocol.map(|v| match v {
+            model::ProxyProtocolVersion::V1 => proxy_protocol::Version::V1,
+            model::ProxyProtocolVersion::V2 => proxy_protocol::Version::V2,
+        });
+        let client = match (proxy_version, tls_setup) {
+            // A PROXY header names one client: such connections are never pooled.
+            (Some(version), tls) => UpstreamClient::Proxied(Arc::new(ProxiedClient {
+                version,
+                tls: tls.map(|(config, sni)| {
+                    let mut config = (*config).clone();
+                    config.alpn_protocols = vec![if u.http2 {
+                        b"h2".to_vec()
+                    } else {
+                        b"http/1.1".to_vec()
+                    }];
+                    (tokio_rustls::TlsConnector::from(Arc::new(config)), sni)
+                }),
+                http2: u.http2,
+                connect_timeout: u.timeouts.connect.0,
+            })),
+            (None, None) => self.runtime.clients.plain(settings),
+            (None, Some((config, sni))) => self.runtime.clients.tls(settings, &config, sni),
         };
         if targets.is_empty() {
             return None;
@@ -259,10 +285,7 @@ impl Compiler<'_> {
             l4: crate::l4::L4Settings {
                 connect_timeout: u.timeouts.connect.0,
                 idle_timeout: u.timeouts.idle.0,
-                proxy_protocol: u.proxy_protocol.map(|v| match v {
-                    model::ProxyProtocolVersion::V1 => crate::server::proxy_protocol::Version::V1,
-                    model::ProxyProtocolVersion::V2 => crate::server::proxy_protocol::Version::V2,
-                }),
+                proxy_protocol: proxy_version,
             },
         })
     }
