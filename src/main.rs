@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             println!("portcullis {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check { config } => check(config),
+        Command::Check { config } => with_runtime(check(config)),
         Command::Run { config } => {
             init_logging();
             with_runtime(run(config))
@@ -75,8 +75,8 @@ fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-fn check(config: PathBuf) -> ExitCode {
-    match Runtime::check(config.clone()) {
+async fn check(config: PathBuf) -> ExitCode {
+    match Runtime::check(config.clone()).await {
         Ok(rt) => {
             let s = rt.snapshot.load();
             println!(

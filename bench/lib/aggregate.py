@@ -62,6 +62,13 @@ def medians(runs, scenario, target):
             out[f] = statistics.median(vals) if f != "errors" else sum(vals)
             if f in ("rps", "mb_s", "rss_kib_per_conn", "cpu_us_per_req") and len(vals) > 1:
                 out[f + "_spread_pct"] = (max(vals) - min(vals)) / statistics.median(vals) * 100
+            if f in ("rps", "mb_s"):
+                out[f + "_best"] = max(vals)
+            if f in ("cpu_us_per_req", "rss_kib_per_conn", "p99_ms"):
+                out[f + "_best"] = min(vals)
+    rates = [r["rate"] for r in rs if r.get("rate")]
+    if rates:
+        out["rate"] = rates[0]
     return out
 
 
@@ -130,6 +137,9 @@ def main():
         meds = {t: medians(runs, sid, t) for t in TARGETS}
         if not any(meds.values()):
             continue
+        rate = next((m["rate"] for m in meds.values() if m and m.get("rate")), None)
+        if rate:
+            title = f"{title} ({rate:,} req/s)"
         sres = {"title": title, "medians": meds, "ratios": {}}
         for i, (field, label, better) in enumerate(rows):
             vals = {t: (meds[t] or {}).get(field) for t in TARGETS}

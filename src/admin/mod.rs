@@ -108,7 +108,14 @@ pub async fn handle(
                         .map(|b| {
                             let action = match &b.route.action {
                                 Action::Forward(u) => json!({"upstream": &*u.name}),
-                                Action::Split(sp) => json!({"split": sp.shares.iter().map(|(_, u)| &*u.name).collect::<Vec<_>>()}),
+                                Action::Split(sp) => json!({
+                                    "split": sp.shares.iter().map(|(_, u)| &*u.name).collect::<Vec<_>>(),
+                                    "weights": sp.shares.iter().scan(0, |prev, (cum, _)| {
+                                        let w = cum - *prev;
+                                        *prev = *cum;
+                                        Some(w)
+                                    }).collect::<Vec<_>>(),
+                                }),
                                 Action::Static(_) => json!("static"),
                                 Action::Respond(r) => json!({"respond": r.status.as_u16()}),
                             };
@@ -137,6 +144,7 @@ pub async fn handle(
                         "targets": u.targets.iter().map(|t| json!({
                             "address": &*t.address,
                             "weight": t.weight,
+                            "name": t.name.as_deref(),
                             "healthy": t.state.active_healthy(),
                             "ejected": t.state.ejected(),
                             "in_flight": t.state.in_flight(),

@@ -331,6 +331,9 @@ pub struct Upstream {
     pub circuit_breaker: Option<CircuitBreakerDef>,
     /// Targets: `host:port` or `{ address, weight }`.
     pub targets: Vec<Target>,
+    /// How often target names are resolved again (default 30s).
+    #[serde(default)]
+    pub dns_refresh: Option<Dur>,
     /// Connect, response-header and idle timeouts.
     #[serde(default)]
     pub timeouts: Timeouts,

@@ -141,12 +141,14 @@ impl Split {
     }
 }
 
-/// Maps the n-th request to a point in `0..total`. A multiplicative hash of a
-/// counter spreads consecutive requests over the whole range without a random
-/// number generator per request, and every window of requests gets close to
-/// the configured shares.
+/// Maps the n-th request to a point in `0..total`. The golden-ratio sequence
+/// `n × φ mod 2^64` is spread evenly over the ring (a low-discrepancy
+/// sequence); scaling it to `0..total` by multiplying and keeping the high
+/// bits preserves that evenness (a modulo would not), so every window of
+/// requests gets close to the configured shares, whatever the weights.
 fn spread(n: u64, total: u64) -> u64 {
-    n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(32) % total.max(1)
+    let point = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((u128::from(point) * u128::from(total)) >> 64) as u64
 }
 
 /// A fixed answer.
@@ -209,6 +211,39 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_shares_hold_in_every_window_whatever_the_weights() {
+        for weights in [
+            vec![3u64, 2],
+            vec![6, 4],
+            vec![5, 3, 2],
+            vec![50, 30, 20],
+            vec![1, 2, 3, 4],
+        ] {
+            let total: u64 = weights.iter().sum();
+            let cum: Vec<u64> = weights
+                .iter()
+                .scan(0, |acc, w| {
+                    *acc += w;
+                    Some(*acc)
+                })
+                .collect();
+            for start in [0u64, 1094, 55_555] {
+                let mut counts = vec![0u64; weights.len()];
+                for n in start..start + 1000 {
+                    counts[cum.partition_point(|c| *c <= spread(n, total))] += 1;
+                }
+                for (i, w) in weights.iter().enumerate() {
+                    let expected = 1000 * w / total;
+                    assert!(
+                        counts[i].abs_diff(expected) <= 5,
+                        "{weights:?} from {start}: {counts:?}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn split_shares_follow_weights() {

@@ -24,6 +24,7 @@ use crate::config::diagnostics::{ConfigError, ConfigErrors};
 use crate::config::model::Protocol;
 use crate::config::snapshot::Snapshot;
 use crate::observe::metrics::ListenerLabel;
+use crate::upstream::dns::ResolveFn;
 pub use runtime::Runtime;
 
 /// Identifies a listener socket across reloads: same name, address text and
@@ -84,7 +85,19 @@ pub struct Gateway {
 impl Gateway {
     /// Loads `config_path`, binds every listener and the admin listener, and starts serving.
     pub async fn start(config_path: PathBuf) -> Result<Gateway, StartError> {
-        let runtime = Runtime::start(config_path)?;
+        Self::start_runtime(Runtime::start(config_path).await?).await
+    }
+
+    /// As [`Gateway::start`], resolving target names with `resolve` instead
+    /// of the system resolver (for embedding with another service discovery).
+    pub async fn start_with_resolver(
+        config_path: PathBuf,
+        resolve: ResolveFn,
+    ) -> Result<Gateway, StartError> {
+        Self::start_runtime(Runtime::start_with_resolver(config_path, resolve).await?).await
+    }
+
+    async fn start_runtime(runtime: Arc<Runtime>) -> Result<Gateway, StartError> {
         let snapshot = runtime.snapshot.load_full();
         let (drain, _) = watch::channel(false);
         let admin_listener = match snapshot.admin {
@@ -123,6 +136,7 @@ impl Gateway {
         if let Some(listener) = admin_listener {
             tokio::spawn(crate::admin::serve(listener, inner.clone()));
         }
+        tokio::spawn(dns_refresh_loop(inner.clone()));
         Ok(Gateway { inner })
     }
 
@@ -187,6 +201,15 @@ impl Gateway {
 }
 
 impl Inner {
+    /// Makes `snapshot` the one requests see, and moves the long-lived state
+    /// (health checks, target registry) to it.
+    fn swap_in(&self, snapshot: &Arc<Snapshot>) {
+        let rt = &self.runtime;
+        rt.snapshot.store(snapshot.clone());
+        rt.health_checks.sync(snapshot);
+        rt.prune_targets(snapshot);
+    }
+
     /// The bound address of listener `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         let map = match self.addresses.lock() {
@@ -225,9 +248,7 @@ impl Inner {
                 return Err(errors);
             }
         };
-        rt.snapshot.store(snapshot.clone());
-        rt.health_checks.sync(&snapshot);
-        rt.prune_targets(&snapshot);
+        self.swap_in(&snapshot);
         for (key, listener) in new {
             start_listener(self, key, listener, &mut running);
         }
@@ -429,4 +450,46 @@ pub async fn serve_until_signal(gateway: Gateway) -> std::process::ExitCode {
         tracing::warn!("shutdown_timeout passed with connections still open; exiting");
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// Resolves target names again, each on its `dns_refresh` schedule; when an
+/// answer changes, installs the same configuration compiled with the new
+/// addresses (listeners stay as they are). Stops when the gateway drains.
+async fn dns_refresh_loop(inner: Arc<Inner>) {
+    let mut drain = inner.drain.subscribe();
+    let mut next_due: HashMap<String, tokio::time::Instant> = HashMap::new();
+    loop {
+        let now = tokio::time::Instant::now();
+        let schedule = inner.runtime.dns_schedule();
+        next_due.retain(|name, _| schedule.iter().any(|(n, _)| n == name));
+        let mut due = Vec::new();
+        let mut wake = now + runtime::DEFAULT_DNS_REFRESH;
+        for (name, every) in schedule {
+            let at = next_due.entry(name.clone()).or_insert(now + every);
+            if *at <= now {
+                due.push(name);
+                *at = now + every;
+            }
+            wake = wake.min(*at);
+        }
+        if !due.is_empty()
+            && let Some((_guard, result)) = inner.runtime.prepare_dns_rebuild(&due).await
+        {
+            match result {
+                Ok(snapshot) => {
+                    inner.swap_in(&Arc::new(snapshot));
+                    tracing::info!("targets updated from DNS");
+                }
+                // Cannot happen for a configuration that compiled before,
+                // short of a certificate that vanished; keep what runs.
+                Err(errors) => {
+                    tracing::error!(%errors, "rebuilding after a DNS change failed; keeping the running configuration")
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = drain.wait_for(|d| *d) => return,
+        }
+    }
 }

@@ -1,20 +1,39 @@
 //! State that outlives a configuration snapshot: the current snapshot itself,
-//! metrics, upstream connection pools and access-log writers.
+//! metrics, upstream connection pools, target health, DNS answers and
+//! access-log writers.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use crate::config::compile::compile;
-use crate::config::load::load_file;
+use crate::config::load::{Loaded, load_file};
 use crate::config::{ConfigErrors, Snapshot};
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::{Metrics, ResultLabel};
+use crate::upstream::dns::{self, Dns, ResolveFn, system_resolver};
 use crate::upstream::health::HealthChecks;
 use crate::upstream::{ClientCache, TargetState};
+
+/// How often target names are resolved again when `dns_refresh` is not set.
+pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Every target name (`host:port`) the configuration uses.
+fn dns_names(cfg: &crate::config::model::Config) -> Vec<String> {
+    let mut names: Vec<String> = cfg
+        .upstreams
+        .iter()
+        .flat_map(|u| u.targets.iter().map(|t| t.address()))
+        .filter(|a| dns::is_name(a))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
 
 /// Everything the data plane and the admin API share.
 pub struct Runtime {
@@ -38,21 +57,39 @@ pub struct Runtime {
     reload_lock: tokio::sync::Mutex<()>,
     /// Set by `portcullis check`: validate without side effects (no log files opened).
     check_only: bool,
+    /// DNS answers for target names.
+    pub dns: Dns,
+    /// The configuration the current snapshot was compiled from, to compile
+    /// it again when a DNS answer changes.
+    loaded: Mutex<Option<Arc<Loaded>>>,
 }
 
 impl Runtime {
     /// Loads and compiles `config_path`; fails with every error in the file.
-    pub fn start(config_path: PathBuf) -> Result<Arc<Runtime>, ConfigErrors> {
-        Self::build(config_path, false)
+    pub async fn start(config_path: PathBuf) -> Result<Arc<Runtime>, ConfigErrors> {
+        Self::build(config_path, false, system_resolver()).await
+    }
+
+    /// As [`Runtime::start`], resolving target names with `resolve` instead
+    /// of the system resolver (for embedding with another service discovery).
+    pub async fn start_with_resolver(
+        config_path: PathBuf,
+        resolve: ResolveFn,
+    ) -> Result<Arc<Runtime>, ConfigErrors> {
+        Self::build(config_path, false, resolve).await
     }
 
     /// Validates `config_path` as `start` would, without opening log files.
-    pub fn check(config_path: PathBuf) -> Result<Arc<Runtime>, ConfigErrors> {
-        Self::build(config_path, true)
+    pub async fn check(config_path: PathBuf) -> Result<Arc<Runtime>, ConfigErrors> {
+        Self::build(config_path, true, system_resolver()).await
     }
 
-    fn build(config_path: PathBuf, check_only: bool) -> Result<Arc<Runtime>, ConfigErrors> {
-        let loaded = load_file(&config_path)?;
+    async fn build(
+        config_path: PathBuf,
+        check_only: bool,
+        resolve: ResolveFn,
+    ) -> Result<Arc<Runtime>, ConfigErrors> {
+        let loaded = Arc::new(load_file(&config_path)?);
         // The snapshot needs a runtime (pools, metrics) to compile against, so
         // the runtime is built around a placeholder swapped out at once.
         let metrics = Arc::new(Metrics::new());
@@ -67,10 +104,29 @@ impl Runtime {
             started: Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
             check_only,
+            dns: Dns::new(resolve),
+            loaded: Mutex::new(None),
         });
+        // Unresolvable names are reported by compile, at their line.
+        let _ = runtime.dns.refresh(&dns_names(&loaded.config)).await;
         let snapshot = compile(&config_path, &loaded, &runtime)?;
         runtime.snapshot.store(Arc::new(snapshot));
+        runtime.keep_loaded(loaded);
         Ok(runtime)
+    }
+
+    fn keep_loaded(&self, loaded: Arc<Loaded>) {
+        match self.loaded.lock() {
+            Ok(mut l) => *l = Some(loaded),
+            Err(p) => *p.into_inner() = Some(loaded),
+        }
+    }
+
+    fn current_loaded(&self) -> Option<Arc<Loaded>> {
+        match self.loaded.lock() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// Reads and compiles the file again without installing it; the caller
@@ -83,9 +139,54 @@ impl Runtime {
         Result<Snapshot, ConfigErrors>,
     ) {
         let guard = self.reload_lock.lock().await;
-        let result = load_file(&self.config_path)
-            .and_then(|loaded| compile(&self.config_path, &loaded, self));
+        let loaded = match load_file(&self.config_path) {
+            Ok(l) => Arc::new(l),
+            Err(e) => return (guard, Err(e)),
+        };
+        let _ = self.dns.refresh(&dns_names(&loaded.config)).await;
+        let result = compile(&self.config_path, &loaded, self);
+        if result.is_ok() {
+            self.keep_loaded(loaded);
+        }
         (guard, result)
+    }
+
+    /// Resolves the current configuration's target names again; when an
+    /// answer changed, compiles the same configuration with the new
+    /// addresses. `None` when nothing changed. The guard keeps reloads out
+    /// until the caller has installed the snapshot.
+    pub async fn prepare_dns_rebuild(
+        &self,
+        due: &[String],
+    ) -> Option<(
+        tokio::sync::MutexGuard<'_, ()>,
+        Result<Snapshot, ConfigErrors>,
+    )> {
+        let guard = self.reload_lock.lock().await;
+        let loaded = self.current_loaded()?;
+        match self.dns.refresh(due).await {
+            Ok(true) => Some((guard, compile(&self.config_path, &loaded, self))),
+            _ => None,
+        }
+    }
+
+    /// Target names of the current configuration with how often to resolve
+    /// each (the shortest `dns_refresh` among the upstreams that use it).
+    pub fn dns_schedule(&self) -> Vec<(String, Duration)> {
+        let Some(loaded) = self.current_loaded() else {
+            return Vec::new();
+        };
+        let mut by_name: HashMap<String, Duration> = HashMap::new();
+        for u in &loaded.config.upstreams {
+            let every = u.dns_refresh.map(|d| d.0).unwrap_or(DEFAULT_DNS_REFRESH);
+            for t in &u.targets {
+                if dns::is_name(t.address()) {
+                    let e = by_name.entry(t.address().to_string()).or_insert(every);
+                    *e = (*e).min(every);
+                }
+            }
+        }
+        by_name.into_iter().collect()
     }
 
     /// Counts a reload attempt in `portcullis_config_reloads_total`.

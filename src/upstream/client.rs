@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -108,12 +108,46 @@ impl UpstreamClient {
     }
 }
 
+/// Which TLS server name to send to (and verify for) each target.
+#[derive(Clone, Debug, Default)]
+pub struct ServerNames {
+    /// The upstream's `tls.sni`, which wins for every target.
+    pub fixed: Option<ServerName<'static>>,
+    /// For targets resolved from a DNS name: `IP:port` to that name.
+    pub by_address: HashMap<String, ServerName<'static>>,
+}
+
+impl ServerNames {
+    /// The name for a request to `uri`: the fixed one, the DNS name the
+    /// target's address came from, or the URI's own host.
+    pub fn for_uri(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
+        if let Some(name) = &self.fixed {
+            return Ok(name.clone());
+        }
+        if let Some(name) = uri
+            .authority()
+            .and_then(|a| self.by_address.get(a.as_str()))
+        {
+            return Ok(name.clone());
+        }
+        let host = uri.host().unwrap_or_default();
+        ServerName::try_from(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        )
+    }
+}
+
 /// Sends each request on a new connection that starts with a PROXY header.
 pub struct ProxiedClient {
     /// PROXY protocol version.
     pub version: Version,
-    /// TLS after the header, with the server name to send (default: the URI host).
-    pub tls: Option<(tokio_rustls::TlsConnector, Option<ServerName<'static>>)>,
+    /// TLS after the header, with the server names to send.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerNames)>,
     /// Speak HTTP/2 (prior knowledge, or ALPN h2 over TLS).
     pub http2: bool,
     /// Time to open the connection.
@@ -162,16 +196,10 @@ impl ProxiedClient {
             .map_err(|e| SendError::connect(&e))?;
         match &self.tls {
             None => self.exchange(TokioIo::new(stream), req).await,
-            Some((connector, sni)) => {
-                let name = match sni {
-                    Some(n) => n.clone(),
-                    None => {
-                        let host = req.uri().host().unwrap_or_default();
-                        let host = host.trim_start_matches('[').trim_end_matches(']');
-                        ServerName::try_from(host.to_string())
-                            .map_err(|e| SendError::connect(&e))?
-                    }
-                };
+            Some((connector, names)) => {
+                let name = names
+                    .for_uri(req.uri())
+                    .map_err(|e| SendError::connect(&e))?;
                 let tls = connector
                     .connect(name, stream)
                     .await
@@ -286,15 +314,12 @@ impl ClientCache {
         &self,
         settings: PoolSettings,
         tls: &rustls::ClientConfig,
-        sni: Option<ServerName<'static>>,
+        names: ServerNames,
     ) -> UpstreamClient {
         let b = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
-            .https_only();
-        let b = match sni {
-            Some(name) => b.with_server_name_resolver(FixedServerNameResolver::new(name)),
-            None => b,
-        };
+            .https_only()
+            .with_server_name_resolver(move |uri: &http::Uri| names.for_uri(uri));
         // An HTTP/2 upstream offers only h2 in ALPN: the client speaks nothing else.
         let connector = if settings.http2 {
             b.enable_http2().wrap_connector(http_connector(&settings))

@@ -9,6 +9,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod client;
+pub mod dns;
 pub mod hash_key;
 pub mod health;
 pub mod outlier;

@@ -53,6 +53,7 @@ mod tests {
         (0..n)
             .map(|i| Target {
                 address: Arc::from(format!("127.0.0.1:{}", 9000 + i)),
+                name: None,
                 authority: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
                 weight: 1,
                 state: Arc::new(TargetState::default()),

@@ -12,10 +12,13 @@ use http::uri::Authority;
 /// One backend address of an upstream.
 #[derive(Debug)]
 pub struct Target {
-    /// `host:port` as configured (or as resolved, for DNS names).
+    /// `IP:port` of the target (for a DNS name, one of its addresses).
     pub address: Arc<str>,
     /// The same, ready for request URIs.
     pub authority: Authority,
+    /// The configured `host:port` this address was resolved from (DNS
+    /// targets); its host is the TLS server name for the target.
+    pub name: Option<Arc<str>>,
     /// Relative share of requests.
     pub weight: u32,
     /// Live state shared across snapshots.

@@ -341,7 +341,7 @@ upstreams:
 "#,
     )
     .unwrap();
-    let errors = match portcullis::server::Runtime::check(path) {
+    let errors = match portcullis::server::Runtime::check(path).await {
         Ok(_) => panic!("accepted"),
         Err(e) => e.to_string(),
     };

@@ -233,6 +233,7 @@ impl Compiler<'_> {
         if let Some(split) = &r.split {
             let mut shares = Vec::new();
             let mut total = 0u64;
+            let mut unknown = false;
             for (j, s) in split.iter().enumerate() {
                 match upstreams.get(s.upstream.as_str()) {
                     Some(u) if s.weight > 0 => {
@@ -249,9 +250,13 @@ impl Compiler<'_> {
                                 upstream_names,
                             );
                         }
-                        return None;
+                        // Go on, so that every unknown name is reported.
+                        unknown = true;
                     }
                 }
+            }
+            if unknown {
+                return None;
             }
             if total == 0 {
                 self.diag.error(

@@ -15,7 +15,8 @@ use crate::server::proxy_protocol;
 use crate::server::tls::{self, CertificateFiles};
 use crate::upstream::balance::{self, Weighted};
 use crate::upstream::breaker::CircuitBreaker;
-use crate::upstream::client::{PoolSettings, ProxiedClient, UpstreamClient};
+use crate::upstream::client::{PoolSettings, ProxiedClient, ServerNames, UpstreamClient};
+use crate::upstream::dns;
 use crate::upstream::health::{CheckKind, HealthCheck, parse_status_range};
 use crate::upstream::outlier::OutlierDetection;
 use crate::upstream::retry::{RetryBudget, RetryPolicy};
@@ -49,12 +50,39 @@ impl Compiler<'_> {
             let address = t.address();
             match address.parse::<Authority>() {
                 Ok(auth) if auth.port_u16().is_some() && !address.contains('@') => {
-                    targets.push(Target {
-                        address: Arc::from(address),
-                        authority: auth,
-                        weight: t.weight(),
-                        state: self.runtime.target_state(&u.name, address),
-                    })
+                    if !dns::is_name(address) {
+                        targets.push(Target {
+                            address: Arc::from(address),
+                            authority: auth,
+                            name: None,
+                            weight: t.weight(),
+                            state: self.runtime.target_state(&u.name, address),
+                        });
+                        continue;
+                    }
+                    // A name becomes one target per address it resolves to.
+                    let Some(resolved) = self.runtime.dns.cached(address) else {
+                        self.diag.error(
+                            &tat,
+                            format!("cannot resolve `{address}`"),
+                            Some("check the name (the system resolver is used), or give an IP address".into()),
+                        );
+                        continue;
+                    };
+                    let name: Arc<str> = Arc::from(address);
+                    for addr in resolved {
+                        let text = addr.to_string();
+                        let Ok(authority) = text.parse::<Authority>() else {
+                            continue;
+                        };
+                        targets.push(Target {
+                            state: self.runtime.target_state(&u.name, &text),
+                            address: Arc::from(text),
+                            authority,
+                            name: Some(name.clone()),
+                            weight: t.weight(),
+                        });
+                    }
                 }
                 _ => self.diag.error(
                     &tat,
@@ -124,24 +152,37 @@ impl Compiler<'_> {
             model::ProxyProtocolVersion::V1 => proxy_protocol::Version::V1,
             model::ProxyProtocolVersion::V2 => proxy_protocol::Version::V2,
         });
+        let by_address: HashMap<String, rustls_pki_types::ServerName<'static>> = targets
+            .iter()
+            .filter_map(|t| {
+                let name = t.name.as_deref()?;
+                let host = name.rsplit_once(':').map(|(h, _)| h).unwrap_or(name);
+                let server_name = rustls_pki_types::ServerName::try_from(host.to_string()).ok()?;
+                Some((t.address.to_string(), server_name))
+            })
+            .collect();
         let client = match (proxy_version, tls_setup) {
             // A PROXY header names one client: such connections are never pooled.
             (Some(version), tls) => UpstreamClient::Proxied(Arc::new(ProxiedClient {
                 version,
-                tls: tls.map(|(config, sni)| {
+                tls: tls.map(|(config, fixed)| {
                     let mut config = (*config).clone();
                     config.alpn_protocols = vec![if u.http2 {
                         b"h2".to_vec()
                     } else {
                         b"http/1.1".to_vec()
                     }];
-                    (tokio_rustls::TlsConnector::from(Arc::new(config)), sni)
+                    let names = ServerNames { fixed, by_address };
+                    (tokio_rustls::TlsConnector::from(Arc::new(config)), names)
                 }),
                 http2: u.http2,
                 connect_timeout: u.timeouts.connect.0,
             })),
             (None, None) => self.runtime.clients.plain(settings),
-            (None, Some((config, sni))) => self.runtime.clients.tls(settings, &config, sni),
+            (None, Some((config, fixed))) => {
+                let names = ServerNames { fixed, by_address };
+                self.runtime.clients.tls(settings, &config, names)
+            }
         };
         if targets.is_empty() {
             return None;

@@ -1,0 +1,206 @@
+//! The configurations in `examples/` run as written: each test reads the file,
+//! swaps only its fixed addresses (backends become test backends, listeners
+//! take ephemeral ports) and checks every part the file's comments promise.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::*;
+
+/// Replaces every `127.0.0.1:PORT` in `text` by `swaps[PORT]`, reading each
+/// port number whole (so `:5432` never matches inside `:54321`, whatever
+/// ephemeral ports the test backends got). Panics on a fixed address that
+/// `swaps` does not cover, so a new part of the example cannot go untested.
+fn swap_addresses(text: &str, swaps: &HashMap<u16, String>) -> String {
+    const HOST: &str = "127.0.0.1:";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(HOST) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + HOST.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(port) = after[..digits].parse::<u16>() else {
+            // Prose, such as "all on 127.0.0.1:" in a comment.
+            out.push_str(HOST);
+            rest = after;
+            continue;
+        };
+        let swapped = swaps.get(&port).unwrap_or_else(|| {
+            panic!("the example uses {HOST}{port}, which the test does not swap")
+        });
+        out.push_str(swapped);
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A TCP server that answers each connection with `{tag}:` and then echoes
+/// every byte back, closing its side after the client's half-close.
+async fn tagged_tcp_echo(tag: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                // Health checks connect and close at once: errors are fine.
+                if w.write_all(format!("{tag}:").as_bytes()).await.is_ok() {
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `data` on a new connection to `addr`, half-closes, and returns
+/// everything read back until the relay closes.
+async fn tcp_round_trip(addr: SocketAddr, data: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(data).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the TCP relay did not close")
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// GET `path` on listener `web` (with an `x-user-id` when given); the echo
+/// backend's name and the path it saw.
+async fn served_by(
+    client: &reqwest::Client,
+    gw: &TestGateway,
+    path: &str,
+    user: Option<&str>,
+) -> (String, String) {
+    let mut req = client.get(gw.url("web", path));
+    if let Some(user) = user {
+        req = req.header("x-user-id", user);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 200, "GET {path}: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        v["backend"].as_str().unwrap().to_string(),
+        v["path"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn load_balancer_example_runs_as_written() {
+    let (a, b, c) = (
+        Backend::echo("a").await,
+        Backend::echo("b").await,
+        Backend::echo("c").await,
+    );
+    let canary = Backend::echo("canary").await;
+    let (replica1, replica2) = (tagged_tcp_echo("r1").await, tagged_tcp_echo("r2").await);
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let text = std::fs::read_to_string(format!("{root}/load-balancer.yaml")).unwrap();
+    // Only addresses change: the application servers, the canary and the
+    // replicas become test servers; listeners take ephemeral ports.
+    let swaps: HashMap<u16, String> = [
+        (3001, a.addr.to_string()),
+        (3002, b.addr.to_string()),
+        (3003, c.addr.to_string()),
+        (3004, canary.addr.to_string()),
+        (5432, replica1.to_string()),
+        (5433, replica2.to_string()),
+        (8080, "127.0.0.1:0".to_string()),
+        (6432, "127.0.0.1:0".to_string()),
+        (9901, "127.0.0.1:0".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let text = swap_addresses(&text, &swaps);
+    let gw = TestGateway::start(&text).await;
+    let client = client();
+
+    // Balanced: one request at a time, every target idle, so least_connections
+    // breaks ties by weight (2/1/1): 300 requests reach all three, the
+    // weight-2 target most (expected 150/75/75, standard deviations under 9).
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        let (backend, _) = served_by(&client, &gw, "/orders", None).await;
+        *counts.entry(backend).or_default() += 1;
+    }
+    let (na, nb, nc) = (counts["a"], counts["b"], counts["c"]);
+    assert!(na > nb && na > nc && nb > 0 && nc > 0, "{counts:?}");
+    assert_eq!(na + nb + nc, 300, "only the stable targets: {counts:?}");
+
+    // Sticky: each user stays on one server; many users spread over several.
+    let mut homes: HashMap<String, String> = HashMap::new();
+    for i in 0..30 {
+        let user = format!("user-{i}");
+        for _ in 0..4 {
+            let (backend, path) = served_by(&client, &gw, "/account/cart", Some(&user)).await;
+            assert_eq!(path, "/account/cart");
+            assert!(["a", "b", "c"].contains(&backend.as_str()), "{backend}");
+            let home = homes.entry(user.clone()).or_insert_with(|| backend.clone());
+            assert_eq!(*home, backend, "{user} moved");
+        }
+    }
+    let used: HashSet<&String> = homes.values().collect();
+    assert!(used.len() >= 2, "30 users all on {used:?}");
+
+    // Canary split 90/10: 400 checkouts reach both upstreams, the canary
+    // about a tenth of them (40; the bounds hold even for independent draws,
+    // whose standard deviation is 6).
+    let (mut stable, mut to_canary) = (0, 0);
+    for _ in 0..400 {
+        match served_by(&client, &gw, "/checkout/pay", None)
+            .await
+            .0
+            .as_str()
+        {
+            "canary" => to_canary += 1,
+            _ => stable += 1,
+        }
+    }
+    assert!((20..=60).contains(&to_canary), "canary {to_canary} of 400");
+    assert_eq!(stable + to_canary, 400);
+    // The canary sees checkouts only (and health checks).
+    assert!(canary.seen().iter().all(|s| {
+        s.uri.starts_with("/checkout")
+            || s.headers.get("user-agent").and_then(|v| v.to_str().ok())
+                == Some("portcullis-health-check")
+    }));
+
+    // TCP: bytes are relayed both ways, and connections reach both replicas.
+    let mut replicas = HashSet::new();
+    for i in 0..20 {
+        let msg = format!("SELECT {i};");
+        let reply = tcp_round_trip(gw.addr("db"), msg.as_bytes()).await;
+        let (tag, echoed) = reply.split_once(':').unwrap_or(("", ""));
+        assert_eq!(echoed, msg, "{reply}");
+        replicas.insert(tag.to_string());
+    }
+    assert_eq!(
+        replicas,
+        HashSet::from(["r1".to_string(), "r2".to_string()]),
+        "20 connections"
+    );
+
+    // The admin API lists every upstream of the file.
+    let (status, _, body) = get(&gw.admin_url("/api/v1/upstreams")).await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut names: Vec<&str> = v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["app", "app-canary", "app-sticky", "db"], "{v}");
+}
