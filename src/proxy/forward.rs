@@ -23,7 +23,7 @@ use crate::config::snapshot::RouteEntry;
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::Admitted;
 use crate::upstream::client::Peers;
-use crate::upstream::retry::Failure;
+use crate::upstream::retry::{Failure, RetryPolicy};
 use crate::upstream::{InFlight, Upstream};
 
 /// An upstream's answer (or the gateway's error) and the target that was used.
@@ -104,24 +104,26 @@ pub async fn forward(
         Some(r) => keep_body(body, r.max_body, body_stats).await,
         None => Kept::Stream(body),
     };
-    let (policy, replay) = match (retry, kept) {
-        (Some(policy), Kept::Bytes(bytes)) => (policy, bytes),
-        (None, Kept::Bytes(bytes)) => {
-            let req = Request::from_parts(parts, super::body::full(bytes));
-            return send_once(
-                ctx,
-                upstream,
-                &pick,
-                &path_and_query,
-                req,
-                peers,
-                client_upgrade,
-                admitted,
-                body_stats,
-            )
-            .await;
+    let plan = match (retry, kept) {
+        (Some(policy), Kept::Bytes(bytes)) => Plan::Retry(policy, bytes),
+        (None, Kept::Bytes(bytes)) => Plan::Once(super::body::full(bytes)),
+        (_, Kept::Stream(body)) => Plan::Once(body),
+        (_, Kept::TooLarge) => {
+            return fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than this listener accepts",
+            );
         }
-        (_, Kept::Stream(body)) => {
+        (_, Kept::Unreadable) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
+    };
+    let (policy, replay) = match plan {
+        Plan::Retry(policy, bytes) => (policy, bytes),
+        Plan::Once(body) => {
             let req = Request::from_parts(parts, body);
             return send_once(
                 ctx,
@@ -135,18 +137,6 @@ pub async fn forward(
                 body_stats,
             )
             .await;
-        }
-        (_, Kept::TooLarge) => {
-            return fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body is larger than this listener accepts",
-            );
-        }
-        (_, Kept::Unreadable) => {
-            return fail(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read",
-            );
         }
     };
 
@@ -374,6 +364,14 @@ impl Tried {
     fn as_slice(&self) -> &[usize] {
         &self.used[..self.len.min(8)]
     }
+}
+
+/// How a request goes upstream: retryable with a kept body, or once.
+enum Plan<'a> {
+    /// Attempts may repeat; each sends these bytes.
+    Retry(&'a RetryPolicy, Bytes),
+    /// One attempt with this body.
+    Once(Body),
 }
 
 /// A request body read for possible replay.

@@ -33,12 +33,13 @@ use super::context::RequestCtx;
 use super::forward::{self, Forwarded};
 use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
 use super::problem::problem;
-use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan};
+use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan, RouteEntry};
 use crate::observe::metrics::{RequestLabels, empty_label};
 use crate::observe::record::{LogFields, Record, RecordedBody};
 use crate::policy::Flow;
 use crate::route::normalize_path;
 use crate::server::runtime::Runtime;
+use crate::upstream::Upstream;
 
 /// What the listener knows about the connection a request came on.
 pub struct Connection {
@@ -182,23 +183,19 @@ pub async fn handle(
             }
         }
         Action::Forward(upstream) => {
-            let Forwarded { response, target } =
-                forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
-            record.labels.upstream = upstream.name.clone();
-            if let Some(log) = record.log.as_mut() {
-                log.target = target;
-            }
-            response
+            forward_to(&ctx, &conn, &route, upstream, req, &body_stats, &mut record).await
         }
         Action::Split(split) => {
-            let upstream = split.pick();
-            let Forwarded { response, target } =
-                forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
-            record.labels.upstream = upstream.name.clone();
-            if let Some(log) = record.log.as_mut() {
-                log.target = target;
-            }
-            response
+            forward_to(
+                &ctx,
+                &conn,
+                &route,
+                split.pick(),
+                req,
+                &body_stats,
+                &mut record,
+            )
+            .await
         }
     };
 
@@ -210,6 +207,25 @@ pub async fn handle(
 
     // log
     Ok(finish(resp, &ctx, record))
+}
+
+/// Forwards to `upstream` and notes the upstream and target for the log.
+async fn forward_to(
+    ctx: &RequestCtx,
+    conn: &Connection,
+    route: &RouteEntry,
+    upstream: &Arc<Upstream>,
+    req: Request<Body>,
+    body_stats: &BodyStats,
+    record: &mut Record,
+) -> Response<Body> {
+    let Forwarded { response, target } =
+        forward::forward(ctx, conn, route, upstream, req, body_stats).await;
+    record.labels.upstream = upstream.name.clone();
+    if let Some(log) = record.log.as_mut() {
+        log.target = target;
+    }
+    response
 }
 
 /// Stamps the request id on the response and arranges for the request to be
