@@ -37,7 +37,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // The usual tokens name headers removed below anyway (or none):
+        // skipping them keeps the common request free of allocations.
+        .filter(|t| {
+            !["keep-alive", "close", "upgrade", "te"]
+                .iter()
+                .any(|c| t.eq_ignore_ascii_case(c))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
@@ -50,14 +58,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    // Proxy-* headers other than the two above are hop-by-hop by convention.
-    let proxy_named: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy_named {
-        headers.remove(name);
+    // Proxy-* headers other than the two above are hop-by-hop by convention;
+    // looking first avoids building a list when there are none.
+    let is_proxy = |k: &HeaderName| k.as_str().starts_with("proxy-");
+    if headers.keys().any(is_proxy) {
+        let proxy_named: Vec<HeaderName> =
+            headers.keys().filter(|k| is_proxy(k)).cloned().collect();
+        for name in proxy_named {
+            headers.remove(name);
+        }
     }
     if let Some(up) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
