@@ -11,10 +11,9 @@ use bytes::Bytes;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, BodyStats, from_incoming, hold};
+use super::body::{Body, BodyStats, from_incoming, from_upstream};
 use super::context::RequestCtx;
 use super::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
 use super::pipeline::{Connection, host_of};
@@ -22,7 +21,7 @@ use super::problem::problem;
 use crate::config::snapshot::RouteEntry;
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::Admitted;
-use crate::upstream::client::Peers;
+use crate::upstream::client::{Peers, Sent};
 use crate::upstream::retry::{Failure, RetryPolicy};
 use crate::upstream::{InFlight, Upstream};
 
@@ -157,8 +156,8 @@ pub async fn forward(
         *attempt.headers_mut() = parts.headers.clone();
         let outcome = exchange(upstream, index, &path_and_query, attempt, peers).await;
         let failure = match &outcome {
-            Ok(resp) if resp.status().is_server_error() => {
-                Some(Failure::Status(resp.status().as_u16()))
+            Ok(sent) if sent.response.status().is_server_error() => {
+                Some(Failure::Status(sent.response.status().as_u16()))
             }
             Ok(_) => None,
             Err(e) => Some(e.failure),
@@ -232,27 +231,15 @@ async fn exchange(
     path_and_query: &PathAndQuery,
     mut req: Request<Body>,
     peers: Peers,
-) -> Result<Response<Incoming>, AttemptError> {
+) -> Result<Sent, AttemptError> {
     let target = &upstream.targets[index];
-    match Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query.clone())
-        .build()
-    {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(e) => {
-            return Err(AttemptError {
-                failure: Failure::ConnectError,
-                detail: e.to_string(),
-                timed_out: false,
-            });
-        }
-    }
+    *req.uri_mut() = Uri::from(path_and_query.clone());
     let sent = Instant::now();
     let result = tokio::time::timeout(
         upstream.response_header_timeout,
-        upstream.client.send(req, Some(peers)),
+        upstream
+            .client
+            .send(&target.authority, &target.state.pool, req, Some(peers)),
     )
     .await;
     let elapsed = sent.elapsed();
@@ -272,13 +259,13 @@ async fn exchange(
             timed_out: e.timed_out,
             detail: e.detail,
         }),
-        Ok(Ok(resp)) => {
+        Ok(Ok(sent)) => {
             target.state.observe_latency(elapsed);
-            Ok(resp)
+            Ok(sent)
         }
     };
     let failed = match &outcome {
-        Ok(resp) => resp.status().is_server_error(),
+        Ok(sent) => sent.response.status().is_server_error(),
         Err(_) => true,
     };
     upstream.record_outcome(index, failed);
@@ -290,7 +277,7 @@ fn relay(
     ctx: &RequestCtx,
     upstream: &Upstream,
     index: usize,
-    outcome: Result<Response<Incoming>, AttemptError>,
+    outcome: Result<Sent, AttemptError>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     guards: Guards,
     body_stats: &BodyStats,
@@ -298,9 +285,14 @@ fn relay(
     let target = &upstream.targets[index];
     let rid = ctx.request_id_str();
     let response = match outcome {
-        Ok(mut resp) => {
+        Ok(Sent {
+            response: mut resp,
+            reuse,
+        }) => {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_side) = client_upgrade {
+                    // The connection becomes the tunnel: it is not reused.
+                    drop(reuse);
                     let upstream_side = hyper::upgrade::on(&mut resp);
                     tokio::spawn(tunnel(client_side, upstream_side, guards));
                     return Forwarded {
@@ -312,7 +304,7 @@ fn relay(
                 remove_hop_by_hop(resp.headers_mut(), false);
             }
             // The target counts as in use until the body has been relayed.
-            resp.map(|b| hold(from_incoming(b), guards))
+            resp.map(|b| from_upstream(b, guards, reuse))
         }
         Err(_) if body_stats.too_large.load(Ordering::Relaxed) => problem(
             StatusCode::PAYLOAD_TOO_LARGE,

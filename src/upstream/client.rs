@@ -1,53 +1,65 @@
-//! HTTP clients to upstream targets.
+//! HTTP clients to upstream targets: opening connections (TCP, the PROXY
+//! header, TLS, HTTP/1.1 or HTTP/2) and reusing them through each target's
+//! [`IdlePool`].
 //!
-//! hyper-util's client keeps one keep-alive pool per target authority. Plain
-//! HTTP clients are shared by every upstream with the same settings and
-//! survive reloads (they sit in [`ClientCache`]); TLS clients are rebuilt on
-//! each reload so that rotated CA and client certificates are read again.
+//! A client carries the settings of one upstream. Plain HTTP clients are
+//! shared by every upstream with the same settings and survive reloads (they
+//! sit in [`ClientCache`]), so their pooled connections stay warm across a
+//! reload; TLS clients are rebuilt on each reload so that rotated CA and
+//! client certificates are read again, and connections the old client made
+//! are not reused.
 //!
-//! Upstreams that receive PROXY protocol headers get a [`ProxiedClient`]
-//! instead: a header names one client, so such a connection is never shared
-//! between clients (HAProxy treats these connections as private too); each
-//! request opens its own connection.
+//! Upstreams that receive PROXY protocol headers never reuse a connection: a
+//! header names one client, so such a connection is never shared between
+//! clients (HAProxy treats these connections as private too); each request
+//! opens its own.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::pool::IdlePool;
 use crate::proxy::body::Body;
 use crate::server::proxy_protocol::{self, Version};
 
-/// Settings that decide whether two upstreams can share a pool.
+/// TCP keep-alive probes on upstream connections start after this much
+/// silence, so that a dead peer behind a NAT is noticed.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// Settings that decide whether two upstreams can share a plain-HTTP client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PoolSettings {
     /// HTTP/2 with prior knowledge (or ALPN h2 over TLS).
     pub http2: bool,
-    /// Connect timeout.
+    /// Connect timeout (TCP, PROXY header and TLS handshake together).
     pub connect_timeout: Duration,
     /// How long idle pooled connections are kept.
     pub idle_timeout: Duration,
 }
 
-/// A client to plain-HTTP or TLS targets.
+/// A client to one upstream's targets. Cheap to clone.
 #[derive(Clone)]
-pub enum UpstreamClient {
-    /// Plain HTTP (h1 or h2c), pooled.
-    Plain(Client<HttpConnector, Body>),
-    /// TLS to the targets, pooled.
-    Tls(Client<HttpsConnector<HttpConnector>, Body>),
-    /// A connection per request that starts with a PROXY header.
-    Proxied(Arc<ProxiedClient>),
+pub struct UpstreamClient(Arc<ClientInner>);
+
+struct ClientInner {
+    /// Tells this client's pooled connections from other clients'.
+    id: u64,
+    settings: PoolSettings,
+    /// TLS to the targets, with the server name to send to each.
+    tls: Option<(tokio_rustls::TlsConnector, ServerNames)>,
+    /// PROXY header version; `Some` means a new connection per request.
+    proxy_protocol: Option<Version>,
 }
 
 /// The two ends of the client's connection, for PROXY headers.
@@ -72,14 +84,6 @@ pub struct SendError {
 }
 
 impl SendError {
-    fn from_legacy(e: &hyper_util::client::legacy::Error) -> SendError {
-        SendError {
-            connect: e.is_connect(),
-            timed_out: chain_has_timeout(e),
-            detail: error_chain(e),
-        }
-    }
-
     fn connect(e: &(dyn std::error::Error + 'static)) -> SendError {
         SendError {
             connect: true,
@@ -87,25 +91,276 @@ impl SendError {
             detail: error_chain(e),
         }
     }
-}
 
-impl UpstreamClient {
-    /// Sends `req` (whose URI holds the target) and waits for the response
-    /// headers. `peers` names the client for PROXY headers; `None` (the
-    /// gateway's own health checks) sends a header that names no client.
-    pub async fn send(
-        &self,
-        req: Request<Body>,
-        peers: Option<Peers>,
-    ) -> Result<Response<Incoming>, SendError> {
-        match self {
-            UpstreamClient::Plain(c) => {
-                c.request(req).await.map_err(|e| SendError::from_legacy(&e))
-            }
-            UpstreamClient::Tls(c) => c.request(req).await.map_err(|e| SendError::from_legacy(&e)),
-            UpstreamClient::Proxied(c) => c.send(req, peers).await,
+    fn broken(e: &hyper::Error) -> SendError {
+        SendError {
+            connect: false,
+            timed_out: chain_has_timeout(e),
+            detail: error_chain(e),
         }
     }
+}
+
+/// A response head from a target, and the connection to give back to the
+/// target's pool once the response body has been read to its end.
+pub struct Sent {
+    /// The response; its body still streams from the connection.
+    pub response: Response<Incoming>,
+    /// Set for a reusable HTTP/1 connection.
+    pub reuse: Option<Reusable>,
+}
+
+/// An HTTP/1 connection on loan to one exchange. [`Reusable::release`]
+/// returns it to its pool; dropping it instead lets the connection close,
+/// which is right when the response body was not read to its end.
+pub struct Reusable {
+    sender: http1::SendRequest<Body>,
+    pool: Arc<IdlePool>,
+    client: u64,
+    idle_timeout: Duration,
+}
+
+impl Reusable {
+    /// Gives the connection back for the next request to the target.
+    pub fn release(self) {
+        self.pool
+            .put_http1(self.sender, self.client, self.idle_timeout);
+    }
+}
+
+/// An open connection's request handle.
+enum Sender {
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
+}
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl UpstreamClient {
+    /// A client with `settings`, TLS when `tls` is given (its ALPN is set
+    /// here to the one protocol the client speaks), and a PROXY header on
+    /// every connection when `proxy_protocol` is given.
+    pub fn new(
+        settings: PoolSettings,
+        tls: Option<(&rustls::ClientConfig, ServerNames)>,
+        proxy_protocol: Option<Version>,
+    ) -> UpstreamClient {
+        let tls = tls.map(|(config, names)| {
+            let mut config = config.clone();
+            // An HTTP/2 upstream is offered only h2: the client speaks nothing else.
+            config.alpn_protocols = vec![if settings.http2 {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
+            (tokio_rustls::TlsConnector::from(Arc::new(config)), names)
+        });
+        UpstreamClient(Arc::new(ClientInner {
+            id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+            settings,
+            tls,
+            proxy_protocol,
+        }))
+    }
+
+    /// `http` or `https`, as the client speaks to its targets.
+    pub fn scheme(&self) -> Scheme {
+        if self.0.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        }
+    }
+
+    /// Sends `req` to the target at `authority` and waits for the response
+    /// head. The request's URI is its origin form (path and query). `pool`
+    /// is the target's; `peers` names the client for PROXY headers, and
+    /// `None` (the gateway's own health checks) sends a header that names
+    /// no client.
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        pool: &Arc<IdlePool>,
+        mut req: Request<Body>,
+        peers: Option<Peers>,
+    ) -> Result<Sent, SendError> {
+        let inner = &*self.0;
+        let idle_timeout = inner.settings.idle_timeout;
+        if inner.settings.http2 {
+            // HTTP/2 names the target in the request itself.
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(self.scheme());
+            parts.authority = Some(authority.clone());
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|e| SendError::connect(&e))?;
+        }
+        if inner.proxy_protocol.is_none() {
+            let reused = if inner.settings.http2 {
+                pool.shared_http2(inner.id, idle_timeout).map(Sender::Http2)
+            } else {
+                pool.take_http1(inner.id).map(Sender::Http1)
+            };
+            if let Some(sender) = reused {
+                // A pooled connection the target closed a moment ago hands
+                // the request back unsent: it then goes on a new connection.
+                req = match self.exchange(sender, req, pool).await {
+                    Ok(sent) => return Ok(sent),
+                    Err(Unsent::Returned(req)) => *req,
+                    Err(Unsent::Failed(e)) => return Err(e),
+                };
+            }
+        }
+        let sender = if inner.settings.http2 && inner.proxy_protocol.is_none() {
+            let _turn = pool.http2_connect_turn().await;
+            match pool.shared_http2(inner.id, idle_timeout) {
+                // Another request opened it while this one waited.
+                Some(s) => Sender::Http2(s),
+                None => {
+                    let sender = self.connect(authority, peers).await?;
+                    if let Sender::Http2(s) = &sender {
+                        pool.set_http2(s.clone(), inner.id, idle_timeout);
+                    }
+                    sender
+                }
+            }
+        } else {
+            self.connect(authority, peers).await?
+        };
+        match self.exchange(sender, req, pool).await {
+            Ok(sent) => Ok(sent),
+            Err(Unsent::Failed(e)) => Err(e),
+            Err(Unsent::Returned(_)) => Err(SendError {
+                connect: false,
+                timed_out: false,
+                detail: "the new upstream connection closed before the request was sent"
+                    .to_string(),
+            }),
+        }
+    }
+
+    /// Sends on an open connection.
+    async fn exchange(
+        &self,
+        sender: Sender,
+        req: Request<Body>,
+        pool: &Arc<IdlePool>,
+    ) -> Result<Sent, Unsent> {
+        let inner = &*self.0;
+        let unsent =
+            |mut e: hyper::client::conn::TrySendError<Request<Body>>| match e.take_message() {
+                Some(req) => Unsent::Returned(Box::new(req)),
+                None => Unsent::Failed(SendError::broken(&e.into_error())),
+            };
+        match sender {
+            Sender::Http1(mut s) => {
+                let response = s.try_send_request(req).await.map_err(unsent)?;
+                let reuse = inner.proxy_protocol.is_none().then(|| Reusable {
+                    sender: s,
+                    pool: pool.clone(),
+                    client: inner.id,
+                    idle_timeout: inner.settings.idle_timeout,
+                });
+                Ok(Sent { response, reuse })
+            }
+            Sender::Http2(mut s) => {
+                let response = s.try_send_request(req).await.map_err(unsent)?;
+                Ok(Sent {
+                    response,
+                    reuse: None,
+                })
+            }
+        }
+    }
+
+    /// Opens a connection to `authority` within the connect timeout: TCP,
+    /// then the PROXY header and TLS when configured, then HTTP.
+    async fn connect(
+        &self,
+        authority: &Authority,
+        peers: Option<Peers>,
+    ) -> Result<Sender, SendError> {
+        let timeout = self.0.settings.connect_timeout;
+        match tokio::time::timeout(timeout, self.open(authority, peers)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendError {
+                connect: true,
+                timed_out: true,
+                detail: format!("connect to {authority} timed out"),
+            }),
+        }
+    }
+
+    async fn open(&self, authority: &Authority, peers: Option<Peers>) -> Result<Sender, SendError> {
+        let inner = &*self.0;
+        let mut stream = TcpStream::connect(authority.as_str())
+            .await
+            .map_err(|e| SendError::connect(&e))?;
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        if let Some(version) = inner.proxy_protocol {
+            let header = match peers {
+                Some(p) => proxy_protocol::encode(version, p.source, p.destination),
+                None => proxy_protocol::encode_local(version),
+            };
+            stream
+                .write_all(&header)
+                .await
+                .map_err(|e| SendError::connect(&e))?;
+        }
+        match &inner.tls {
+            None => self.handshake(stream).await,
+            Some((connector, names)) => {
+                let name = names
+                    .for_authority(authority)
+                    .map_err(|e| SendError::connect(&e))?;
+                let tls = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| SendError::connect(&e))?;
+                self.handshake(tls).await
+            }
+        }
+    }
+
+    /// Starts HTTP on `io`; the connection runs in its own task until the
+    /// target or the pool closes it.
+    async fn handshake<I>(&self, io: I) -> Result<Sender, SendError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = TokioIo::new(io);
+        if self.0.settings.http2 {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| SendError::connect(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Sender::Http2(sender))
+        } else {
+            let (sender, conn) = http1::handshake(io)
+                .await
+                .map_err(|e| SendError::connect(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+    }
+}
+
+/// A request that got no response head.
+enum Unsent {
+    /// The connection handed it back unsent: safe to send elsewhere.
+    Returned(Box<Request<Body>>),
+    /// It may have reached the target.
+    Failed(SendError),
 }
 
 /// Which TLS server name to send to (and verify for) each target.
@@ -118,128 +373,24 @@ pub struct ServerNames {
 }
 
 impl ServerNames {
-    /// The name for a request to `uri`: the fixed one, the DNS name the
-    /// target's address came from, or the URI's own host.
-    pub fn for_uri(
+    /// The name for the target at `authority`: the fixed one, the DNS name
+    /// the target's address came from, or the address's own host.
+    pub fn for_authority(
         &self,
-        uri: &http::Uri,
+        authority: &Authority,
     ) -> Result<ServerName<'static>, rustls_pki_types::InvalidDnsNameError> {
         if let Some(name) = &self.fixed {
             return Ok(name.clone());
         }
-        if let Some(name) = uri
-            .authority()
-            .and_then(|a| self.by_address.get(a.as_str()))
-        {
+        if let Some(name) = self.by_address.get(authority.as_str()) {
             return Ok(name.clone());
         }
-        let host = uri.host().unwrap_or_default();
+        let host = authority.host();
         ServerName::try_from(
             host.trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_string(),
         )
-    }
-}
-
-/// Sends each request on a new connection that starts with a PROXY header.
-pub struct ProxiedClient {
-    /// PROXY protocol version.
-    pub version: Version,
-    /// TLS after the header, with the server names to send.
-    pub tls: Option<(tokio_rustls::TlsConnector, ServerNames)>,
-    /// Speak HTTP/2 (prior knowledge, or ALPN h2 over TLS).
-    pub http2: bool,
-    /// Time to open the connection.
-    pub connect_timeout: Duration,
-}
-
-impl ProxiedClient {
-    async fn send(
-        &self,
-        req: Request<Body>,
-        peers: Option<Peers>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .ok_or_else(|| SendError {
-                connect: true,
-                timed_out: false,
-                detail: "request URI has no target".to_string(),
-            })?;
-        let mut stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(&authority),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(SendError::connect(&e)),
-            Err(_) => {
-                return Err(SendError {
-                    connect: true,
-                    timed_out: true,
-                    detail: format!("connect to {authority} timed out"),
-                });
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let header = match peers {
-            Some(p) => proxy_protocol::encode(self.version, p.source, p.destination),
-            None => proxy_protocol::encode_local(self.version),
-        };
-        stream
-            .write_all(&header)
-            .await
-            .map_err(|e| SendError::connect(&e))?;
-        match &self.tls {
-            None => self.exchange(TokioIo::new(stream), req).await,
-            Some((connector, names)) => {
-                let name = names
-                    .for_uri(req.uri())
-                    .map_err(|e| SendError::connect(&e))?;
-                let tls = connector
-                    .connect(name, stream)
-                    .await
-                    .map_err(|e| SendError::connect(&e))?;
-                self.exchange(TokioIo::new(tls), req).await
-            }
-        }
-    }
-
-    async fn exchange<I>(&self, io: I, req: Request<Body>) -> Result<Response<Incoming>, SendError>
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        let broken = |e: hyper::Error| SendError {
-            connect: false,
-            timed_out: false,
-            detail: error_chain(&e),
-        };
-        if self.http2 {
-            let (mut sender, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(|e| SendError::connect(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "proxied upstream connection ended");
-                }
-            });
-            sender.send_request(req).await.map_err(broken)
-        } else {
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(|e| SendError::connect(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "proxied upstream connection ended");
-                }
-            });
-            sender.send_request(req).await.map_err(broken)
-        }
     }
 }
 
@@ -269,29 +420,10 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Clients that outlive a configuration snapshot.
+/// Plain-HTTP clients that outlive a configuration snapshot.
 #[derive(Default)]
 pub struct ClientCache {
     plain: Mutex<HashMap<PoolSettings, UpstreamClient>>,
-}
-
-fn http_connector(settings: &PoolSettings) -> HttpConnector {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    http
-}
-
-fn builder(settings: &PoolSettings) -> hyper_util::client::legacy::Builder {
-    let mut b = Client::builder(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(settings.idle_timeout)
-        .pool_max_idle_per_host(1024)
-        .http2_only(settings.http2);
-    b
 }
 
 impl ClientCache {
@@ -302,33 +434,56 @@ impl ClientCache {
             Err(poisoned) => poisoned.into_inner(),
         };
         map.entry(settings)
-            .or_insert_with(|| {
-                UpstreamClient::Plain(builder(&settings).build(http_connector(&settings)))
-            })
+            .or_insert_with(|| UpstreamClient::new(settings, None, None))
             .clone()
-    }
-
-    /// A new TLS client with `tls` as its rustls configuration; `sni`
-    /// overrides the name sent and verified (default: the target's host).
-    pub fn tls(
-        &self,
-        settings: PoolSettings,
-        tls: &rustls::ClientConfig,
-        names: ServerNames,
-    ) -> UpstreamClient {
-        let b = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls.clone())
-            .https_only()
-            .with_server_name_resolver(move |uri: &http::Uri| names.for_uri(uri));
-        // An HTTP/2 upstream offers only h2 in ALPN: the client speaks nothing else.
-        let connector = if settings.http2 {
-            b.enable_http2().wrap_connector(http_connector(&settings))
-        } else {
-            b.enable_http1().wrap_connector(http_connector(&settings))
-        };
-        UpstreamClient::Tls(builder(&settings).build(connector))
     }
 }
 
 /// Shared handle type for the cache.
 pub type SharedClients = Arc<ClientCache>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_prefer_sni_then_the_dns_name_then_the_address() {
+        let authority: Authority = "10.0.0.5:443".parse().unwrap();
+        let mut names = ServerNames::default();
+        assert_eq!(
+            names.for_authority(&authority).unwrap(),
+            ServerName::try_from("10.0.0.5").unwrap()
+        );
+        names.by_address.insert(
+            "10.0.0.5:443".into(),
+            ServerName::try_from("users.internal").unwrap(),
+        );
+        assert_eq!(
+            names.for_authority(&authority).unwrap(),
+            ServerName::try_from("users.internal").unwrap()
+        );
+        names.fixed = Some(ServerName::try_from("api.test").unwrap());
+        assert_eq!(
+            names.for_authority(&authority).unwrap(),
+            ServerName::try_from("api.test").unwrap()
+        );
+        let v6: Authority = "[::1]:8443".parse().unwrap();
+        assert_eq!(
+            ServerNames::default().for_authority(&v6).unwrap(),
+            ServerName::try_from("::1").unwrap()
+        );
+    }
+
+    #[test]
+    fn every_client_has_its_own_id_and_plain_clients_are_shared() {
+        let settings = PoolSettings {
+            http2: false,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let cache = ClientCache::default();
+        assert_eq!(cache.plain(settings).0.id, cache.plain(settings).0.id);
+        let other = UpstreamClient::new(settings, None, None);
+        assert_ne!(other.0.id, cache.plain(settings).0.id);
+    }
+}

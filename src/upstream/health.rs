@@ -17,7 +17,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{HeaderValue, Method, Request, Uri, Version, header};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::family::Family;
@@ -25,6 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::pool::IdlePool;
 use super::{TargetState, UpstreamClient};
 use crate::config::Snapshot;
 use crate::observe::metrics::TargetLabel;
@@ -159,9 +160,10 @@ impl fmt::Display for Failure {
 /// on each reload to read rotated certificates).
 #[derive(Clone)]
 struct Probe {
-    scheme: Scheme,
     authority: Authority,
     client: UpstreamClient,
+    /// The target's keep-alive connections, which checks share with traffic.
+    pool: Arc<IdlePool>,
     http2: bool,
 }
 
@@ -188,15 +190,9 @@ async fn http_check(
     expect: &RangeInclusive<u16>,
     probe: &Probe,
 ) -> Result<(), Failure> {
-    let uri = Uri::builder()
-        .scheme(probe.scheme.clone())
-        .authority(probe.authority.clone())
-        .path_and_query(path.clone())
-        .build()
-        .map_err(|e| Failure::Request(e.to_string()))?;
     let mut req = Request::new(crate::proxy::body::empty());
     *req.method_mut() = Method::GET;
-    *req.uri_mut() = uri;
+    *req.uri_mut() = Uri::from(path.clone());
     *req.version_mut() = if probe.http2 {
         Version::HTTP_2
     } else {
@@ -212,15 +208,23 @@ async fn http_check(
     }
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     // `None`: the check is the gateway's own connection, not a client's.
-    let resp = probe.client.send(req, None).await.map_err(|e| {
-        if e.connect {
-            Failure::Connect(e.detail)
-        } else {
-            Failure::Request(e.detail)
-        }
-    })?;
-    let status = resp.status().as_u16();
-    drain(resp.into_body()).await;
+    let sent = probe
+        .client
+        .send(&probe.authority, &probe.pool, req, None)
+        .await
+        .map_err(|e| {
+            if e.connect {
+                Failure::Connect(e.detail)
+            } else {
+                Failure::Request(e.detail)
+            }
+        })?;
+    let status = sent.response.status().as_u16();
+    if drain(sent.response.into_body()).await
+        && let Some(conn) = sent.reuse
+    {
+        conn.release();
+    }
     if expect.contains(&status) {
         Ok(())
     } else {
@@ -229,15 +233,18 @@ async fn http_check(
 }
 
 /// Reads and discards up to [`MAX_DRAIN`] bytes; a body error does not
-/// change the verdict, which the status already gave.
-async fn drain(mut body: hyper::body::Incoming) {
+/// change the verdict, which the status already gave. True when the body
+/// was read to its end (the connection can then be reused).
+async fn drain(mut body: hyper::body::Incoming) -> bool {
     let mut read = 0;
     while read <= MAX_DRAIN {
         match body.frame().await {
             Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
-            _ => return,
+            None => return true,
+            Some(Err(_)) => return false,
         }
     }
+    false
 }
 
 /// Opens (and closes) a TCP connection to `host:port`, resolving names.
@@ -410,9 +417,9 @@ impl HealthChecks {
             for target in &upstream.targets {
                 let key: Key = (upstream.name.clone(), target.address.clone());
                 let probe = Probe {
-                    scheme: upstream.scheme.clone(),
                     authority: target.authority.clone(),
                     client: upstream.client.clone(),
+                    pool: target.state.pool.clone(),
                     http2: upstream.http2,
                 };
                 wanted.insert(key.clone());

@@ -2,9 +2,10 @@
 //! HTTP clients that carry requests to them.
 //!
 //! An [`Upstream`] is rebuilt with each configuration snapshot, but what must
-//! outlive a snapshot lives elsewhere: connection pools in [`ClientCache`],
-//! and each target's health and load in a [`TargetState`] kept by the
-//! runtime's registry, so a reload keeps warm connections and health verdicts.
+//! outlive a snapshot lives elsewhere: each target's health, load and
+//! keep-alive connections in a [`TargetState`] kept by the runtime's
+//! registry, and plain-HTTP clients in [`ClientCache`], so a reload keeps
+//! warm connections and health verdicts.
 
 pub mod balance;
 pub mod breaker;
@@ -13,12 +14,11 @@ pub mod dns;
 pub mod hash_key;
 pub mod health;
 pub mod outlier;
+pub mod pool;
 pub mod retry;
 pub mod target;
 
 use std::time::Duration;
-
-use http::uri::Scheme;
 
 use balance::{Balancer, PickContext};
 pub use client::{ClientCache, UpstreamClient};
@@ -47,8 +47,6 @@ pub struct Upstream {
     pub hash_key: Option<HashKey>,
     /// Policy when no target is available.
     pub when_all_down: WhenAllDown,
-    /// `http` or `https` to the targets.
-    pub scheme: Scheme,
     /// Pooled client for this upstream's settings.
     pub client: UpstreamClient,
     /// Longest wait for a connection (also the longest wait for a circuit-breaker slot).

@@ -1,5 +1,5 @@
-//! Targets and their live state: in-flight requests, latency, health and
-//! ejection. The state outlives configuration snapshots (it is kept in a
+//! Targets and their live state: in-flight requests, latency, health,
+//! ejection and keep-alive connections. The state outlives configuration snapshots (it is kept in a
 //! registry keyed by upstream and address), so a reload neither forgets that
 //! a target is down nor resets its load figures.
 
@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
+
+use super::pool::IdlePool;
 
 /// One backend address of an upstream.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct TargetState {
     ejections: AtomicU32,
     /// Exponentially weighted moving average of response latency, in microseconds.
     ewma_micros: AtomicU64,
+    /// Keep-alive connections to the target.
+    pub pool: Arc<IdlePool>,
 }
 
 impl Default for TargetState {
@@ -54,6 +58,7 @@ impl Default for TargetState {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ewma_micros: AtomicU64::new(0),
+            pool: Arc::default(),
         }
     }
 }

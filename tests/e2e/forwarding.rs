@@ -900,6 +900,138 @@ async fn idle_pooled_connections_are_closed_after_the_idle_timeout() {
     );
 }
 
+/// A raw HTTP/1.1 backend: answers every request on a connection with
+/// `answer` (a full response), counts connections, and after each answer
+/// closes the connection when `close_after` says so.
+async fn scripted_backend(
+    answer: &'static [u8],
+    close_after: Option<Duration>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let addr = raw_backend(move |mut s| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            loop {
+                if read_head(&mut s).await.is_empty() {
+                    return;
+                }
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                if let Some(after) = close_after {
+                    tokio::time::sleep(after).await;
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_target_that_closes_every_connection_is_followed_without_errors() {
+    let (addr, accepted) = scripted_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+        Some(Duration::ZERO),
+    )
+    .await;
+    let gw = gateway(addr, "", "").await;
+    for i in 0..5 {
+        let (status, _, text) = get(&gw.url("web", &format!("/{i}"))).await;
+        assert_eq!((status.as_u16(), text.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        5,
+        "one connection per request"
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_target_closed_while_idle_is_not_used() {
+    // The target keeps each connection for 50 ms after answering, then closes
+    // it: the gateway's pooled connection goes stale between the requests.
+    let (addr, accepted) = scripted_backend(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        Some(Duration::from_millis(50)),
+    )
+    .await;
+    let gw = gateway(addr, "", "").await;
+    for i in 0..3 {
+        let (status, _, text) = get(&gw.url("web", &format!("/{i}"))).await;
+        assert_eq!((status.as_u16(), text.as_str()), (200, "ok"), "request {i}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_response_the_client_left_half_read_does_not_reach_the_next_request() {
+    const BIG: usize = 4 << 20;
+    let backend = Backend::start(|req| async move {
+        if req.uri().path() == "/big" {
+            Response::new(body(vec![b'x'; BIG]))
+        } else {
+            Response::new(body("small"))
+        }
+    })
+    .await;
+    let gw = gateway(backend.addr, "", "").await;
+    // Read the head and a little of the 4 MiB body, then hang up.
+    let mut s = TcpStream::connect(gw.addr("web")).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    drop(s);
+    // Every later request gets its own answer, never the rest of /big.
+    for i in 0..5 {
+        let (status, _, text) = get(&gw.url("web", "/small")).await;
+        assert_eq!(
+            (status.as_u16(), text.as_str()),
+            (200, "small"),
+            "request {i}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn http2_upstream_requests_share_one_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = service_fn(|req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(echo_response("h2", req))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), service)
+                    .await;
+            });
+        }
+    });
+    let gw = gateway(addr, "", "    http2: true").await;
+    let requests = (0..20).map(|i| {
+        let url = gw.url("web", &format!("/{i}"));
+        async move { get(&url).await.0 }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        opened <= 2,
+        "20 concurrent requests opened {opened} HTTP/2 connections"
+    );
+}
+
 #[tokio::test]
 async fn response_header_timeout_gives_504_in_time() {
     let backend = Backend::start(|_req| async {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 
 use crate::config::diagnostics::DocPath;
 use crate::config::model::{self, Balance, Config};
@@ -15,7 +15,7 @@ use crate::server::proxy_protocol;
 use crate::server::tls::{self, CertificateFiles};
 use crate::upstream::balance::{self, Weighted};
 use crate::upstream::breaker::CircuitBreaker;
-use crate::upstream::client::{PoolSettings, ProxiedClient, ServerNames, UpstreamClient};
+use crate::upstream::client::{PoolSettings, ServerNames, UpstreamClient};
 use crate::upstream::dns;
 use crate::upstream::health::{CheckKind, HealthCheck, parse_status_range};
 use crate::upstream::outlier::OutlierDetection;
@@ -143,11 +143,6 @@ impl Compiler<'_> {
                 }
             }
         };
-        let scheme = if tls_setup.is_some() {
-            Scheme::HTTPS
-        } else {
-            Scheme::HTTP
-        };
         let proxy_version = u.proxy_protocol.map(|v| match v {
             model::ProxyProtocolVersion::V1 => proxy_protocol::Version::V1,
             model::ProxyProtocolVersion::V2 => proxy_protocol::Version::V2,
@@ -162,27 +157,20 @@ impl Compiler<'_> {
             })
             .collect();
         let client = match (proxy_version, tls_setup) {
-            // A PROXY header names one client: such connections are never pooled.
-            (Some(version), tls) => UpstreamClient::Proxied(Arc::new(ProxiedClient {
-                version,
-                tls: tls.map(|(config, fixed)| {
-                    let mut config = (*config).clone();
-                    config.alpn_protocols = vec![if u.http2 {
-                        b"h2".to_vec()
-                    } else {
-                        b"http/1.1".to_vec()
-                    }];
-                    let names = ServerNames { fixed, by_address };
-                    (tokio_rustls::TlsConnector::from(Arc::new(config)), names)
-                }),
-                http2: u.http2,
-                connect_timeout: u.timeouts.connect.0,
-            })),
             (None, None) => self.runtime.clients.plain(settings),
-            (None, Some((config, fixed))) => {
-                let names = ServerNames { fixed, by_address };
-                self.runtime.clients.tls(settings, &config, names)
-            }
+            // TLS clients are new on every reload (certificates are read again);
+            // a PROXY header names one client, so those connections are never reused.
+            (proxy, tls) => UpstreamClient::new(
+                settings,
+                tls.as_ref().map(|(config, fixed)| {
+                    let names = ServerNames {
+                        fixed: fixed.clone(),
+                        by_address,
+                    };
+                    (&**config, names)
+                }),
+                proxy,
+            ),
         };
         if targets.is_empty() {
             return None;
@@ -318,7 +306,6 @@ impl Compiler<'_> {
                 model::WhenAllDown::Any => WhenAllDown::Any,
             },
             targets,
-            scheme,
             client,
             response_header_timeout: u.timeouts.response_header.0,
             connect_timeout: u.timeouts.connect.0,
