@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use super::body::{Body, BodyStats, from_incoming, from_upstream};
 use super::context::RequestCtx;
 use super::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
-use super::pipeline::{Connection, host_of};
+use super::pipeline::Connection;
 use super::problem::problem;
 use crate::config::snapshot::RouteEntry;
 use crate::upstream::balance::PickContext;
@@ -470,8 +470,15 @@ fn prepare_headers(
     req: &mut Request<Body>,
     upgrade: bool,
 ) {
-    let original_host = host_of(req).and_then(|h| HeaderValue::from_str(h).ok());
+    // The Host header's own value is shared, not copied; only an HTTP/2 or
+    // absolute-form request needs its authority turned into a header value.
+    let original_host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    };
     let headers = req.headers_mut();
+    // Room for the headers added below, so that the map grows at most once.
+    headers.reserve(4);
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
@@ -480,7 +487,12 @@ fn prepare_headers(
         // gRPC needs "te: trailers", the one TE value HTTP/2 allows.
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    set_forwarded(headers, ctx.client.ip(), ctx.tls, original_host.as_ref());
+    set_forwarded(
+        headers,
+        &conn.forwarded_for,
+        ctx.tls,
+        original_host.as_ref(),
+    );
     if !headers.contains_key(header::HOST)
         && let Some(h) = &original_host
     {

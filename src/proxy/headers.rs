@@ -27,10 +27,21 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Whether `name` is hop-by-hop by itself (not only by being named in Connection).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
 /// Removes hop-by-hop headers, including every header the Connection header names.
 /// When `keep_upgrade` is set (a WebSocket handshake), `Connection: upgrade`
 /// and `Upgrade` survive so that the upstream sees the handshake.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one look at each name (no hashing) settles
+    // it. A Connection header is itself hop-by-hop, so headers it names are
+    // only possible when this finds something.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Names listed in Connection are hop-by-hop too; collect first, then remove.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -55,18 +66,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_hop_by_hop(k))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
-    }
-    // Proxy-* headers other than the two above are hop-by-hop by convention;
-    // looking first avoids building a list when there are none.
-    let is_proxy = |k: &HeaderName| k.as_str().starts_with("proxy-");
-    if headers.keys().any(is_proxy) {
-        let proxy_named: Vec<HeaderName> =
-            headers.keys().filter(|k| is_proxy(k)).cloned().collect();
-        for name in proxy_named {
-            headers.remove(name);
-        }
     }
     if let Some(up) = upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -74,20 +80,41 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Appends the client to X-Forwarded-For and sets X-Forwarded-Proto and X-Forwarded-Host.
+/// The client's address as an X-Forwarded-For entry; made once per
+/// connection, since every request on it forwards the same value.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
+    // An IP address in text is always a valid header value.
+    HeaderValue::try_from(client.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client (`client`, from [`forwarded_for`]) to X-Forwarded-For
+/// and sets X-Forwarded-Proto and X-Forwarded-Host.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let client = client.to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client,
-    };
-    if let Ok(v) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
+        header::Entry::Occupied(mut e) => {
+            // Several X-Forwarded-For lines are one list: join them, then add the client.
+            let mut joined = Vec::with_capacity(64);
+            for v in e.iter() {
+                let v = v.as_bytes().trim_ascii();
+                if !v.is_empty() {
+                    joined.extend_from_slice(v);
+                    joined.extend_from_slice(b", ");
+                }
+            }
+            joined.extend_from_slice(client.as_bytes());
+            // Made of valid header values and ", ": valid too.
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+                e.insert(v);
+            }
+        }
     }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -229,10 +256,49 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         let host = HeaderValue::from_static("example.com");
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), true, Some(&host));
+        let client = forwarded_for("10.0.0.1".parse().unwrap());
+        set_forwarded(&mut h, &client, true, Some(&host));
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_HOST], "example.com");
+    }
+
+    #[test]
+    fn forwarded_for_is_set_and_several_lines_are_joined() {
+        let v6 = forwarded_for("2001:db8::7".parse().unwrap());
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, &v6, false, None);
+        assert_eq!(h[&X_FORWARDED_FOR], "2001:db8::7");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert!(h.get(&X_FORWARDED_HOST).is_none());
+
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1 "));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static(""));
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
+        set_forwarded(&mut h, &v6, false, None);
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            h[&X_FORWARDED_FOR],
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 2001:db8::7"
+        );
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let before = h.clone();
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        // A Proxy-* header alone is enough to take the full path.
+        h.insert("proxy-foo", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Connection {
     pub listener: Arc<str>,
     /// The client's address.
     pub client: SocketAddr,
+    /// The client's IP as an X-Forwarded-For entry, made once per connection.
+    pub forwarded_for: HeaderValue,
     /// The address the client connected to (from PROXY protocol when the
     /// listener takes it), for PROXY headers toward upstreams.
     pub local: SocketAddr,

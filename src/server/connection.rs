@@ -22,6 +22,7 @@ use super::proxy_protocol::{self, Prefixed};
 use super::tls;
 use crate::config::snapshot::ListenerPlan;
 use crate::l4::{self, L4Plan};
+use crate::proxy::headers;
 use crate::proxy::pipeline::{self, Connection};
 use crate::server::runtime::Runtime;
 
@@ -85,6 +86,7 @@ pub async fn serve(
             let conn = Connection {
                 listener: plan.name.clone(),
                 client,
+                forwarded_for: headers::forwarded_for(client.ip()),
                 local: destination,
                 tls: false,
                 client_subject: None,
@@ -113,6 +115,7 @@ pub async fn serve(
             let conn = Connection {
                 listener: plan.name.clone(),
                 client,
+                forwarded_for: headers::forwarded_for(client.ip()),
                 local: destination,
                 tls: true,
                 client_subject,
