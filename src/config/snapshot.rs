@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, StatusCode};
-use prometheus_client::metrics::histogram::Histogram;
 
 use super::model::Protocol;
 use crate::observe::access_log::AccessLog;
@@ -105,8 +104,8 @@ pub struct RouteEntry {
     pub request_headers: HeaderOps,
     /// Header changes toward the client.
     pub response_headers: HeaderOps,
-    /// `portcullis_request_duration_seconds{route}`, resolved once.
-    pub duration: Histogram,
+    /// The route's request counters and duration histogram, resolved once.
+    pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
 }
 
 /// What a route does.
@@ -167,8 +166,9 @@ pub struct Snapshot {
     pub info: ConfigInfo,
     /// Listeners in file order.
     pub listeners: Vec<Arc<ListenerPlan>>,
-    /// Listener index by name.
-    pub listener_index: HashMap<Arc<str>, usize>,
+    /// Listener index by name (looked up per request; FxHash, as the keys
+    /// come from the configuration, not from clients).
+    pub listener_index: rustc_hash::FxHashMap<Arc<str>, usize>,
     /// Routes in file order.
     pub routes: Vec<Arc<RouteEntry>>,
     /// Upstreams by name.
@@ -198,7 +198,7 @@ impl Snapshot {
                 loaded_at: SystemTime::now(),
             },
             listeners: Vec::new(),
-            listener_index: HashMap::new(),
+            listener_index: Default::default(),
             routes: Vec::new(),
             upstreams: HashMap::new(),
             admin: None,

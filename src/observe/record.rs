@@ -12,10 +12,9 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use prometheus_client::metrics::histogram::Histogram;
 
 use super::access_log::AccessLog;
-use super::metrics::{Metrics, RequestLabels};
+use super::metrics::{Metrics, RequestLabels, RouteMetrics};
 use crate::proxy::body::{Body, BodyStats, BoxError};
 
 /// What is known about a request when its response starts.
@@ -24,8 +23,8 @@ pub struct Record {
     pub metrics: Arc<Metrics>,
     /// Listener, route and upstream names for the labels.
     pub labels: RequestLabels,
-    /// The route's duration histogram, when a route matched.
-    pub route_duration: Option<Histogram>,
+    /// The route's metrics, when a route matched.
+    pub route: Option<Arc<RouteMetrics>>,
     /// When the request arrived.
     pub started: Instant,
     /// Fields only the access log needs (absent when the log is off).
@@ -58,9 +57,21 @@ impl Record {
         let elapsed = self.started.elapsed();
         let mut labels = self.labels;
         labels.status = status.as_u16();
-        self.metrics.requests.get_or_create(&labels).inc();
-        if let Some(h) = &self.route_duration {
-            h.observe(elapsed.as_secs_f64());
+        match &self.route {
+            Some(route) => {
+                route
+                    .requests(
+                        &self.metrics,
+                        &labels.listener,
+                        &labels.upstream,
+                        labels.status,
+                    )
+                    .inc();
+                route.duration.observe(elapsed.as_secs_f64());
+            }
+            None => {
+                self.metrics.requests.get_or_create(&labels).inc();
+            }
         }
         if let Some(log) = self.log {
             let line = serde_json::json!({

@@ -105,7 +105,7 @@ pub async fn handle(
             upstream: empty_label(),
             status: 0,
         },
-        route_duration: None,
+        route: None,
         started,
         log,
     };
@@ -147,7 +147,7 @@ pub async fn handle(
     let route = binding.route.clone();
     ctx.route = Some(route.name.clone());
     record.labels.route = route.name.clone();
-    record.route_duration = Some(route.duration.clone());
+    record.route = Some(route.metrics.clone());
 
     let limit = listener.limits.max_body;
     let mut req = req.map(|b| LimitedBody::new(b, limit, body_stats.clone()).boxed_unsync());

@@ -5,7 +5,10 @@ use std::borrow::Cow;
 
 /// Removes dot segments ("/a/./b/../c" -> "/a/c", also percent-encoded dots %2e / %2E) so that routing and the upstream see the same path and "/public/../admin" cannot dodge an /admin route. Never goes above "/". Returns Cow::Borrowed when nothing changes (the common case: no allocation).
 pub fn normalize_path(path: &str) -> Cow<'_, str> {
-    if !path.split('/').any(|s| dot_segment(s).is_some()) {
+    // A dot segment needs a dot, plain or percent-encoded: most paths have neither.
+    if !path.bytes().any(|b| b == b'.' || b == b'%')
+        || !path.split('/').any(|s| dot_segment(s).is_some())
+    {
         return Cow::Borrowed(path);
     }
     let (absolute, body) = match path.strip_prefix('/') {

@@ -215,7 +215,7 @@ impl UpstreamClient {
                 // Another request opened it while this one waited.
                 Some(s) => Sender::Http2(s),
                 None => {
-                    let sender = self.connect(authority, peers).await?;
+                    let sender = Box::pin(self.connect(authority, peers)).await?;
                     if let Sender::Http2(s) = &sender {
                         pool.set_http2(s.clone(), inner.id, idle_timeout);
                     }
@@ -223,7 +223,10 @@ impl UpstreamClient {
                 }
             }
         } else {
-            self.connect(authority, peers).await?
+            // Boxed: opening a connection (TCP, TLS, HTTP/2 handshake) is
+            // a large future, and keeping it inline would make every
+            // request's future that much larger to move, reused connection or not.
+            Box::pin(self.connect(authority, peers)).await?
         };
         match self.exchange(sender, req, pool).await {
             Ok(sent) => Ok(sent),

@@ -10,7 +10,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use crate::config::diagnostics::DocPath;
 use crate::config::model::{self, Config};
 use crate::config::snapshot::{Action, DirectResponse, RouteEntry, Split};
-use crate::observe::metrics::RouteLabel;
 use crate::policy::NamedPolicy;
 use crate::proxy::headers::HeaderOps;
 use crate::proxy::rewrite::Rewrite;
@@ -49,13 +48,7 @@ impl Compiler<'_> {
             let route_policies = self.policy_list(&at.key("policies"), &r.policies, policies);
             if let (Some(spec), Some(action)) = (spec, action) {
                 let name: Arc<str> = Arc::from(r.name.as_str());
-                let duration =
-                    self.runtime
-                        .metrics
-                        .request_duration
-                        .get_or_create_owned(&RouteLabel {
-                            route: name.clone(),
-                        });
+                let metrics = Arc::new(self.runtime.metrics.route(name.clone()));
                 out.push((
                     Arc::new(RouteEntry {
                         name,
@@ -63,7 +56,7 @@ impl Compiler<'_> {
                         rewrite,
                         request_headers,
                         response_headers,
-                        duration,
+                        metrics,
                     }),
                     spec,
                     route_policies,
