@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
-use crate::upstream::client::Reusable;
+use crate::upstream::client::UpstreamBody;
 
 /// What the pipeline learns from a request body while it streams upstream.
 #[derive(Debug, Default)]
@@ -104,33 +104,14 @@ impl HttpBody for LimitedBody {
     }
 }
 
-/// Boxes an upstream response body into the common [`Body`].
-pub fn from_incoming(body: Incoming) -> Body {
-    body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
-}
-
-/// An upstream response body on its way to the client. It keeps `guard`
-/// (the upstream slot) alive until the body is dropped, and gives the
-/// connection back to the target's pool as soon as the body has been read to
-/// its end; a body dropped early takes its connection down with it, since
-/// the unread rest would be in the way of the next response.
-struct UpstreamBody<G> {
-    inner: Incoming,
-    reuse: Option<Reusable>,
+/// An upstream response body on its way to the client, keeping `guard`
+/// (the upstream slot) alive until the body is dropped.
+struct Guarded<G> {
+    inner: UpstreamBody,
     _guard: G,
 }
 
-impl<G> UpstreamBody<G> {
-    fn release_at_end(&mut self) {
-        if self.inner.is_end_stream()
-            && let Some(conn) = self.reuse.take()
-        {
-            conn.release();
-        }
-    }
-}
-
-impl<G: Send + Unpin + 'static> HttpBody for UpstreamBody<G> {
+impl<G: Send + Unpin + 'static> HttpBody for Guarded<G> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -138,24 +119,7 @@ impl<G: Send + Unpin + 'static> HttpBody for UpstreamBody<G> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Some(Err(e))) => {
-                this.reuse = None;
-                return Poll::Ready(Some(Err(Box::new(e))));
-            }
-            Poll::Ready(frame) => frame,
-        };
-        match frame {
-            None => {
-                if let Some(conn) = this.reuse.take() {
-                    conn.release();
-                }
-            }
-            Some(_) => this.release_at_end(),
-        }
-        Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+        Pin::new(&mut self.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -167,19 +131,11 @@ impl<G: Send + Unpin + 'static> HttpBody for UpstreamBody<G> {
     }
 }
 
-/// Wraps an upstream response body: `guard` lives as long as the body, and
-/// `reuse` returns the connection to its pool once the body has ended.
-pub fn from_upstream<G: Send + Unpin + 'static>(
-    body: Incoming,
-    guard: G,
-    reuse: Option<Reusable>,
-) -> Body {
-    let mut body = UpstreamBody {
+/// Wraps an upstream response body so that `guard` lives as long as it.
+pub fn from_upstream<G: Send + Unpin + 'static>(body: UpstreamBody, guard: G) -> Body {
+    Guarded {
         inner: body,
-        reuse,
         _guard: guard,
-    };
-    // A response without a body (204, 304, HEAD, length 0) is over already.
-    body.release_at_end();
-    body.boxed_unsync()
+    }
+    .boxed_unsync()
 }

@@ -13,15 +13,16 @@ use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use hyper_util::rt::TokioIo;
 
-use super::body::{Body, BodyStats, from_incoming, from_upstream};
+use super::body::{Body, BodyStats, from_upstream};
 use super::context::RequestCtx;
 use super::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
 use super::pipeline::Connection;
 use super::problem::problem;
 use crate::config::snapshot::RouteEntry;
+use crate::server::proxy_protocol::Prefixed;
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::Admitted;
-use crate::upstream::client::{Peers, Sent};
+use crate::upstream::client::{Peers, Sent, Upgraded};
 use crate::upstream::retry::{Failure, RetryPolicy};
 use crate::upstream::{InFlight, Upstream};
 
@@ -287,24 +288,19 @@ fn relay(
     let response = match outcome {
         Ok(Sent {
             response: mut resp,
-            reuse,
+            upgraded,
         }) => {
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(client_side) = client_upgrade {
-                    // The connection becomes the tunnel: it is not reused.
-                    drop(reuse);
-                    let upstream_side = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(tunnel(client_side, upstream_side, guards));
-                    return Forwarded {
-                        response: resp.map(from_incoming),
-                        target: Some(target.address.clone()),
-                    };
-                }
-            } else {
-                remove_hop_by_hop(resp.headers_mut(), false);
+            if let (Some(client_side), Some(upstream_side)) = (client_upgrade, upgraded) {
+                // 101: the upstream connection becomes the tunnel.
+                tokio::spawn(tunnel(client_side, upstream_side, guards));
+                return Forwarded {
+                    response: resp.map(|_| super::body::empty()),
+                    target: Some(target.address.clone()),
+                };
             }
+            remove_hop_by_hop(resp.headers_mut(), false);
             // The target counts as in use until the body has been relayed.
-            resp.map(|b| from_upstream(b, guards, reuse))
+            resp.map(|b| from_upstream(b, guards))
         }
         Err(_) if body_stats.too_large.load(Ordering::Relaxed) => problem(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -408,20 +404,17 @@ struct AttemptError {
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    _guards: Guards,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Upgraded, _guards: Guards) {
+    let client = match client.await {
+        Ok(io) => io,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    // Bytes the target sent right behind its 101 come first.
+    let mut upstream = Prefixed::new(upstream.early.to_vec(), upstream.io);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }

@@ -20,17 +20,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::http1::{self, ConnIo, Failed, Http1Conn, PoolReturn};
 use super::pool::IdlePool;
-use crate::proxy::body::Body;
+use crate::proxy::body::{Body, BoxError};
 use crate::server::proxy_protocol::{self, Version};
 
 /// TCP keep-alive probes on upstream connections start after this much
@@ -92,7 +97,7 @@ impl SendError {
         }
     }
 
-    fn broken(e: &hyper::Error) -> SendError {
+    fn broken(e: &(dyn std::error::Error + 'static)) -> SendError {
         SendError {
             connect: false,
             timed_out: chain_has_timeout(e),
@@ -101,36 +106,68 @@ impl SendError {
     }
 }
 
-/// A response head from a target, and the connection to give back to the
-/// target's pool once the response body has been read to its end.
+/// A response head from a target; its body still streams from the
+/// connection (an HTTP/1 connection goes back to the target's pool once the
+/// body has been read to its end).
 pub struct Sent {
-    /// The response; its body still streams from the connection.
-    pub response: Response<Incoming>,
-    /// Set for a reusable HTTP/1 connection.
-    pub reuse: Option<Reusable>,
+    /// The response.
+    pub response: Response<UpstreamBody>,
+    /// After `101 Switching Protocols`: the connection, for the tunnel.
+    pub upgraded: Option<Upgraded>,
 }
 
-/// An HTTP/1 connection on loan to one exchange. [`Reusable::release`]
-/// returns it to its pool; dropping it instead lets the connection close,
-/// which is right when the response body was not read to its end.
-pub struct Reusable {
-    sender: http1::SendRequest<Body>,
-    pool: Arc<IdlePool>,
-    client: u64,
-    idle_timeout: Duration,
+/// An upstream connection that switched protocols (WebSocket).
+pub struct Upgraded {
+    /// The socket.
+    pub io: ConnIo,
+    /// Bytes the target sent right after its 101 head.
+    pub early: Bytes,
 }
 
-impl Reusable {
-    /// Gives the connection back for the next request to the target.
-    pub fn release(self) {
-        self.pool
-            .put_http1(self.sender, self.client, self.idle_timeout);
+/// A response body from an HTTP/1 or an HTTP/2 target.
+pub enum UpstreamBody {
+    /// Read by the request's own task from the pooled connection.
+    Http1(http1::ResponseBody),
+    /// From hyper's HTTP/2 connection.
+    Http2(Incoming),
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            UpstreamBody::Http2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(b) => b.is_end_stream(),
+            UpstreamBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(b) => b.size_hint(),
+            UpstreamBody::Http2(b) => b.size_hint(),
+        }
     }
 }
 
-/// An open connection's request handle.
-enum Sender {
-    Http1(http1::SendRequest<Body>),
+/// A freshly opened connection.
+enum Opened {
+    Http1(Http1Conn),
     Http2(http2::SendRequest<Body>),
 }
 
@@ -186,91 +223,74 @@ impl UpstreamClient {
     ) -> Result<Sent, SendError> {
         let inner = &*self.0;
         let idle_timeout = inner.settings.idle_timeout;
+        let pooled = inner.proxy_protocol.is_none();
         if inner.settings.http2 {
             // HTTP/2 names the target in the request itself.
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(self.scheme());
             parts.authority = Some(authority.clone());
             *req.uri_mut() = Uri::from_parts(parts).map_err(|e| SendError::connect(&e))?;
-        }
-        if inner.proxy_protocol.is_none() {
-            let reused = if inner.settings.http2 {
-                pool.shared_http2(inner.id, idle_timeout).map(Sender::Http2)
-            } else {
-                pool.take_http1(inner.id).map(Sender::Http1)
+            let shared = match pooled {
+                true => pool.shared_http2(inner.id, idle_timeout),
+                false => None,
             };
-            if let Some(sender) = reused {
-                // A pooled connection the target closed a moment ago hands
-                // the request back unsent: it then goes on a new connection.
-                req = match self.exchange(sender, req, pool).await {
-                    Ok(sent) => return Ok(sent),
-                    Err(Unsent::Returned(req)) => *req,
-                    Err(Unsent::Failed(e)) => return Err(e),
-                };
-            }
-        }
-        let sender = if inner.settings.http2 && inner.proxy_protocol.is_none() {
-            let _turn = pool.http2_connect_turn().await;
-            match pool.shared_http2(inner.id, idle_timeout) {
-                // Another request opened it while this one waited.
-                Some(s) => Sender::Http2(s),
-                None => {
-                    let sender = Box::pin(self.connect(authority, peers)).await?;
-                    if let Sender::Http2(s) = &sender {
-                        pool.set_http2(s.clone(), inner.id, idle_timeout);
+            let sender = match shared {
+                Some(sender) => sender,
+                None if pooled => {
+                    let _turn = pool.http2_connect_turn().await;
+                    match pool.shared_http2(inner.id, idle_timeout) {
+                        // Another request opened it while this one waited.
+                        Some(sender) => sender,
+                        None => {
+                            let sender = self.connect_http2(authority, peers).await?;
+                            pool.set_http2(sender.clone(), inner.id, idle_timeout);
+                            sender
+                        }
                     }
-                    sender
+                }
+                None => self.connect_http2(authority, peers).await?,
+            };
+            return send_http2(sender, req).await;
+        }
+        let home = pooled.then(|| PoolReturn {
+            pool: pool.clone(),
+            client: inner.id,
+            idle_timeout,
+        });
+        if pooled {
+            while let Some(mut conn) = pool.take_http1(inner.id) {
+                if !conn.is_usable() {
+                    continue;
+                }
+                match conn.send(req, authority, home.clone(), true).await {
+                    Ok(head) => return Ok(sent_http1(head)),
+                    // The target closed it while idle: try the next one.
+                    Err(Failed {
+                        unsent: Some(back), ..
+                    }) => req = *back,
+                    Err(Failed { error, .. }) => return Err(SendError::broken(&error)),
                 }
             }
-        } else {
-            // Boxed: opening a connection (TCP, TLS, HTTP/2 handshake) is
-            // a large future, and keeping it inline would make every
-            // request's future that much larger to move, reused connection or not.
-            Box::pin(self.connect(authority, peers)).await?
+        }
+        let conn = match self.connect(authority, peers).await? {
+            Opened::Http1(conn) => conn,
+            Opened::Http2(_) => unreachable_http2(),
         };
-        match self.exchange(sender, req, pool).await {
-            Ok(sent) => Ok(sent),
-            Err(Unsent::Failed(e)) => Err(e),
-            Err(Unsent::Returned(_)) => Err(SendError {
-                connect: false,
-                timed_out: false,
-                detail: "the new upstream connection closed before the request was sent"
-                    .to_string(),
-            }),
+        match conn.send(req, authority, home, false).await {
+            Ok(head) => Ok(sent_http1(head)),
+            Err(Failed { error, .. }) => Err(SendError::broken(&error)),
         }
     }
 
-    /// Sends on an open connection.
-    async fn exchange(
+    /// Opens an HTTP/2 connection (the upstream has `http2: true`).
+    async fn connect_http2(
         &self,
-        sender: Sender,
-        req: Request<Body>,
-        pool: &Arc<IdlePool>,
-    ) -> Result<Sent, Unsent> {
-        let inner = &*self.0;
-        let unsent =
-            |mut e: hyper::client::conn::TrySendError<Request<Body>>| match e.take_message() {
-                Some(req) => Unsent::Returned(Box::new(req)),
-                None => Unsent::Failed(SendError::broken(&e.into_error())),
-            };
-        match sender {
-            Sender::Http1(mut s) => {
-                let response = s.try_send_request(req).await.map_err(unsent)?;
-                let reuse = inner.proxy_protocol.is_none().then(|| Reusable {
-                    sender: s,
-                    pool: pool.clone(),
-                    client: inner.id,
-                    idle_timeout: inner.settings.idle_timeout,
-                });
-                Ok(Sent { response, reuse })
-            }
-            Sender::Http2(mut s) => {
-                let response = s.try_send_request(req).await.map_err(unsent)?;
-                Ok(Sent {
-                    response,
-                    reuse: None,
-                })
-            }
+        authority: &Authority,
+        peers: Option<Peers>,
+    ) -> Result<http2::SendRequest<Body>, SendError> {
+        match self.connect(authority, peers).await? {
+            Opened::Http2(sender) => Ok(sender),
+            Opened::Http1(_) => unreachable_http2(),
         }
     }
 
@@ -280,9 +300,12 @@ impl UpstreamClient {
         &self,
         authority: &Authority,
         peers: Option<Peers>,
-    ) -> Result<Sender, SendError> {
+    ) -> Result<Opened, SendError> {
         let timeout = self.0.settings.connect_timeout;
-        match tokio::time::timeout(timeout, self.open(authority, peers)).await {
+        // Boxed: opening a connection (TCP, TLS, HTTP/2 handshake) is a
+        // large future, and keeping it inline would make every request's
+        // future that much larger to move, reused connection or not.
+        match tokio::time::timeout(timeout, Box::pin(self.open(authority, peers))).await {
             Ok(result) => result,
             Err(_) => Err(SendError {
                 connect: true,
@@ -292,7 +315,7 @@ impl UpstreamClient {
         }
     }
 
-    async fn open(&self, authority: &Authority, peers: Option<Peers>) -> Result<Sender, SendError> {
+    async fn open(&self, authority: &Authority, peers: Option<Peers>) -> Result<Opened, SendError> {
         let inner = &*self.0;
         let mut stream = TcpStream::connect(authority.as_str())
             .await
@@ -310,8 +333,8 @@ impl UpstreamClient {
                 .await
                 .map_err(|e| SendError::connect(&e))?;
         }
-        match &inner.tls {
-            None => self.handshake(stream).await,
+        let io = match &inner.tls {
+            None => ConnIo::Plain(stream),
             Some((connector, names)) => {
                 let name = names
                     .for_authority(authority)
@@ -320,50 +343,52 @@ impl UpstreamClient {
                     .connect(name, stream)
                     .await
                     .map_err(|e| SendError::connect(&e))?;
-                self.handshake(tls).await
+                ConnIo::Tls(Box::new(tls))
             }
+        };
+        if !inner.settings.http2 {
+            return Ok(Opened::Http1(Http1Conn::new(io)));
         }
-    }
-
-    /// Starts HTTP on `io`; the connection runs in its own task until the
-    /// target or the pool closes it.
-    async fn handshake<I>(&self, io: I) -> Result<Sender, SendError>
-    where
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let io = TokioIo::new(io);
-        if self.0.settings.http2 {
-            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|e| SendError::connect(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Ok(Sender::Http2(sender))
-        } else {
-            let (sender, conn) = http1::handshake(io)
-                .await
-                .map_err(|e| SendError::connect(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
-            Ok(Sender::Http1(sender))
-        }
+        // HTTP/2 multiplexes: its connection runs as a task of its own.
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| SendError::connect(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(Opened::Http2(sender))
     }
 }
 
-/// A request that got no response head.
-enum Unsent {
-    /// The connection handed it back unsent: safe to send elsewhere.
-    Returned(Box<Request<Body>>),
-    /// It may have reached the target.
-    Failed(SendError),
+/// The HTTP/1 exchange's result as the caller sees it.
+fn sent_http1(head: http1::Head) -> Sent {
+    Sent {
+        response: head.response.map(UpstreamBody::Http1),
+        upgraded: head.upgraded.map(|(io, early)| Upgraded { io, early }),
+    }
+}
+
+/// Sends on an HTTP/2 connection.
+async fn send_http2(
+    mut sender: http2::SendRequest<Body>,
+    req: Request<Body>,
+) -> Result<Sent, SendError> {
+    match sender.send_request(req).await {
+        Ok(response) => Ok(Sent {
+            response: response.map(UpstreamBody::Http2),
+            upgraded: None,
+        }),
+        Err(e) => Err(SendError::broken(&e)),
+    }
+}
+
+/// `connect` opens the protocol the client speaks; the other arm cannot happen.
+fn unreachable_http2() -> ! {
+    unreachable!("a client opens connections of its own protocol only")
 }
 
 /// Which TLS server name to send to (and verify for) each target.

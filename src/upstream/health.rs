@@ -25,6 +25,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::client::UpstreamBody;
 use super::pool::IdlePool;
 use super::{TargetState, UpstreamClient};
 use crate::config::Snapshot;
@@ -220,11 +221,8 @@ async fn http_check(
             }
         })?;
     let status = sent.response.status().as_u16();
-    if drain(sent.response.into_body()).await
-        && let Some(conn) = sent.reuse
-    {
-        conn.release();
-    }
+    // A body read to its end gives its connection back to the pool.
+    drain(sent.response.into_body()).await;
     if expect.contains(&status) {
         Ok(())
     } else {
@@ -233,18 +231,15 @@ async fn http_check(
 }
 
 /// Reads and discards up to [`MAX_DRAIN`] bytes; a body error does not
-/// change the verdict, which the status already gave. True when the body
-/// was read to its end (the connection can then be reused).
-async fn drain(mut body: hyper::body::Incoming) -> bool {
+/// change the verdict, which the status already gave.
+async fn drain(mut body: UpstreamBody) {
     let mut read = 0;
     while read <= MAX_DRAIN {
         match body.frame().await {
             Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
-            None => return true,
-            Some(Err(_)) => return false,
+            _ => return,
         }
     }
-    false
 }
 
 /// Opens (and closes) a TCP connection to `host:port`, resolving names.

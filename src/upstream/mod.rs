@@ -13,6 +13,7 @@ pub mod client;
 pub mod dns;
 pub mod hash_key;
 pub mod health;
+pub mod http1;
 pub mod outlier;
 pub mod pool;
 pub mod retry;

@@ -4,7 +4,8 @@
 //! so it survives reloads), which makes taking a connection a short,
 //! uncontended lock on a small stack: no map lookup and no hashing. HTTP/1
 //! connections carry one request at a time; the most recently used idle one
-//! is taken first (its socket and the backend's worker are warm). An HTTP/2
+//! is taken first (its socket and the backend's worker are warm), and an
+//! idle one is just a socket and its buffers, with no task. An HTTP/2
 //! connection is shared by every request to the target.
 //!
 //! Connections remember which client made them: a reload that rebuilds a TLS
@@ -18,7 +19,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
+
+use super::http1::Http1Conn;
 
 use crate::proxy::body::Body;
 
@@ -46,7 +49,7 @@ struct Idle {
 }
 
 struct IdleHttp1 {
-    sender: http1::SendRequest<Body>,
+    conn: Http1Conn,
     client: u64,
     expires: Instant,
 }
@@ -74,45 +77,30 @@ impl IdlePool {
         }
     }
 
-    /// An idle HTTP/1 connection made by `client` that is ready for a
-    /// request, most recently used first. Closed, expired and foreign
-    /// connections met on the way are dropped.
-    pub fn take_http1(&self, client: u64) -> Option<http1::SendRequest<Body>> {
+    /// The most recently used idle HTTP/1 connection made by `client`;
+    /// expired and foreign connections met on the way are dropped. The
+    /// caller checks [`Http1Conn::is_usable`] outside the lock.
+    pub fn take_http1(&self, client: u64) -> Option<Http1Conn> {
         let now = Instant::now();
         let mut idle = self.lock();
-        let mut i = idle.http1.len();
-        while i > 0 {
-            i -= 1;
-            let c = &idle.http1[i];
-            if c.client != client || c.expires <= now || c.sender.is_closed() {
-                idle.http1.remove(i);
-            } else if c.sender.is_ready() {
-                return Some(idle.http1.remove(i).sender);
+        while let Some(c) = idle.http1.pop() {
+            if c.client == client && c.expires > now {
+                return Some(c.conn);
             }
-            // Not ready yet (its last response is still being finished):
-            // leave it for a later request.
         }
         None
     }
 
     /// Returns an HTTP/1 connection whose exchange finished cleanly; it
     /// closes after `idle_timeout` unless a request takes it first.
-    pub fn put_http1(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<Body>,
-        client: u64,
-        idle_timeout: Duration,
-    ) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn put_http1(self: &Arc<Self>, conn: Http1Conn, client: u64, idle_timeout: Duration) {
         let expires = Instant::now() + idle_timeout;
         let mut idle = self.lock();
         if idle.http1.len() >= MAX_IDLE {
             idle.http1.remove(0);
         }
         idle.http1.push(IdleHttp1 {
-            sender,
+            conn,
             client,
             expires,
         });
@@ -181,8 +169,7 @@ impl IdlePool {
     /// when the pool is empty (the reaper then stops).
     fn reap_expired(&self, now: Instant) -> Option<Instant> {
         let mut idle = self.lock();
-        idle.http1
-            .retain(|c| c.expires > now && !c.sender.is_closed());
+        idle.http1.retain(|c| c.expires > now);
         if idle
             .http2
             .as_ref()
@@ -223,26 +210,23 @@ async fn reap(pool: Weak<IdlePool>, idle_timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::http1::ConnIo;
     use http::{Request, Response};
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::convert::Infallible;
+    use tokio::net::{TcpListener, TcpStream};
 
-    /// An HTTP/1 connection to an in-memory server that answers 200.
-    async fn http1_conn() -> http1::SendRequest<Body> {
-        let (client, server) = tokio::io::duplex(4096);
-        tokio::spawn(async move {
-            let svc = service_fn(|_req: Request<Incoming>| async {
-                Ok::<_, Infallible>(Response::new(crate::proxy::body::empty()))
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(server), svc)
-                .await;
-        });
-        let (sender, conn) = http1::handshake(TokioIo::new(client)).await.unwrap();
-        tokio::spawn(conn);
-        sender
+    /// An idle HTTP/1 connection to a local socket that accepts and then
+    /// waits; the returned stream is the server's end.
+    async fn http1_conn() -> (Http1Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Http1Conn::new(ConnIo::Plain(client)), server)
     }
 
     async fn http2_conn() -> http2::SendRequest<Body> {
@@ -262,63 +246,55 @@ mod tests {
         sender
     }
 
-    async fn ready(mut s: http1::SendRequest<Body>) -> http1::SendRequest<Body> {
-        s.ready().await.unwrap();
-        s
-    }
-
     const MINUTE: Duration = Duration::from_secs(60);
 
     #[tokio::test]
     async fn takes_the_most_recently_returned_connection() {
         let pool = Arc::new(IdlePool::default());
-        let a = ready(http1_conn().await).await;
-        let b = ready(http1_conn().await).await;
+        let (a, _sa) = http1_conn().await;
+        let (b, _sb) = http1_conn().await;
         pool.put_http1(a, 1, MINUTE);
         pool.put_http1(b, 1, MINUTE);
         assert_eq!(pool.idle_http1(), 2);
-        let mut taken = pool.take_http1(1).expect("a ready connection");
+        let mut taken = pool.take_http1(1).expect("an idle connection");
+        assert!(taken.is_usable());
         assert_eq!(pool.idle_http1(), 1);
-        // The taken connection works.
-        let mut req = Request::new(crate::proxy::body::empty());
-        req.headers_mut()
-            .insert(http::header::HOST, "t".parse().unwrap());
-        let resp = taken.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
     }
 
     #[tokio::test]
     async fn another_clients_connections_are_not_reused() {
         let pool = Arc::new(IdlePool::default());
-        pool.put_http1(ready(http1_conn().await).await, 1, MINUTE);
+        let (a, _sa) = http1_conn().await;
+        pool.put_http1(a, 1, MINUTE);
         assert!(pool.take_http1(2).is_none());
         // The foreign connection was dropped on the way.
         assert_eq!(pool.idle_http1(), 0);
     }
 
     #[tokio::test]
-    async fn closed_connections_are_skipped() {
-        let pool = Arc::new(IdlePool::default());
-        let (client, server) = tokio::io::duplex(4096);
-        let (sender, conn) = http1::handshake::<_, Body>(TokioIo::new(client))
+    async fn a_connection_the_target_closed_or_wrote_to_is_not_usable() {
+        let (mut closed, server) = http1_conn().await;
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!closed.is_usable(), "EOF");
+
+        let (mut chatty, mut server) = http1_conn().await;
+        tokio::io::AsyncWriteExt::write_all(&mut server, b"HTTP/1.1 200 OK\r\n")
             .await
             .unwrap();
-        let task = tokio::spawn(conn);
-        pool.put_http1(sender, 1, MINUTE);
-        drop(server);
-        let _ = task.await;
-        assert!(pool.take_http1(1).is_none());
-        assert_eq!(pool.idle_http1(), 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!chatty.is_usable(), "bytes nobody asked for");
+
+        let (mut quiet, _server) = http1_conn().await;
+        assert!(quiet.is_usable());
+        assert!(quiet.is_usable(), "checking does not change the answer");
     }
 
     #[tokio::test]
     async fn idle_connections_expire() {
         let pool = Arc::new(IdlePool::default());
-        pool.put_http1(
-            ready(http1_conn().await).await,
-            1,
-            Duration::from_millis(300),
-        );
+        let (a, _sa) = http1_conn().await;
+        pool.put_http1(a, 1, Duration::from_millis(300));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(pool.idle_http1(), 1);
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -333,10 +309,13 @@ mod tests {
     #[tokio::test]
     async fn the_pool_is_bounded() {
         let pool = Arc::new(IdlePool::default());
-        let first = ready(http1_conn().await).await;
-        pool.put_http1(first, 1, MINUTE);
-        for _ in 0..MAX_IDLE {
-            pool.put_http1(ready(http1_conn().await).await, 1, MINUTE);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut servers = Vec::new();
+        for _ in 0..=MAX_IDLE {
+            let client = TcpStream::connect(addr).await.unwrap();
+            servers.push(listener.accept().await.unwrap().0);
+            pool.put_http1(Http1Conn::new(ConnIo::Plain(client)), 1, MINUTE);
         }
         assert_eq!(pool.idle_http1(), MAX_IDLE);
     }

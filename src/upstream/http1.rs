@@ -1,0 +1,1334 @@
+//! HTTP/1.1 to upstream targets, driven by the request's own task.
+//!
+//! hyper's client runs every connection as a task of its own and hands each
+//! request and response across channels; for a proxy, whose request task is
+//! waiting for the answer anyway, that is two task hops and a second copy of
+//! the connection state per request. Here, as in Pingora, the request task
+//! writes the request and reads the response head itself, and the response
+//! body reads from the connection when the client side asks for more. Once
+//! the body has been read to its end, the connection goes back to the
+//! target's pool.
+//!
+//! Message framing follows RFC 9112: a response to HEAD, a 1xx, 204 or 304
+//! has no body; `Transfer-Encoding` ending in `chunked` wins over
+//! `Content-Length` (and the connection is then not reused, as a guard
+//! against request smuggling); differing `Content-Length` values are an
+//! error; otherwise the body runs until the connection closes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::io::poll_read_buf;
+
+use super::pool::IdlePool;
+use crate::proxy::body::{Body, BoxError};
+
+/// Longest response head accepted (status line and header fields).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head (and in chunked trailers).
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Smallest read; bodies read in larger steps when they are known to be large.
+const READ_MIN: usize = 8 * 1024;
+/// Largest single read into the buffer.
+const READ_MAX: usize = 64 * 1024;
+/// Data frames up to this size are copied next to the head (one write);
+/// larger ones are written from their own buffer.
+const COALESCE: usize = 16 * 1024;
+
+/// Why an exchange on an HTTP/1 connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    /// Reading or writing the connection failed.
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    /// The connection closed before a complete response head.
+    #[error("the upstream closed the connection before a complete response head")]
+    ClosedBeforeHead,
+    /// The connection closed in the middle of the body.
+    #[error("the upstream closed the connection in the middle of the response body")]
+    ClosedInBody,
+    /// The response head is larger than [`MAX_HEAD`] or has too many fields.
+    #[error("the upstream's response head is too large")]
+    HeadTooLarge,
+    /// The response head is not HTTP/1.x.
+    #[error("the upstream sent a malformed response head: {0}")]
+    Malformed(&'static str),
+    /// Content-Length values that are not one number.
+    #[error("the upstream sent an invalid Content-Length")]
+    BadContentLength,
+    /// A chunked body that breaks the chunk syntax.
+    #[error("the upstream sent a malformed chunked body: {0}")]
+    BadChunk(&'static str),
+    /// The request body could not be read from the client.
+    #[error("the request body could not be read: {0}")]
+    RequestBody(BoxError),
+}
+
+/// The socket under an upstream connection.
+pub enum ConnIo {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ConnIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ConnIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An open HTTP/1.1 connection to a target, between exchanges.
+pub struct Http1Conn {
+    io: ConnIo,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// Bytes to write.
+    out: Vec<u8>,
+}
+
+/// Where a connection goes back to once its response has been read.
+#[derive(Clone)]
+pub struct PoolReturn {
+    /// The target's pool.
+    pub pool: Arc<IdlePool>,
+    /// The client that made the connection.
+    pub client: u64,
+    /// How long it may stay idle.
+    pub idle_timeout: Duration,
+}
+
+/// A response head and, after `101 Switching Protocols`, the connection
+/// itself for the tunnel.
+pub struct Head {
+    /// The response; its body reads from the connection.
+    pub response: Response<ResponseBody>,
+    /// The connection after a 101, with bytes already read past the head.
+    pub upgraded: Option<(ConnIo, Bytes)>,
+}
+
+/// An exchange that failed; `unsent` gives the request back when it
+/// certainly did not reach the target (it may then go elsewhere).
+pub struct Failed {
+    /// What went wrong.
+    pub error: Http1Error,
+    /// The request, when it was never written.
+    pub unsent: Option<Box<Request<Body>>>,
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RequestFraming {
+    /// No body and no length (GET, HEAD, ...).
+    None,
+    /// `Content-Length`.
+    Length,
+    /// `Transfer-Encoding: chunked` (length unknown).
+    Chunked,
+}
+
+impl Http1Conn {
+    /// A connection over `io`, ready for its first request.
+    pub fn new(io: ConnIo) -> Http1Conn {
+        Http1Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can take another request: the target has
+    /// neither closed it nor sent anything since the last response. Costs
+    /// no system call unless the socket has become readable.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut read = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        // Pending: nothing to read, still open and quiet. Ready: closed
+        // (EOF), stray bytes, or an error.
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut read)
+            .is_pending()
+    }
+
+    /// Sends `req` (origin-form URI) and reads the response head. `reused`
+    /// says the connection served an earlier request: a request that then
+    /// meets a closed connection before any byte was written is handed back.
+    pub async fn send(
+        mut self,
+        req: Request<Body>,
+        authority: &Authority,
+        home: Option<PoolReturn>,
+        reused: bool,
+    ) -> Result<Head, Failed> {
+        let head_only = req.method() == Method::HEAD;
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        let framing = self.encode_head(&req, authority);
+        // Write the head (and a small body) before anything else: a failure
+        // here on a reused connection means the target closed it while idle,
+        // and the request can go out again.
+        let mut written = 0;
+        let first = std::future::poll_fn(|cx| {
+            while written < self.out.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)));
+                }
+                written += n;
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await;
+        if let Err(e) = first {
+            let unsent = (reused && written == 0).then(|| Box::new(req));
+            return Err(Failed {
+                error: e.into(),
+                unsent,
+            });
+        }
+        self.out.clear();
+        let (_, body) = req.into_parts();
+        let mut sending = Sending {
+            body,
+            framing,
+            done: framing == RequestFraming::None,
+            pending: None,
+            pending_crlf: false,
+            written: 0,
+        };
+        if framing == RequestFraming::Length && hyper::body::Body::is_end_stream(&sending.body) {
+            sending.done = true;
+        }
+        // Send the body while watching for the answer: a target may answer
+        // (413, 401) before it has read the whole body.
+        let result = std::future::poll_fn(|cx| {
+            if !sending.done {
+                match self.poll_send_body(cx, &mut sending) {
+                    Poll::Ready(Ok(())) => sending.done = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            self.poll_head(cx, head_only, upgrade)
+        })
+        .await;
+        let parsed = result.map_err(|error| Failed {
+            error,
+            unsent: None,
+        })?;
+        // A body not sent in full leaves the connection mid-message.
+        let keep_alive = parsed.keep_alive && sending.done;
+        Ok(self.into_head(parsed, keep_alive, home))
+    }
+
+    /// Writes the request line and header fields into `self.out`, with the
+    /// framing header this body needs; small full bodies follow at once.
+    fn encode_head(&mut self, req: &Request<Body>, authority: &Authority) -> RequestFraming {
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(req.method().as_str().as_bytes());
+        out.push(b' ');
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let headers = req.headers();
+        for (name, value) in headers {
+            // The framing headers are the connection's business, written below.
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if !headers.contains_key(header::HOST) {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(authority.as_str().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        let body = req.body();
+        let framing = if hyper::body::Body::is_end_stream(body) {
+            // An empty POST still says so; a GET says nothing.
+            if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+                RequestFraming::Length
+            } else {
+                RequestFraming::None
+            }
+        } else if let Some(len) = hyper::body::Body::size_hint(body).exact() {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(len.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+            RequestFraming::Length
+        } else {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            RequestFraming::Chunked
+        };
+        out.extend_from_slice(b"\r\n");
+        framing
+    }
+
+    /// Writes the request body frames until the body ends.
+    fn poll_send_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        s: &mut Sending,
+    ) -> Poll<Result<(), Http1Error>> {
+        loop {
+            while s.written < self.out.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[s.written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                }
+                s.written += n;
+            }
+            if let Some(data) = &mut s.pending {
+                while data.has_remaining() {
+                    let n = ready!(Pin::new(&mut self.io).poll_write(cx, data.chunk()))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                    }
+                    data.advance(n);
+                }
+                s.pending = None;
+                if s.pending_crlf {
+                    s.pending_crlf = false;
+                    self.out.clear();
+                    self.out.extend_from_slice(b"\r\n");
+                    s.written = 0;
+                    continue;
+                }
+            }
+            self.out.clear();
+            s.written = 0;
+            if s.done {
+                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+            let chunked = s.framing == RequestFraming::Chunked;
+            match ready!(Pin::new(&mut s.body).poll_frame(cx)) {
+                None => {
+                    s.done = true;
+                    if chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                }
+                Some(Err(e)) => return Poll::Ready(Err(Http1Error::RequestBody(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if chunked {
+                            self.out
+                                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        }
+                        if data.len() <= COALESCE {
+                            self.out.extend_from_slice(&data);
+                            if chunked {
+                                self.out.extend_from_slice(b"\r\n");
+                            }
+                        } else {
+                            // Written from its own buffer, after the size line.
+                            s.pending = Some(data);
+                            s.pending_crlf = chunked;
+                        }
+                    }
+                    Err(frame) => {
+                        if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                            self.out.extend_from_slice(b"0\r\n");
+                            for (name, value) in &trailers {
+                                self.out.extend_from_slice(name.as_str().as_bytes());
+                                self.out.extend_from_slice(b": ");
+                                self.out.extend_from_slice(value.as_bytes());
+                                self.out.extend_from_slice(b"\r\n");
+                            }
+                            self.out.extend_from_slice(b"\r\n");
+                            s.done = true;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Reads until a final response head has arrived (1xx other than 101
+    /// are read past), and decides its body framing.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_only: bool,
+        upgrade: bool,
+    ) -> Poll<Result<ParsedHead, Http1Error>> {
+        loop {
+            if !self.buf.is_empty()
+                && let Some(head) = self.parse_head(head_only, upgrade)?
+            {
+                return Poll::Ready(Ok(head));
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Poll::Ready(Err(Http1Error::HeadTooLarge));
+            }
+            self.buf.reserve(READ_MIN);
+            let n = ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(Http1Error::ClosedBeforeHead));
+            }
+        }
+    }
+
+    /// Parses a complete head from the buffer (consuming it), or `None`
+    /// when more bytes are needed. Interim 1xx heads are consumed and skipped.
+    fn parse_head(
+        &mut self,
+        head_only: bool,
+        upgrade: bool,
+    ) -> Result<Option<ParsedHead>, Http1Error> {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut fields);
+            let len = match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::HeadTooLarge),
+                Err(e) => return Err(Http1Error::Malformed(parse_error(e))),
+            };
+            let code = parsed.code.unwrap_or(0);
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| Http1Error::Malformed("invalid status code"))?;
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                // 100 Continue, 103 Early Hints: the final answer follows.
+                self.buf.advance(len);
+                continue;
+            }
+            if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+                return Err(Http1Error::Malformed(
+                    "101 to a request that asked for no upgrade",
+                ));
+            }
+            let version = if parsed.version == Some(0) {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            // Header values point into the head's bytes: share, do not copy.
+            let base = self.buf.as_ptr() as usize;
+            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let count = parsed.headers.len();
+            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
+                let name_at = h.name.as_ptr() as usize - base;
+                let value_at = h.value.as_ptr() as usize - base;
+                *span = (
+                    name_at as u32,
+                    h.name.len() as u32,
+                    value_at as u32,
+                    h.value.len() as u32,
+                );
+            }
+            let head = self.buf.split_to(len).freeze();
+            let mut headers = HeaderMap::with_capacity(count);
+            for &(n, nl, v, vl) in &spans[..count] {
+                let name = HeaderName::from_bytes(&head[n as usize..(n + nl) as usize])
+                    .map_err(|_| Http1Error::Malformed("invalid header name"))?;
+                let value =
+                    HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
+                        .map_err(|_| Http1Error::Malformed("invalid header value"))?;
+                headers.append(name, value);
+            }
+            let (framing, mut keep_alive) = response_framing(status, head_only, &headers)?;
+            keep_alive &= match version {
+                Version::HTTP_10 => has_token(&headers, "keep-alive"),
+                _ => !has_token(&headers, "close"),
+            };
+            return Ok(Some(ParsedHead {
+                status,
+                version,
+                headers,
+                framing,
+                keep_alive,
+            }));
+        }
+    }
+
+    fn into_head(mut self, head: ParsedHead, keep_alive: bool, home: Option<PoolReturn>) -> Head {
+        let mut response = Response::new(ResponseBody::empty());
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            let early = std::mem::take(&mut self.buf).freeze();
+            return Head {
+                response,
+                upgraded: Some((self.io, early)),
+            };
+        }
+        let mut body = ResponseBody {
+            conn: Some(self),
+            framing: head.framing,
+            home: if keep_alive { home } else { None },
+        };
+        body.release_if_done();
+        *response.body_mut() = body;
+        Head {
+            response,
+            upgraded: None,
+        }
+    }
+}
+
+/// The request body on its way out.
+struct Sending {
+    body: Body,
+    framing: RequestFraming,
+    done: bool,
+    /// A large data frame being written from its own buffer.
+    pending: Option<Bytes>,
+    /// A chunk's closing CRLF is due once `pending` is written.
+    pending_crlf: bool,
+    /// Bytes of `out` already written.
+    written: usize,
+}
+
+/// A response head, parsed.
+struct ParsedHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// How the response body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body.
+    Empty,
+    /// This many bytes remain.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(Chunk),
+    /// Until the target closes the connection.
+    UntilClose,
+    /// Read to its end.
+    Done,
+}
+
+/// Where a chunked body's decoder stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// This many bytes of chunk data remain.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// RFC 9112 §6.3: the body's framing, and whether the connection can be
+/// reused after it.
+fn response_framing(
+    status: StatusCode,
+    head_only: bool,
+    headers: &HeaderMap,
+) -> Result<(Framing, bool), Http1Error> {
+    if head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, true));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+            .rfind(|t| !t.is_empty());
+        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        // With Content-Length as well, the message is suspect (smuggling):
+        // read it as chunked, then close.
+        let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
+        let framing = if chunked {
+            Framing::Chunked(Chunk::Size)
+        } else {
+            Framing::UntilClose
+        };
+        return Ok((framing, reusable));
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
+                return Err(Http1Error::BadContentLength);
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(Http1Error::BadContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Http1Error::BadContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, true),
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+/// Whether a Connection header lists `token`.
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status line",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::Version => "not HTTP/1.x",
+        httparse::Error::TooManyHeaders => "too many header fields",
+    }
+}
+
+/// A response body read from the connection as the client side asks for
+/// it; the connection goes back to its pool once the body has ended.
+pub struct ResponseBody {
+    conn: Option<Http1Conn>,
+    framing: Framing,
+    /// Set when the connection may be reused.
+    home: Option<PoolReturn>,
+}
+
+impl ResponseBody {
+    fn empty() -> ResponseBody {
+        ResponseBody {
+            conn: None,
+            framing: Framing::Done,
+            home: None,
+        }
+    }
+
+    /// Gives the connection back once the body is over (nothing is left
+    /// unread and nothing extra arrived).
+    fn release_if_done(&mut self) {
+        if !matches!(
+            self.framing,
+            Framing::Empty | Framing::Done | Framing::Length(0)
+        ) {
+            return;
+        }
+        self.framing = Framing::Done;
+        if let (Some(home), Some(conn)) = (self.home.take(), self.conn.take())
+            && conn.buf.is_empty()
+        {
+            home.pool.put_http1(conn, home.client, home.idle_timeout);
+        }
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        let step = want.clamp(READ_MIN as u64, READ_MAX as u64) as usize;
+        conn.buf.reserve(step);
+        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+    }
+
+    /// Takes up to `max` buffered bytes as one data frame (none without a connection).
+    fn take(&mut self, max: u64) -> Bytes {
+        match self.conn.as_mut() {
+            Some(conn) => {
+                let n = (conn.buf.len() as u64).min(max) as usize;
+                conn.buf.split_to(n).freeze()
+            }
+            None => Bytes::new(),
+        }
+    }
+
+    fn buffered(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| !c.buf.is_empty())
+    }
+
+    /// One step of the chunked decoder: a frame, the end, or a read.
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
+        loop {
+            let Framing::Chunked(state) = self.framing else {
+                return Poll::Ready(None);
+            };
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(Some(Err(Http1Error::ClosedInBody)));
+            };
+            let buf = &mut conn.buf;
+            match state {
+                Chunk::Size => match memchr::memmem::find(buf, b"\r\n") {
+                    Some(end) => {
+                        let size = parse_chunk_size(&buf[..end])?;
+                        buf.advance(end + 2);
+                        self.framing = Framing::Chunked(if size == 0 {
+                            Chunk::Trailers
+                        } else {
+                            Chunk::Data(size)
+                        });
+                        continue;
+                    }
+                    None if buf.len() > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(Http1Error::BadChunk(
+                            "chunk-size line too long",
+                        ))));
+                    }
+                    None => {}
+                },
+                Chunk::Data(left) => {
+                    if !buf.is_empty() {
+                        let n = (buf.len() as u64).min(left) as usize;
+                        let data = buf.split_to(n).freeze();
+                        let left = left - n as u64;
+                        self.framing = Framing::Chunked(if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        });
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                Chunk::DataEnd => {
+                    if buf.len() >= 2 {
+                        if &buf[..2] != b"\r\n" {
+                            return Poll::Ready(Some(Err(Http1Error::BadChunk(
+                                "chunk data not followed by CRLF",
+                            ))));
+                        }
+                        buf.advance(2);
+                        self.framing = Framing::Chunked(Chunk::Size);
+                        continue;
+                    }
+                }
+                Chunk::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.framing = Framing::Done;
+                        self.release_if_done();
+                        return Poll::Ready(None);
+                    }
+                    if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
+                        let block = buf.split_to(end + 4).freeze();
+                        let trailers = parse_trailers(&block)?;
+                        self.framing = Framing::Done;
+                        self.release_if_done();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    if buf.len() > MAX_HEAD {
+                        return Poll::Ready(Some(Err(Http1Error::HeadTooLarge)));
+                    }
+                }
+            }
+            let want = match state {
+                Chunk::Data(left) => left,
+                _ => 0,
+            };
+            let n = ready!(self.poll_fill(cx, want))?;
+            if n == 0 {
+                return Poll::Ready(Some(Err(Http1Error::ClosedInBody)));
+            }
+        }
+    }
+}
+
+/// The size of a chunk from its size line (extensions after `;` ignored).
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
+    let digits = line
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err(Http1Error::BadChunk("invalid chunk size"));
+    }
+    let text =
+        std::str::from_utf8(digits).map_err(|_| Http1Error::BadChunk("invalid chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| Http1Error::BadChunk("invalid chunk size"))
+}
+
+/// Trailer fields (`name: value` lines ending with an empty line).
+fn parse_trailers(block: &Bytes) -> Result<HeaderMap, Http1Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(block, &mut fields) {
+        Ok(httparse::Status::Complete((_, parsed))) => {
+            let mut map = HeaderMap::with_capacity(parsed.len());
+            for h in parsed {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| Http1Error::BadChunk("invalid trailer name"))?;
+                let value = HeaderValue::from_bytes(h.value)
+                    .map_err(|_| Http1Error::BadChunk("invalid trailer value"))?;
+                map.append(name, value);
+            }
+            Ok(map)
+        }
+        Ok(httparse::Status::Partial) => Err(Http1Error::BadChunk("incomplete trailers")),
+        Err(_) => Err(Http1Error::BadChunk("invalid trailers")),
+    }
+}
+
+impl HttpBody for ResponseBody {
+    type Data = Bytes;
+    type Error = Http1Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
+        let this = &mut *self;
+        loop {
+            match this.framing {
+                Framing::Empty | Framing::Done | Framing::Length(0) => {
+                    this.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) => {
+                    if this.buffered() {
+                        let data = this.take(left);
+                        this.framing = Framing::Length(left - data.len() as u64);
+                        // The last bytes: give the connection back now, not
+                        // on the next poll.
+                        this.release_if_done();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(this.poll_fill(cx, left)) {
+                        Ok(0) => {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(Http1Error::ClosedInBody)));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+                Framing::UntilClose => {
+                    if this.buffered() {
+                        let data = this.take(u64::MAX);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(this.poll_fill(cx, READ_MAX as u64)) {
+                        Ok(0) => {
+                            this.framing = Framing::Done;
+                            this.conn = None;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.conn = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+                Framing::Chunked(_) => {
+                    let polled = this.poll_chunked(cx);
+                    if let Poll::Ready(Some(Err(_))) = &polled {
+                        this.conn = None;
+                        this.home = None;
+                        this.framing = Framing::Done;
+                    }
+                    return polled;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(
+            self.framing,
+            Framing::Empty | Framing::Done | Framing::Length(0)
+        )
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Empty | Framing::Done => SizeHint::with_exact(0),
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A connection to a one-shot local server; the server end is returned
+    /// for the test to script.
+    async fn pair() -> (Http1Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Http1Conn::new(ConnIo::Plain(client)), server)
+    }
+
+    fn authority() -> Authority {
+        Authority::from_static("127.0.0.1:9")
+    }
+
+    fn get(path: &'static str) -> Request<Body> {
+        let mut req = Request::new(crate::proxy::body::empty());
+        *req.uri_mut() = http::Uri::from_static(path);
+        req.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("api.test"));
+        req
+    }
+
+    fn home() -> (Arc<IdlePool>, Option<PoolReturn>) {
+        let pool = Arc::new(IdlePool::default());
+        let home = PoolReturn {
+            pool: pool.clone(),
+            client: 7,
+            idle_timeout: Duration::from_secs(60),
+        };
+        (pool, Some(home))
+    }
+
+    /// Reads from `s` until `end` has been seen; returns everything read.
+    async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(end.len()).any(|w| w == end) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed early; got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// Sends `req`, answers with `answer`, and returns what the server read
+    /// and the collected response (status, body, trailers).
+    async fn exchange(
+        req: Request<Body>,
+        answer: &'static [u8],
+        close_after: bool,
+    ) -> (
+        String,
+        Result<(StatusCode, Bytes, Option<HeaderMap>), BoxError>,
+        Arc<IdlePool>,
+    ) {
+        let (conn, mut server) = pair().await;
+        let (pool, home) = home();
+        let serve = tokio::spawn(async move {
+            let got = read_until(&mut server, b"\r\n\r\n").await;
+            server.write_all(answer).await.unwrap();
+            if close_after {
+                drop(server);
+            } else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            String::from_utf8(got).unwrap()
+        });
+        let result = async {
+            let head = conn
+                .send(req, &authority(), home, false)
+                .await
+                .map_err(|f| Box::new(f.error) as BoxError)?;
+            let status = head.response.status();
+            let collected = head.response.into_body().collect().await?;
+            let trailers = collected.trailers().cloned();
+            Ok((status, collected.to_bytes(), trailers))
+        }
+        .await;
+        (serve.await.unwrap(), result, pool)
+    }
+
+    #[tokio::test]
+    async fn a_get_is_sent_in_origin_form_and_a_sized_answer_read_whole() {
+        let (wire, got, pool) = exchange(
+            get("/v1/users?id=4"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello",
+            false,
+        )
+        .await;
+        assert_eq!(
+            wire,
+            "GET /v1/users?id=4 HTTP/1.1\r\nhost: api.test\r\n\r\n"
+        );
+        let (status, body, _) = got.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+        assert_eq!(pool.idle_http1(), 1, "the connection went back to its pool");
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_are_decoded_with_their_trailers() {
+        let (_, got, pool) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n",
+            false,
+        )
+        .await;
+        let (_, body, trailers) = got.unwrap();
+        assert_eq!(&body[..], b"hello world");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        assert_eq!(pool.idle_http1(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_length_runs_until_close_and_is_not_pooled() {
+        let (_, got, pool) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\n\r\nstreamed to the end",
+            true,
+        )
+        .await;
+        assert_eq!(&got.unwrap().1[..], b"streamed to the end");
+        assert_eq!(pool.idle_http1(), 0);
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_have_no_body_whatever_the_length_says() {
+        let mut head = get("/");
+        *head.method_mut() = Method::HEAD;
+        let (_, got, pool) = exchange(
+            head,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(got.unwrap().1.len(), 0);
+        assert_eq!(pool.idle_http1(), 1);
+        for answer in [
+            &b"HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n"[..],
+            &b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n"[..],
+        ] {
+            let (_, got, _) = exchange(get("/"), answer, false).await;
+            assert_eq!(got.unwrap().1.len(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped() {
+        let (_, got, _) = exchange(
+            get("/"),
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        )
+        .await;
+        let (status, body, _) = got.unwrap();
+        assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"ok"[..]));
+    }
+
+    #[tokio::test]
+    async fn smuggling_shapes_are_refused_or_not_reused() {
+        // Transfer-Encoding and Content-Length together: chunked wins, no reuse.
+        let (_, got, pool) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(&got.unwrap().1[..], b"ok");
+        assert_eq!(pool.idle_http1(), 0);
+        // Two different lengths: an error.
+        let (_, got, _) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd",
+            false,
+        )
+        .await;
+        assert!(got.is_err());
+        // A chunk size that is not hex.
+        let (_, got, _) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(got.is_err());
+    }
+
+    #[tokio::test]
+    async fn bytes_after_the_answer_keep_the_connection_out_of_the_pool() {
+        let (_, got, pool) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(&got.unwrap().1[..], b"ok");
+        assert_eq!(pool.idle_http1(), 0);
+    }
+
+    #[tokio::test]
+    async fn connection_close_and_http10_answers_are_not_pooled() {
+        let (_, got, pool) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        )
+        .await;
+        assert!(got.is_ok());
+        assert_eq!(pool.idle_http1(), 0);
+        let (_, got, pool) = exchange(
+            get("/"),
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            false,
+        )
+        .await;
+        assert!(got.is_ok());
+        assert_eq!(pool.idle_http1(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_garbled_head_is_an_error() {
+        let (conn, mut server) = pair().await;
+        let serve = tokio::spawn(async move {
+            read_until(&mut server, b"\r\n\r\n").await;
+            let _ = server.write_all(b"HTTP/1.1 200 OK\r\n").await;
+            let line = format!("x-big: {}\r\n", "a".repeat(1000));
+            for _ in 0..100 {
+                if server.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let failed = conn.send(get("/"), &authority(), None, false).await;
+        assert!(matches!(
+            failed,
+            Err(Failed {
+                error: Http1Error::HeadTooLarge,
+                ..
+            })
+        ));
+        serve.await.unwrap();
+
+        let (_, got, _) = exchange(get("/"), b"SMTP ready\r\n\r\n", false).await;
+        assert!(got.is_err());
+    }
+
+    #[tokio::test]
+    async fn bodies_of_known_length_go_as_is_and_streams_go_chunked() {
+        let mut post = get("/upload");
+        *post.method_mut() = Method::POST;
+        *post.body_mut() = crate::proxy::body::full("abc");
+        let (conn, mut server) = pair().await;
+        let serve = tokio::spawn(async move {
+            let got = read_until(&mut server, b"abc").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        conn.send(post, &authority(), None, false)
+            .await
+            .ok()
+            .unwrap();
+        let wire = serve.await.unwrap();
+        assert!(wire.contains("content-length: 3\r\n\r\nabc"), "{wire}");
+
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"hello"))),
+            Ok(Frame::data(Bytes::from(vec![b'x'; COALESCE + 1]))),
+        ];
+        let mut post = get("/stream");
+        *post.method_mut() = Method::POST;
+        *post.body_mut() =
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync();
+        let (conn, mut server) = pair().await;
+        let serve = tokio::spawn(async move {
+            let got = read_until(&mut server, b"0\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        conn.send(post, &authority(), None, false)
+            .await
+            .ok()
+            .unwrap();
+        let wire = serve.await.unwrap();
+        let big = format!(
+            "{:x}\r\n{}\r\n0\r\n\r\n",
+            COALESCE + 1,
+            "x".repeat(COALESCE + 1)
+        );
+        assert!(
+            wire.contains("transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                && wire.ends_with(&big),
+            "{}",
+            &wire[..200]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_ends_the_upload_and_the_connection() {
+        // The body never ends; the target answers 413 without reading it.
+        let endless = futures_util::stream::repeat_with(|| {
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(&[b'x'; 1024])))
+        });
+        let mut post = get("/upload");
+        *post.method_mut() = Method::POST;
+        *post.body_mut() = http_body_util::StreamBody::new(endless).boxed_unsync();
+        let (conn, mut server) = pair().await;
+        let (pool, home) = home();
+        let serve = tokio::spawn(async move {
+            read_until(&mut server, b"\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            server
+        });
+        let head = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.send(post, &authority(), home, false),
+        )
+        .await
+        .expect("the early answer was not noticed")
+        .ok()
+        .unwrap();
+        assert_eq!(head.response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        drop(head);
+        drop(serve.await.unwrap());
+        assert_eq!(
+            pool.idle_http1(),
+            0,
+            "a half-sent request's connection is not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_101_hands_over_the_connection_with_the_bytes_behind_it() {
+        let mut req = get("/ws");
+        req.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        let (conn, mut server) = pair().await;
+        let serve = tokio::spawn(async move {
+            read_until(&mut server, b"\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nframe")
+                .await
+                .unwrap();
+            server
+        });
+        let head = conn
+            .send(req, &authority(), None, false)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(head.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let (_io, early) = head.upgraded.expect("the connection");
+        let _server = serve.await.unwrap();
+        assert_eq!(&early[..], b"frame");
+    }
+
+    #[tokio::test]
+    async fn a_101_nobody_asked_for_is_an_error() {
+        let (_, got, _) = exchange(
+            get("/"),
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(got.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_found_closed_hands_the_request_back() {
+        let (conn, server) = pair().await;
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Writing may succeed once on a socket the peer closed; the answer
+        // then never comes. Either way the caller learns it failed.
+        match conn.send(get("/"), &authority(), None, true).await {
+            Ok(_) => panic!("answered by a closed socket"),
+            Err(Failed { unsent, error }) => {
+                if unsent.is_none() {
+                    assert!(matches!(
+                        error,
+                        Http1Error::ClosedBeforeHead | Http1Error::Io(_)
+                    ));
+                }
+            }
+        }
+    }
+}
