@@ -482,7 +482,9 @@ impl Http1Conn {
                 );
             }
             let head = self.buf.split_to(len).freeze();
-            let mut headers = HeaderMap::with_capacity(count);
+            // Room for what the gateway adds (X-Request-Id, a route's
+            // response headers) without growing the map.
+            let mut headers = HeaderMap::with_capacity(count + 4);
             for &(n, nl, v, vl) in &spans[..count] {
                 let name = HeaderName::from_bytes(&head[n as usize..(n + nl) as usize])
                     .map_err(|_| Http1Error::Malformed("invalid header name"))?;
