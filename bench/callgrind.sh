@@ -25,9 +25,24 @@ PROXIES=("$@")
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-for tool in valgrind callgrind_control h2load curl; do
-  command -v "$tool" >/dev/null || die "$tool is missing (apt-get install valgrind nghttp2-client curl)"
+pkgs=()
+command -v valgrind >/dev/null || pkgs+=(valgrind)
+command -v h2load >/dev/null || pkgs+=(nghttp2-client)
+command -v curl >/dev/null || pkgs+=(curl)
+command -v openssl >/dev/null || pkgs+=(openssl)
+for p in "${PROXIES[@]}"; do
+  case $p in
+    nginx) command -v nginx >/dev/null || pkgs+=(nginx-light) ;;
+    haproxy) command -v haproxy >/dev/null || pkgs+=(haproxy) ;;
+  esac
 done
+if [ ${#pkgs[@]} -gt 0 ]; then
+  log "installing from Debian: ${pkgs[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${pkgs[@]}" >/dev/null
+fi
 
 if [ -z "${PORTCULLIS_BIN:-}" ] || [ -z "${BACKEND_BIN:-}" ]; then
   (cd "$ROOT" && cargo build --release --quiet --bin portcullis --example bench_backend)
@@ -89,9 +104,10 @@ for proxy in "${PROXIES[@]}"; do
     nginx)
       render "$BENCH_DIR/nginx.conf" "$dir/nginx.conf" "$http" "$https" "$dir"
       python3 "$BENCH_DIR/lib/harness.py" render "$dir/nginx.conf" "$dir/nginx.conf" "HTTP_PORT=$http"
-      # One process: master_process off keeps the worker under valgrind.
-      "${vg[@]}" --trace-children=yes nginx -e "$dir/nginx-startup.log" -p "$dir" -c "$dir/nginx.conf" \
-        -g 'master_process off;' >"$dir/stdout.log" 2>&1 &
+      # One process, so that the worker is the process under valgrind.
+      sed -i 's/^master_process .*;/master_process off;/' "$dir/nginx.conf"
+      "${vg[@]}" nginx -e "$dir/nginx-startup.log" -p "$dir" -c "$dir/nginx.conf" \
+        >"$dir/stdout.log" 2>&1 &
       ;;
     haproxy)
       render "$BENCH_DIR/haproxy.cfg" "$dir/haproxy.cfg" "$http" "$https" "$dir"
@@ -102,12 +118,12 @@ for proxy in "${PROXIES[@]}"; do
   pid=$!
   PIDS+=("$pid")
   wait_port "$http" || { cat "$dir/stdout.log" >&2; die "$proxy did not start"; }
-  got=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.example.com' "http://127.0.0.1:$http/v1/users/42")
+  got=$(curl -s -o /dev/null -w '%{http_code}' -H ':authority: api.example.com' "http://127.0.0.1:$http/v1/users/42")
   [ "$got" = 200 ] || die "$proxy answered $got"
-  h2load --h1 -n "$WARMUP" -c 64 -H 'Host: api.example.com' "http://127.0.0.1:$http/v1/users/42" >/dev/null
+  h2load --h1 -n "$WARMUP" -c 64 -H ':authority: api.example.com' "http://127.0.0.1:$http/v1/users/42" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   callgrind_control -i on "$pid" >/dev/null 2>&1
-  h2load --h1 -n "$REQUESTS" -c 64 -H 'Host: api.example.com' "http://127.0.0.1:$http/v1/users/42" \
+  h2load --h1 -n "$REQUESTS" -c 64 -H ':authority: api.example.com' "http://127.0.0.1:$http/v1/users/42" \
     >"$dir/h2load.log"
   grep -q "succeeded, 0 failed" "$dir/h2load.log" || grep -q "$REQUESTS succeeded" "$dir/h2load.log" ||
     { cat "$dir/h2load.log" >&2; die "$proxy: not every request succeeded"; }

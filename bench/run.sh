@@ -319,7 +319,7 @@ gen_7() {
   else
     # h2load's --rps is per client: the 64 clients share the rate.
     CMD=(h2load --h1 -t"$LOAD_THREADS" -c64 --rps "$(((RATE + 63) / 64))" -D "$2" --log-file="$3"
-      -H "host: api.example.com" "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH")
+      -H ":authority: api.example.com" "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH")
   fi
 }
 gen_8() { # the 10,000-route instances get a request for one of the filler routes

@@ -288,6 +288,29 @@ fn check_limits(
     ctx: &RequestCtx,
 ) -> Option<Response<Body>> {
     let headers = req.headers();
+    // RFC 9112 §3.2: an HTTP/1.1 request names exactly one host. Two Host
+    // headers could route by one and reach the backend with the other.
+    if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        let first = hosts.next();
+        if hosts.next().is_some() {
+            return Some(problem(
+                StatusCode::BAD_REQUEST,
+                "the request has more than one Host header",
+                ctx.request_id_str(),
+            ));
+        }
+        if first.is_none()
+            && req.version() == http::Version::HTTP_11
+            && req.uri().authority().is_none()
+        {
+            return Some(problem(
+                StatusCode::BAD_REQUEST,
+                "an HTTP/1.1 request needs a Host header",
+                ctx.request_id_str(),
+            ));
+        }
+    }
     if headers.len() > limits.max_headers {
         return Some(problem(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

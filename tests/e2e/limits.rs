@@ -270,6 +270,23 @@ async fn malformed_header_gives_400() {
     assert!(backend.seen().is_empty());
 }
 
+#[tokio::test]
+async fn two_host_headers_or_none_in_http11_give_400() {
+    let backend = Backend::echo("app").await;
+    let gw = gateway("", backend.addr).await;
+    for request in [
+        &b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let (status, headers, text) = exchange(gw.addr("web"), request).await;
+        assert_problem(status, &headers, &text, 400);
+    }
+    assert!(backend.seen().is_empty());
+    // HTTP/1.0 may leave Host out.
+    let (status, _, _) = exchange(gw.addr("web"), b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status, 200);
+}
+
 /// Connects, writes `first`, then drips `drip` every 100 ms until the
 /// server closes the connection; returns how long that took (None if the
 /// connection was still open after `give_up`).
