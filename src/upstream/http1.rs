@@ -251,15 +251,23 @@ impl Http1Conn {
         }
         // Send the body while watching for the answer: a target may answer
         // (413, 401) before it has read the whole body.
+        // A target that answers early may also close its end, so a failed
+        // write stops the upload but not the wait for the answer already
+        // on its way; the write error is reported only if none comes.
+        let mut write_failed: Option<Http1Error> = None;
         let result = std::future::poll_fn(|cx| {
-            if !sending.done {
+            if !sending.done && write_failed.is_none() {
                 match self.poll_send_body(cx, &mut sending) {
                     Poll::Ready(Ok(())) => sending.done = true,
+                    Poll::Ready(Err(e @ Http1Error::Io(_))) => write_failed = Some(e),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
                 }
             }
-            self.poll_head(cx, head_only, upgrade)
+            match ready!(self.poll_head(cx, head_only, upgrade)) {
+                Ok(head) => Poll::Ready(Ok(head)),
+                Err(e) => Poll::Ready(Err(write_failed.take().unwrap_or(e))),
+            }
         })
         .await;
         let parsed = result.map_err(|error| Failed {
@@ -599,22 +607,24 @@ fn response_framing(
         return Ok((Framing::Empty, true));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
+        // Only `chunked` is understood (as nginx): a gzip transfer coding
+        // would otherwise reach the client undeclared.
+        let mut codings = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .map(|t| t.trim_ascii())
-            .rfind(|t| !t.is_empty());
-        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            .filter(|t| !t.is_empty());
+        let chunked = codings
+            .next()
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        if !chunked || codings.next().is_some() {
+            return Err(Http1Error::Malformed("unsupported Transfer-Encoding"));
+        }
         // With Content-Length as well, the message is suspect (smuggling):
         // read it as chunked, then close.
-        let reusable = chunked && !headers.contains_key(header::CONTENT_LENGTH);
-        let framing = if chunked {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            Framing::UntilClose
-        };
-        return Ok((framing, reusable));
+        let reusable = !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok((Framing::Chunked(Chunk::Size), reusable));
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -1114,6 +1124,14 @@ mod tests {
         )
         .await;
         assert!(got.is_err());
+        // A transfer coding other than chunked.
+        let (_, got, _) = exchange(
+            get("/"),
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(got.is_err());
         // A chunk size that is not hex.
         let (_, got, _) = exchange(
             get("/"),
@@ -1274,6 +1292,37 @@ mod tests {
             0,
             "a half-sent request's connection is not reused"
         );
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_is_relayed_even_when_the_target_closes_at_once() {
+        let endless = futures_util::stream::repeat_with(|| {
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(&[b'x'; 16 * 1024])))
+        });
+        let mut post = get("/upload");
+        *post.method_mut() = Method::POST;
+        *post.body_mut() = http_body_util::StreamBody::new(endless).boxed_unsync();
+        let (conn, mut server) = pair().await;
+        tokio::spawn(async move {
+            read_until(&mut server, b"\r\n\r\n").await;
+            server
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            // Close the writing side only, as servers that answer early do:
+            // the upload then fails while the answer is already here.
+            server.shutdown().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        });
+        let head = tokio::time::timeout(
+            Duration::from_secs(5),
+            conn.send(post, &authority(), None, false),
+        )
+        .await
+        .expect("no answer")
+        .ok()
+        .expect("the 413 was lost");
+        assert_eq!(head.response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[tokio::test]
