@@ -29,6 +29,9 @@ pub struct Record {
     pub started: Instant,
     /// Fields only the access log needs (absent when the log is off).
     pub log: Option<LogFields>,
+    /// Keeps the request counted as in flight on its connection until the
+    /// response has been sent.
+    pub busy: crate::proxy::context::Busy,
 }
 
 /// Access-log fields captured from the request.

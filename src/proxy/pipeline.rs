@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{Body, BodyStats, LimitedBody};
-use super::context::RequestCtx;
+use super::context::{Activity, RequestCtx};
 use super::forward::{self, Forwarded};
 use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
 use super::problem::problem;
@@ -58,6 +58,8 @@ pub struct Connection {
     pub client_subject: Option<HeaderValue>,
     /// The header that carries the subject upstream (listeners with client_auth).
     pub subject_header: Option<http::HeaderName>,
+    /// Requests in flight, for the connection's idle watchdog.
+    pub activity: Arc<Activity>,
 }
 
 /// Serves one request. Never fails: every error becomes a response.
@@ -108,6 +110,7 @@ pub async fn handle(
         route: None,
         started,
         log,
+        busy: conn.activity.begin(req.version() == http::Version::HTTP_2),
     };
     let Some(listener) = snapshot.listener(&conn.listener).cloned() else {
         // The listener was removed by a reload while this connection was open.

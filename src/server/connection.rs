@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -22,6 +21,7 @@ use super::proxy_protocol::{self, Prefixed};
 use super::tls;
 use crate::config::snapshot::ListenerPlan;
 use crate::l4::{self, L4Plan};
+use crate::proxy::context::{Activity, IdleCheck};
 use crate::proxy::headers;
 use crate::proxy::pipeline::{self, Connection};
 use crate::server::runtime::Runtime;
@@ -91,6 +91,7 @@ pub async fn serve(
                 tls: false,
                 client_subject: None,
                 subject_header: None,
+                activity: Activity::new(),
             };
             serve_http(stream, conn, &plan, rt, shutdown).await;
         }
@@ -120,6 +121,7 @@ pub async fn serve(
                 tls: true,
                 client_subject,
                 subject_header: plan.client_subject_header.clone(),
+                activity: Activity::new(),
             };
             serve_http(tls_stream, conn, &plan, rt, shutdown).await;
         }
@@ -137,10 +139,14 @@ async fn serve_http<I>(
 {
     let limits = plan.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No header_read_timeout here: hyper would arm (and allocate) a timer
+    // for every request head. The connection's watchdog below enforces the
+    // same limit with one timer per connection.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper's default is 30s once a timer is set: turn it off explicitly.
+        .header_read_timeout(None)
         // The pipeline answers 431 with problem+json up to the configured
         // limits; hyper's own caps sit above them as a hard stop.
         .max_headers(limits.max_headers.saturating_mul(2).max(100))
@@ -151,26 +157,26 @@ async fn serve_http<I>(
         .max_header_list_size(
             u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
         );
+    let activity = conn.activity.clone();
     let conn = Arc::new(conn);
-    let started = Arc::new(AtomicBool::new(false));
-    let request_started = started.clone();
-    let service = service_fn(move |req| {
-        request_started.store(true, Ordering::Relaxed);
-        pipeline::handle(req, conn.clone(), rt.clone())
-    });
+    let service = service_fn(move |req| pipeline::handle(req, conn.clone(), rt.clone()));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     // The watch guard must not live across the await below (it is not Send),
     // so the drain signal is reduced to a plain value first.
     let draining = async move { shutdown.wait_for(|stop| *stop).await.is_ok() };
-    // hyper's header_read_timeout starts with the first bytes of HTTP/1.1;
-    // while the protocol is still being detected (a client that sends
-    // nothing, or an HTTP/2 preface and no request) no timer runs, so the
-    // first request must arrive within the same limit or the socket closes.
-    let first_request_deadline = async {
-        tokio::time::sleep(limits.header_read_timeout).await;
-        if started.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
+    // From connecting, and from the end of each response, an HTTP/1 client
+    // has header_read_timeout to send a complete request head (also while
+    // the protocol is still being detected: a client that sends nothing, or
+    // an HTTP/2 preface and no request). HTTP/2 connections are left alone
+    // once their first request has come.
+    let idle_watchdog = async {
+        loop {
+            match activity.check(limits.header_read_timeout) {
+                IdleCheck::Expired => return,
+                IdleCheck::Never => std::future::pending::<()>().await,
+                IdleCheck::At(when) => tokio::time::sleep_until(when.into()).await,
+            }
         }
     };
     tokio::select! {
@@ -180,8 +186,8 @@ async fn serve_http<I>(
             }
             return;
         }
-        _ = first_request_deadline => {
-            tracing::debug!("no request within header_read_timeout; closing the connection");
+        _ = idle_watchdog => {
+            tracing::debug!("no request head within header_read_timeout; closing the connection");
             return;
         }
         _ = draining => {}

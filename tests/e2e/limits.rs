@@ -356,6 +356,39 @@ async fn client_sending_nothing_is_disconnected_after_header_read_timeout() {
 }
 
 #[tokio::test]
+async fn a_slow_second_head_on_a_kept_alive_connection_is_cut_off_too() {
+    let backend = Backend::echo("app").await;
+    let gw = gateway("    header_read_timeout: 1s", backend.addr).await;
+    // A whole first request, then the next head dripped after its answer.
+    let elapsed = time_until_closed(
+        gw.addr("web"),
+        b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\nGET /second HTTP/1.1\r\nHost: localhost\r\n",
+        b"x-slow: 1\r\n",
+        Duration::from_secs(6),
+    )
+    .await
+    .expect("the slow client was still connected after 6s");
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "closed after {elapsed:?}"
+    );
+    let seen: Vec<String> = backend.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/first"]);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_longer_than_header_read_timeout_is_not_cut_off() {
+    let backend = Backend::start(|_req| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Response::new(body("late but fine"))
+    })
+    .await;
+    let gw = gateway("    header_read_timeout: 500ms", backend.addr).await;
+    let (status, _, text) = get(&gw.url("web", "/")).await;
+    assert_eq!((status.as_u16(), text.as_str()), (200, "late but fine"));
+}
+
+#[tokio::test]
 async fn client_sending_headers_in_time_is_served() {
     let backend = Backend::echo("app").await;
     let gw = gateway("    header_read_timeout: 2s", backend.addr).await;
