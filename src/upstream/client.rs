@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -165,12 +166,6 @@ impl HttpBody for UpstreamBody {
     }
 }
 
-/// A freshly opened connection.
-enum Opened {
-    Http1(Http1Conn),
-    Http2(http2::SendRequest<Body>),
-}
-
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl UpstreamClient {
@@ -272,40 +267,49 @@ impl UpstreamClient {
                 }
             }
         }
-        let conn = match self.connect(authority, peers).await? {
-            Opened::Http1(conn) => conn,
-            Opened::Http2(_) => unreachable_http2(),
-        };
-        match conn.send(req, authority, home, false).await {
+        let io = self
+            .connect(Box::pin(self.open(authority, peers)), authority)
+            .await?;
+        match Http1Conn::new(io).send(req, authority, home, false).await {
             Ok(head) => Ok(sent_http1(head)),
             Err(Failed { error, .. }) => Err(SendError::broken(&error)),
         }
     }
 
-    /// Opens an HTTP/2 connection (the upstream has `http2: true`).
+    /// Opens an HTTP/2 connection (the upstream has `http2: true`); it runs
+    /// as a task of its own, since it multiplexes.
     async fn connect_http2(
         &self,
         authority: &Authority,
         peers: Option<Peers>,
     ) -> Result<http2::SendRequest<Body>, SendError> {
-        match self.connect(authority, peers).await? {
-            Opened::Http2(sender) => Ok(sender),
-            Opened::Http1(_) => unreachable_http2(),
-        }
+        let handshake = async {
+            let io = self.open(authority, peers).await?;
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| SendError::connect(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(sender)
+        };
+        self.connect(Box::pin(handshake), authority).await
     }
 
-    /// Opens a connection to `authority` within the connect timeout: TCP,
-    /// then the PROXY header and TLS when configured, then HTTP.
-    async fn connect(
+    /// Runs `opening` within the connect timeout. Callers box it: opening a
+    /// connection (TCP, TLS, HTTP/2 handshake) is a large future, and keeping
+    /// it inline would make every request's future that much larger to
+    /// move, reused connection or not.
+    async fn connect<T>(
         &self,
+        opening: Pin<Box<dyn Future<Output = Result<T, SendError>> + Send + '_>>,
         authority: &Authority,
-        peers: Option<Peers>,
-    ) -> Result<Opened, SendError> {
-        let timeout = self.0.settings.connect_timeout;
-        // Boxed: opening a connection (TCP, TLS, HTTP/2 handshake) is a
-        // large future, and keeping it inline would make every request's
-        // future that much larger to move, reused connection or not.
-        match tokio::time::timeout(timeout, Box::pin(self.open(authority, peers))).await {
+    ) -> Result<T, SendError> {
+        match tokio::time::timeout(self.0.settings.connect_timeout, opening).await {
             Ok(result) => result,
             Err(_) => Err(SendError {
                 connect: true,
@@ -315,7 +319,8 @@ impl UpstreamClient {
         }
     }
 
-    async fn open(&self, authority: &Authority, peers: Option<Peers>) -> Result<Opened, SendError> {
+    /// TCP to `authority`, then the PROXY header and TLS when configured.
+    async fn open(&self, authority: &Authority, peers: Option<Peers>) -> Result<ConnIo, SendError> {
         let inner = &*self.0;
         let mut stream = TcpStream::connect(authority.as_str())
             .await
@@ -333,8 +338,8 @@ impl UpstreamClient {
                 .await
                 .map_err(|e| SendError::connect(&e))?;
         }
-        let io = match &inner.tls {
-            None => ConnIo::Plain(stream),
+        match &inner.tls {
+            None => Ok(ConnIo::Plain(stream)),
             Some((connector, names)) => {
                 let name = names
                     .for_authority(authority)
@@ -343,24 +348,9 @@ impl UpstreamClient {
                     .connect(name, stream)
                     .await
                     .map_err(|e| SendError::connect(&e))?;
-                ConnIo::Tls(Box::new(tls))
+                Ok(ConnIo::Tls(Box::new(tls)))
             }
-        };
-        if !inner.settings.http2 {
-            return Ok(Opened::Http1(Http1Conn::new(io)));
         }
-        // HTTP/2 multiplexes: its connection runs as a task of its own.
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| SendError::connect(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok(Opened::Http2(sender))
     }
 }
 
@@ -384,11 +374,6 @@ async fn send_http2(
         }),
         Err(e) => Err(SendError::broken(&e)),
     }
-}
-
-/// `connect` opens the protocol the client speaks; the other arm cannot happen.
-fn unreachable_http2() -> ! {
-    unreachable!("a client opens connections of its own protocol only")
 }
 
 /// Which TLS server name to send to (and verify for) each target.
