@@ -225,25 +225,10 @@ impl UpstreamClient {
             parts.scheme = Some(self.scheme());
             parts.authority = Some(authority.clone());
             *req.uri_mut() = Uri::from_parts(parts).map_err(|e| SendError::connect(&e))?;
-            let shared = match pooled {
-                true => pool.shared_http2(inner.id, idle_timeout),
-                false => None,
-            };
-            let sender = match shared {
-                Some(sender) => sender,
-                None if pooled => {
-                    let _turn = pool.http2_connect_turn().await;
-                    match pool.shared_http2(inner.id, idle_timeout) {
-                        // Another request opened it while this one waited.
-                        Some(sender) => sender,
-                        None => {
-                            let sender = self.connect_http2(authority, peers).await?;
-                            pool.set_http2(sender.clone(), inner.id, idle_timeout);
-                            sender
-                        }
-                    }
-                }
-                None => self.connect_http2(authority, peers).await?,
+            let sender = if pooled {
+                self.pooled_http2(authority, pool).await?
+            } else {
+                self.connect_http2(authority, peers).await?
             };
             return send_http2(sender, req).await;
         }
@@ -274,6 +259,28 @@ impl UpstreamClient {
             Ok(head) => Ok(sent_http1(head)),
             Err(Failed { error, .. }) => Err(SendError::broken(&error)),
         }
+    }
+
+    /// The target's shared HTTP/2 connection, opened by the first request
+    /// that needs it (a burst of first requests opens one).
+    async fn pooled_http2(
+        &self,
+        authority: &Authority,
+        pool: &Arc<IdlePool>,
+    ) -> Result<http2::SendRequest<Body>, SendError> {
+        let (id, idle_timeout) = (self.0.id, self.0.settings.idle_timeout);
+        if let Some(sender) = pool.shared_http2(id, idle_timeout) {
+            return Ok(sender);
+        }
+        let _turn = pool.http2_connect_turn().await;
+        // Another request may have opened it while this one waited.
+        if let Some(sender) = pool.shared_http2(id, idle_timeout) {
+            return Ok(sender);
+        }
+        // Pooled connections carry no PROXY header, so no peers.
+        let sender = self.connect_http2(authority, None).await?;
+        pool.set_http2(sender.clone(), id, idle_timeout);
+        Ok(sender)
     }
 
     /// Opens an HTTP/2 connection (the upstream has `http2: true`); it runs

@@ -15,7 +15,7 @@
 //! against request smuggling); differing `Content-Length` values are an
 //! error; otherwise the body runs until the connection closes.
 
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -218,17 +218,9 @@ impl Http1Conn {
         // here on a reused connection means the target closed it while idle,
         // and the request can go out again.
         let mut written = 0;
-        let first = std::future::poll_fn(|cx| {
-            while written < self.out.len() {
-                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[written..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)));
-                }
-                written += n;
-            }
-            Poll::Ready(Ok(()))
-        })
-        .await;
+        let first =
+            std::future::poll_fn(|cx| poll_write_from(&mut self.io, cx, &self.out, &mut written))
+                .await;
         if let Err(e) = first {
             let unsent = (reused && written == 0).then(|| Box::new(req));
             return Err(Failed {
@@ -243,6 +235,7 @@ impl Http1Conn {
             framing,
             done: framing == RequestFraming::None,
             pending: None,
+            pending_written: 0,
             pending_crlf: false,
             written: 0,
         };
@@ -320,9 +313,8 @@ impl Http1Conn {
                 RequestFraming::None
             }
         } else if let Some(len) = hyper::body::Body::size_hint(body).exact() {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(len.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "content-length: {len}\r\n");
             RequestFraming::Length
         } else {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -339,22 +331,16 @@ impl Http1Conn {
         s: &mut Sending,
     ) -> Poll<Result<(), Http1Error>> {
         loop {
-            while s.written < self.out.len() {
-                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[s.written..]))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                }
-                s.written += n;
-            }
-            if let Some(data) = &mut s.pending {
-                while data.has_remaining() {
-                    let n = ready!(Pin::new(&mut self.io).poll_write(cx, data.chunk()))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                    }
-                    data.advance(n);
-                }
+            ready!(poll_write_from(&mut self.io, cx, &self.out, &mut s.written))?;
+            if let Some(data) = &s.pending {
+                ready!(poll_write_from(
+                    &mut self.io,
+                    cx,
+                    data,
+                    &mut s.pending_written
+                ))?;
                 s.pending = None;
+                s.pending_written = 0;
                 if s.pending_crlf {
                     s.pending_crlf = false;
                     self.out.clear();
@@ -542,6 +528,24 @@ impl Http1Conn {
     }
 }
 
+/// Writes `buf[*written..]`, counting progress in `written` (so that a
+/// write cut short by `Pending` resumes where it stopped).
+fn poll_write_from(
+    io: &mut ConnIo,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *written < buf.len() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, &buf[*written..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)));
+        }
+        *written += n;
+    }
+    Poll::Ready(Ok(()))
+}
+
 /// The request body on its way out.
 struct Sending {
     body: Body,
@@ -549,6 +553,8 @@ struct Sending {
     done: bool,
     /// A large data frame being written from its own buffer.
     pending: Option<Bytes>,
+    /// Bytes of `pending` already written.
+    pending_written: usize,
     /// A chunk's closing CRLF is due once `pending` is written.
     pending_crlf: bool,
     /// Bytes of `out` already written.
@@ -937,21 +943,32 @@ impl HttpBody for ResponseBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// A connection to a one-shot local server; the server end is returned
-    /// for the test to script.
-    async fn pair() -> (Http1Conn, TcpStream) {
+    /// for the test to script (the pool's tests use it too).
+    pub(crate) async fn pair() -> (Http1Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (Http1Conn::new(ConnIo::Plain(client)), server)
+    }
+
+    /// A POST whose body never ends, in `chunk`-byte frames.
+    fn endless_post(chunk: &'static [u8]) -> Request<Body> {
+        let endless = futures_util::stream::repeat_with(move || {
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(chunk)))
+        });
+        let mut post = get("/upload");
+        *post.method_mut() = Method::POST;
+        *post.body_mut() = http_body_util::StreamBody::new(endless).boxed_unsync();
+        post
     }
 
     fn authority() -> Authority {
@@ -1260,12 +1277,7 @@ mod tests {
     #[tokio::test]
     async fn an_early_answer_ends_the_upload_and_the_connection() {
         // The body never ends; the target answers 413 without reading it.
-        let endless = futures_util::stream::repeat_with(|| {
-            Ok::<_, BoxError>(Frame::data(Bytes::from_static(&[b'x'; 1024])))
-        });
-        let mut post = get("/upload");
-        *post.method_mut() = Method::POST;
-        *post.body_mut() = http_body_util::StreamBody::new(endless).boxed_unsync();
+        let post = endless_post(&[b'x'; 1024]);
         let (conn, mut server) = pair().await;
         let (pool, home) = home();
         let serve = tokio::spawn(async move {
@@ -1296,12 +1308,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_early_answer_is_relayed_even_when_the_target_closes_at_once() {
-        let endless = futures_util::stream::repeat_with(|| {
-            Ok::<_, BoxError>(Frame::data(Bytes::from_static(&[b'x'; 16 * 1024])))
-        });
-        let mut post = get("/upload");
-        *post.method_mut() = Method::POST;
-        *post.body_mut() = http_body_util::StreamBody::new(endless).boxed_unsync();
+        let post = endless_post(&[b'x'; 16 * 1024]);
         let (conn, mut server) = pair().await;
         tokio::spawn(async move {
             read_until(&mut server, b"\r\n\r\n").await;

@@ -147,7 +147,7 @@ impl IdlePool {
         self.start_reaper(&mut idle, idle_timeout);
     }
 
-    /// Idle HTTP/1 connections held (for tests and the admin view).
+    /// Idle HTTP/1 connections held (shown by `Debug`, checked by tests).
     pub fn idle_http1(&self) -> usize {
         self.lock().http1.len()
     }
@@ -211,23 +211,13 @@ async fn reap(pool: Weak<IdlePool>, idle_timeout: Duration) {
 mod tests {
     use super::*;
     use crate::upstream::http1::ConnIo;
+    use crate::upstream::http1::tests::pair;
     use http::{Request, Response};
     use hyper::body::Incoming;
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::convert::Infallible;
     use tokio::net::{TcpListener, TcpStream};
-
-    /// An idle HTTP/1 connection to a local socket that accepts and then
-    /// waits; the returned stream is the server's end.
-    async fn http1_conn() -> (Http1Conn, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (Http1Conn::new(ConnIo::Plain(client)), server)
-    }
 
     async fn http2_conn() -> http2::SendRequest<Body> {
         let (client, server) = tokio::io::duplex(65536);
@@ -251,8 +241,8 @@ mod tests {
     #[tokio::test]
     async fn takes_the_most_recently_returned_connection() {
         let pool = Arc::new(IdlePool::default());
-        let (a, _sa) = http1_conn().await;
-        let (b, _sb) = http1_conn().await;
+        let (a, _sa) = pair().await;
+        let (b, _sb) = pair().await;
         pool.put_http1(a, 1, MINUTE);
         pool.put_http1(b, 1, MINUTE);
         assert_eq!(pool.idle_http1(), 2);
@@ -264,7 +254,7 @@ mod tests {
     #[tokio::test]
     async fn another_clients_connections_are_not_reused() {
         let pool = Arc::new(IdlePool::default());
-        let (a, _sa) = http1_conn().await;
+        let (a, _sa) = pair().await;
         pool.put_http1(a, 1, MINUTE);
         assert!(pool.take_http1(2).is_none());
         // The foreign connection was dropped on the way.
@@ -273,19 +263,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_target_closed_or_wrote_to_is_not_usable() {
-        let (mut closed, server) = http1_conn().await;
+        let (mut closed, server) = pair().await;
         drop(server);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!closed.is_usable(), "EOF");
 
-        let (mut chatty, mut server) = http1_conn().await;
+        let (mut chatty, mut server) = pair().await;
         tokio::io::AsyncWriteExt::write_all(&mut server, b"HTTP/1.1 200 OK\r\n")
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!chatty.is_usable(), "bytes nobody asked for");
 
-        let (mut quiet, _server) = http1_conn().await;
+        let (mut quiet, _server) = pair().await;
         assert!(quiet.is_usable());
         assert!(quiet.is_usable(), "checking does not change the answer");
     }
@@ -293,7 +283,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_expire() {
         let pool = Arc::new(IdlePool::default());
-        let (a, _sa) = http1_conn().await;
+        let (a, _sa) = pair().await;
         pool.put_http1(a, 1, Duration::from_millis(300));
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(pool.idle_http1(), 1);
