@@ -6,6 +6,7 @@
 //! snapshot once per request; a reload builds a new snapshot and swaps it whole.
 
 pub mod admin;
+pub mod codec;
 pub mod config;
 pub mod demo;
 pub mod l4;

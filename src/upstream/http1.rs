@@ -15,14 +15,14 @@
 //! against request smuggling); differing `Content-Length` values are an
 //! error; otherwise the body runs until the connection closes.
 
-use std::io::{self, Write};
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
@@ -32,21 +32,16 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
 
 use super::pool::IdlePool;
+use crate::codec::{
+    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Span,
+    WriteError, poll_write_from,
+};
 use crate::proxy::body::{Body, BoxError};
 
 /// Longest response head accepted (status line and header fields).
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head (and in chunked trailers).
 const MAX_HEADERS: usize = 128;
-/// Longest chunk-size line, extensions included.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Smallest read; bodies read in larger steps when they are known to be large.
-const READ_MIN: usize = 8 * 1024;
-/// Largest single read into the buffer.
-const READ_MAX: usize = 64 * 1024;
-/// Data frames up to this size are copied next to the head (one write);
-/// larger ones are written from their own buffer.
-const COALESCE: usize = 16 * 1024;
 
 /// Why an exchange on an HTTP/1 connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +61,9 @@ pub enum Http1Error {
     /// The response head is not HTTP/1.x.
     #[error("the upstream sent a malformed response head: {0}")]
     Malformed(&'static str),
-    /// Content-Length values that are not one number.
-    #[error("the upstream sent an invalid Content-Length")]
-    BadContentLength,
-    /// A chunked body that breaks the chunk syntax.
-    #[error("the upstream sent a malformed chunked body: {0}")]
-    BadChunk(&'static str),
+    /// The response's framing breaks RFC 9112.
+    #[error("the upstream's response framing: {0}")]
+    Framing(#[from] FramingError),
     /// The request body could not be read from the client.
     #[error("the request body could not be read: {0}")]
     RequestBody(BoxError),
@@ -163,17 +155,6 @@ pub struct Failed {
     pub unsent: Option<Box<Request<Body>>>,
 }
 
-/// How the request body is framed on the wire.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RequestFraming {
-    /// No body and no length (GET, HEAD, ...).
-    None,
-    /// `Content-Length`.
-    Length,
-    /// `Transfer-Encoding: chunked` (length unknown).
-    Chunked,
-}
-
 impl Http1Conn {
     /// A connection over `io`, ready for its first request.
     pub fn new(io: ConnIo) -> Http1Conn {
@@ -230,30 +211,22 @@ impl Http1Conn {
         }
         self.out.clear();
         let (_, body) = req.into_parts();
-        let mut sending = Sending {
-            body,
-            framing,
-            done: framing == RequestFraming::None,
-            pending: None,
-            pending_written: 0,
-            pending_crlf: false,
-            written: 0,
-        };
-        if framing == RequestFraming::Length && hyper::body::Body::is_end_stream(&sending.body) {
-            sending.done = true;
-        }
+        let mut sending = BodyWriter::new(body, framing);
         // Send the body while watching for the answer: a target may answer
         // (413, 401) before it has read the whole body.
         // A target that answers early may also close its end, so a failed
         // write stops the upload but not the wait for the answer already
         // on its way; the write error is reported only if none comes.
         let mut write_failed: Option<Http1Error> = None;
+        let mut sent = false;
         let result = std::future::poll_fn(|cx| {
-            if !sending.done && write_failed.is_none() {
-                match self.poll_send_body(cx, &mut sending) {
-                    Poll::Ready(Ok(())) => sending.done = true,
-                    Poll::Ready(Err(e @ Http1Error::Io(_))) => write_failed = Some(e),
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            if !sent && write_failed.is_none() {
+                match sending.poll_write(&mut self.io, &mut self.out, cx) {
+                    Poll::Ready(Ok(())) => sent = true,
+                    Poll::Ready(Err(WriteError::Io(e))) => write_failed = Some(e.into()),
+                    Poll::Ready(Err(WriteError::Body(e))) => {
+                        return Poll::Ready(Err(Http1Error::RequestBody(e)));
+                    }
                     Poll::Pending => {}
                 }
             }
@@ -268,13 +241,13 @@ impl Http1Conn {
             unsent: None,
         })?;
         // A body not sent in full leaves the connection mid-message.
-        let keep_alive = parsed.keep_alive && sending.done;
+        let keep_alive = parsed.keep_alive && sent;
         Ok(self.into_head(parsed, keep_alive, home))
     }
 
     /// Writes the request line and header fields into `self.out`, with the
-    /// framing header this body needs; small full bodies follow at once.
-    fn encode_head(&mut self, req: &Request<Body>, authority: &Authority) -> RequestFraming {
+    /// framing header this body needs; the body follows through a [`BodyWriter`].
+    fn encode_head(&mut self, req: &Request<Body>, authority: &Authority) -> Outgoing {
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(req.method().as_str().as_bytes());
@@ -288,118 +261,28 @@ impl Http1Conn {
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let headers = req.headers();
-        for (name, value) in headers {
-            // The framing headers are the connection's business, written below.
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        // The framing headers are the connection's business, written below.
+        codec::write_fields(out, headers, |name| {
+            name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING
+        });
         if !headers.contains_key(header::HOST) {
             out.extend_from_slice(b"host: ");
             out.extend_from_slice(authority.as_str().as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         let body = req.body();
-        let framing = if hyper::body::Body::is_end_stream(body) {
+        let framing = if body.is_end_stream() {
             // An empty POST still says so; a GET says nothing.
             if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-                out.extend_from_slice(b"content-length: 0\r\n");
-                RequestFraming::Length
+                codec::write_framing(out, Some(0), true)
             } else {
-                RequestFraming::None
+                Outgoing::None
             }
-        } else if let Some(len) = hyper::body::Body::size_hint(body).exact() {
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "content-length: {len}\r\n");
-            RequestFraming::Length
         } else {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-            RequestFraming::Chunked
+            codec::write_framing(out, body.size_hint().exact(), true)
         };
         out.extend_from_slice(b"\r\n");
         framing
-    }
-
-    /// Writes the request body frames until the body ends.
-    fn poll_send_body(
-        &mut self,
-        cx: &mut Context<'_>,
-        s: &mut Sending,
-    ) -> Poll<Result<(), Http1Error>> {
-        loop {
-            ready!(poll_write_from(&mut self.io, cx, &self.out, &mut s.written))?;
-            if let Some(data) = &s.pending {
-                ready!(poll_write_from(
-                    &mut self.io,
-                    cx,
-                    data,
-                    &mut s.pending_written
-                ))?;
-                s.pending = None;
-                s.pending_written = 0;
-                if s.pending_crlf {
-                    s.pending_crlf = false;
-                    self.out.clear();
-                    self.out.extend_from_slice(b"\r\n");
-                    s.written = 0;
-                    continue;
-                }
-            }
-            self.out.clear();
-            s.written = 0;
-            if s.done {
-                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
-                return Poll::Ready(Ok(()));
-            }
-            let chunked = s.framing == RequestFraming::Chunked;
-            match ready!(Pin::new(&mut s.body).poll_frame(cx)) {
-                None => {
-                    s.done = true;
-                    if chunked {
-                        self.out.extend_from_slice(b"0\r\n\r\n");
-                    }
-                }
-                Some(Err(e)) => return Poll::Ready(Err(Http1Error::RequestBody(e))),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if chunked {
-                            self.out
-                                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-                        }
-                        if data.len() <= COALESCE {
-                            self.out.extend_from_slice(&data);
-                            if chunked {
-                                self.out.extend_from_slice(b"\r\n");
-                            }
-                        } else {
-                            // Written from its own buffer, after the size line.
-                            s.pending = Some(data);
-                            s.pending_crlf = chunked;
-                        }
-                    }
-                    Err(frame) => {
-                        if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                            self.out.extend_from_slice(b"0\r\n");
-                            for (name, value) in &trailers {
-                                self.out.extend_from_slice(name.as_str().as_bytes());
-                                self.out.extend_from_slice(b": ");
-                                self.out.extend_from_slice(value.as_bytes());
-                                self.out.extend_from_slice(b"\r\n");
-                            }
-                            self.out.extend_from_slice(b"\r\n");
-                            s.done = true;
-                        }
-                    }
-                },
-            }
-        }
     }
 
     /// Reads until a final response head has arrived (1xx other than 101
@@ -441,7 +324,7 @@ impl Http1Conn {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::HeadTooLarge),
-                Err(e) => return Err(Http1Error::Malformed(parse_error(e))),
+                Err(e) => return Err(Http1Error::Malformed(codec::parse_error(e))),
             };
             let code = parsed.code.unwrap_or(0);
             let status = StatusCode::from_u16(code)
@@ -462,35 +345,28 @@ impl Http1Conn {
                 Version::HTTP_11
             };
             // Header values point into the head's bytes: share, do not copy.
-            let base = self.buf.as_ptr() as usize;
-            let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+            let mut spans = [Span::default(); MAX_HEADERS];
             let count = parsed.headers.len();
-            for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
-                let name_at = h.name.as_ptr() as usize - base;
-                let value_at = h.value.as_ptr() as usize - base;
-                *span = (
-                    name_at as u32,
-                    h.name.len() as u32,
-                    value_at as u32,
-                    h.value.len() as u32,
-                );
-            }
+            codec::spans(&self.buf, parsed.headers, &mut spans);
             let head = self.buf.split_to(len).freeze();
             // Room for what the gateway adds (X-Request-Id, a route's
             // response headers) without growing the map.
-            let mut headers = HeaderMap::with_capacity(count + 4);
-            for &(n, nl, v, vl) in &spans[..count] {
-                let name = HeaderName::from_bytes(&head[n as usize..(n + nl) as usize])
-                    .map_err(|_| Http1Error::Malformed("invalid header name"))?;
-                let value =
-                    HeaderValue::from_maybe_shared(head.slice(v as usize..(v + vl) as usize))
-                        .map_err(|_| Http1Error::Malformed("invalid header value"))?;
-                headers.append(name, value);
-            }
-            let (framing, mut keep_alive) = response_framing(status, head_only, &headers)?;
+            let headers =
+                codec::header_map(&head, &spans[..count], 4).map_err(Http1Error::Malformed)?;
+            let (framing, mut keep_alive) = if head_only
+                || status.is_informational()
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED
+            {
+                (Framing::Empty, true)
+            } else {
+                // Content-Length with chunked is read as chunked, then closed.
+                let (framing, suspect) = codec::body_framing(&headers, false)?;
+                (framing, !suspect && framing != Framing::UntilClose)
+            };
             keep_alive &= match version {
-                Version::HTTP_10 => has_token(&headers, "keep-alive"),
-                _ => !has_token(&headers, "close"),
+                Version::HTTP_10 => codec::has_token(&headers, "keep-alive"),
+                _ => !codec::has_token(&headers, "close"),
             };
             return Ok(Some(ParsedHead {
                 status,
@@ -528,39 +404,6 @@ impl Http1Conn {
     }
 }
 
-/// Writes `buf[*written..]`, counting progress in `written` (so that a
-/// write cut short by `Pending` resumes where it stopped).
-fn poll_write_from(
-    io: &mut ConnIo,
-    cx: &mut Context<'_>,
-    buf: &[u8],
-    written: &mut usize,
-) -> Poll<io::Result<()>> {
-    while *written < buf.len() {
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, &buf[*written..]))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)));
-        }
-        *written += n;
-    }
-    Poll::Ready(Ok(()))
-}
-
-/// The request body on its way out.
-struct Sending {
-    body: Body,
-    framing: RequestFraming,
-    done: bool,
-    /// A large data frame being written from its own buffer.
-    pending: Option<Bytes>,
-    /// Bytes of `pending` already written.
-    pending_written: usize,
-    /// A chunk's closing CRLF is due once `pending` is written.
-    pending_crlf: bool,
-    /// Bytes of `out` already written.
-    written: usize,
-}
-
 /// A response head, parsed.
 struct ParsedHead {
     status: StatusCode,
@@ -568,113 +411,6 @@ struct ParsedHead {
     headers: HeaderMap,
     framing: Framing,
     keep_alive: bool,
-}
-
-/// How the response body is delimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    /// No body.
-    Empty,
-    /// This many bytes remain.
-    Length(u64),
-    /// Chunked, in this state.
-    Chunked(Chunk),
-    /// Until the target closes the connection.
-    UntilClose,
-    /// Read to its end.
-    Done,
-}
-
-/// Where a chunked body's decoder stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
-    /// Expecting a chunk-size line.
-    Size,
-    /// This many bytes of chunk data remain.
-    Data(u64),
-    /// Expecting the CRLF after chunk data.
-    DataEnd,
-    /// After the last chunk: trailer fields, then an empty line.
-    Trailers,
-}
-
-/// RFC 9112 §6.3: the body's framing, and whether the connection can be
-/// reused after it.
-fn response_framing(
-    status: StatusCode,
-    head_only: bool,
-    headers: &HeaderMap,
-) -> Result<(Framing, bool), Http1Error> {
-    if head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((Framing::Empty, true));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Only `chunked` is understood (as nginx): a gzip transfer coding
-        // would otherwise reach the client undeclared.
-        let mut codings = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|t| t.trim_ascii())
-            .filter(|t| !t.is_empty());
-        let chunked = codings
-            .next()
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        if !chunked || codings.next().is_some() {
-            return Err(Http1Error::Malformed("unsupported Transfer-Encoding"));
-        }
-        // With Content-Length as well, the message is suspect (smuggling):
-        // read it as chunked, then close.
-        let reusable = !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok((Framing::Chunked(Chunk::Size), reusable));
-    }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || !part.iter().all(u8::is_ascii_digit) || part.len() > 19 {
-                return Err(Http1Error::BadContentLength);
-            }
-            let n: u64 = std::str::from_utf8(part)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or(Http1Error::BadContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Http1Error::BadContentLength);
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => (Framing::Empty, true),
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::UntilClose, false),
-    })
-}
-
-/// Whether a Connection header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-fn parse_error(e: httparse::Error) -> &'static str {
-    match e {
-        httparse::Error::HeaderName => "invalid header name",
-        httparse::Error::HeaderValue => "invalid header value",
-        httparse::Error::NewLine => "invalid line ending",
-        httparse::Error::Status => "invalid status line",
-        httparse::Error::Token => "invalid token",
-        httparse::Error::Version => "not HTTP/1.x",
-        httparse::Error::TooManyHeaders => "too many header fields",
-    }
 }
 
 /// A response body read from the connection as the client side asks for
@@ -722,141 +458,40 @@ impl ResponseBody {
         poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
     }
 
-    /// Takes up to `max` buffered bytes as one data frame (none without a connection).
-    fn take(&mut self, max: u64) -> Bytes {
-        match self.conn.as_mut() {
-            Some(conn) => {
-                let n = (conn.buf.len() as u64).min(max) as usize;
-                conn.buf.split_to(n).freeze()
-            }
-            None => Bytes::new(),
-        }
-    }
-
-    fn buffered(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.buf.is_empty())
-    }
-
-    /// One step of the chunked decoder: a frame, the end, or a read.
-    fn poll_chunked(
+    /// The next frame: decoded from the buffer, or after reading more.
+    fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
         loop {
-            let Framing::Chunked(state) = self.framing else {
-                return Poll::Ready(None);
+            let decoded = match self.conn.as_mut() {
+                Some(conn) => self.framing.decode(&mut conn.buf)?,
+                None if self.framing.is_end() => Decoded::End,
+                None => return Poll::Ready(Some(Err(Http1Error::ClosedInBody))),
             };
-            let Some(conn) = self.conn.as_mut() else {
-                return Poll::Ready(Some(Err(Http1Error::ClosedInBody)));
-            };
-            let buf = &mut conn.buf;
-            match state {
-                Chunk::Size => match memchr::memmem::find(buf, b"\r\n") {
-                    Some(end) => {
-                        let size = parse_chunk_size(&buf[..end])?;
-                        buf.advance(end + 2);
-                        self.framing = Framing::Chunked(if size == 0 {
-                            Chunk::Trailers
-                        } else {
-                            Chunk::Data(size)
-                        });
-                        continue;
-                    }
-                    None if buf.len() > MAX_CHUNK_LINE => {
-                        return Poll::Ready(Some(Err(Http1Error::BadChunk(
-                            "chunk-size line too long",
-                        ))));
-                    }
-                    None => {}
-                },
-                Chunk::Data(left) => {
-                    if !buf.is_empty() {
-                        let n = (buf.len() as u64).min(left) as usize;
-                        let data = buf.split_to(n).freeze();
-                        let left = left - n as u64;
-                        self.framing = Framing::Chunked(if left == 0 {
-                            Chunk::DataEnd
-                        } else {
-                            Chunk::Data(left)
-                        });
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
+            match decoded {
+                Decoded::Frame(frame) => {
+                    // The last bytes: give the connection back now, not on
+                    // the next poll.
+                    self.release_if_done();
+                    return Poll::Ready(Some(Ok(frame)));
                 }
-                Chunk::DataEnd => {
-                    if buf.len() >= 2 {
-                        if &buf[..2] != b"\r\n" {
-                            return Poll::Ready(Some(Err(Http1Error::BadChunk(
-                                "chunk data not followed by CRLF",
-                            ))));
+                Decoded::End => {
+                    self.release_if_done();
+                    return Poll::Ready(None);
+                }
+                Decoded::More(want) => {
+                    if ready!(self.poll_fill(cx, want))? == 0 {
+                        if self.framing == Framing::UntilClose {
+                            self.framing = Framing::Done;
+                            self.conn = None;
+                            return Poll::Ready(None);
                         }
-                        buf.advance(2);
-                        self.framing = Framing::Chunked(Chunk::Size);
-                        continue;
-                    }
-                }
-                Chunk::Trailers => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        self.framing = Framing::Done;
-                        self.release_if_done();
-                        return Poll::Ready(None);
-                    }
-                    if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
-                        let block = buf.split_to(end + 4).freeze();
-                        let trailers = parse_trailers(&block)?;
-                        self.framing = Framing::Done;
-                        self.release_if_done();
-                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                    }
-                    if buf.len() > MAX_HEAD {
-                        return Poll::Ready(Some(Err(Http1Error::HeadTooLarge)));
+                        return Poll::Ready(Some(Err(Http1Error::ClosedInBody)));
                     }
                 }
             }
-            let want = match state {
-                Chunk::Data(left) => left,
-                _ => 0,
-            };
-            let n = ready!(self.poll_fill(cx, want))?;
-            if n == 0 {
-                return Poll::Ready(Some(Err(Http1Error::ClosedInBody)));
-            }
         }
-    }
-}
-
-/// The size of a chunk from its size line (extensions after `;` ignored).
-fn parse_chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
-    let digits = line
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err(Http1Error::BadChunk("invalid chunk size"));
-    }
-    let text =
-        std::str::from_utf8(digits).map_err(|_| Http1Error::BadChunk("invalid chunk size"))?;
-    u64::from_str_radix(text, 16).map_err(|_| Http1Error::BadChunk("invalid chunk size"))
-}
-
-/// Trailer fields (`name: value` lines ending with an empty line).
-fn parse_trailers(block: &Bytes) -> Result<HeaderMap, Http1Error> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::parse_headers(block, &mut fields) {
-        Ok(httparse::Status::Complete((_, parsed))) => {
-            let mut map = HeaderMap::with_capacity(parsed.len());
-            for h in parsed {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| Http1Error::BadChunk("invalid trailer name"))?;
-                let value = HeaderValue::from_bytes(h.value)
-                    .map_err(|_| Http1Error::BadChunk("invalid trailer value"))?;
-                map.append(name, value);
-            }
-            Ok(map)
-        }
-        Ok(httparse::Status::Partial) => Err(Http1Error::BadChunk("incomplete trailers")),
-        Err(_) => Err(Http1Error::BadChunk("invalid trailers")),
     }
 }
 
@@ -868,83 +503,30 @@ impl HttpBody for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
-        let this = &mut *self;
-        loop {
-            match this.framing {
-                Framing::Empty | Framing::Done | Framing::Length(0) => {
-                    this.release_if_done();
-                    return Poll::Ready(None);
-                }
-                Framing::Length(left) => {
-                    if this.buffered() {
-                        let data = this.take(left);
-                        this.framing = Framing::Length(left - data.len() as u64);
-                        // The last bytes: give the connection back now, not
-                        // on the next poll.
-                        this.release_if_done();
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(this.poll_fill(cx, left)) {
-                        Ok(0) => {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(Http1Error::ClosedInBody)));
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(e.into())));
-                        }
-                    }
-                }
-                Framing::UntilClose => {
-                    if this.buffered() {
-                        let data = this.take(u64::MAX);
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    }
-                    match ready!(this.poll_fill(cx, READ_MAX as u64)) {
-                        Ok(0) => {
-                            this.framing = Framing::Done;
-                            this.conn = None;
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            this.conn = None;
-                            return Poll::Ready(Some(Err(e.into())));
-                        }
-                    }
-                }
-                Framing::Chunked(_) => {
-                    let polled = this.poll_chunked(cx);
-                    if let Poll::Ready(Some(Err(_))) = &polled {
-                        this.conn = None;
-                        this.home = None;
-                        this.framing = Framing::Done;
-                    }
-                    return polled;
-                }
-            }
+        let polled = self.poll_next(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            // A broken body leaves the connection mid-message: never reused.
+            self.conn = None;
+            self.home = None;
+            self.framing = Framing::Done;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(
-            self.framing,
-            Framing::Empty | Framing::Done | Framing::Length(0)
-        )
+        self.framing.is_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Empty | Framing::Done => SizeHint::with_exact(0),
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ => SizeHint::default(),
-        }
+        self.framing.size_hint()
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::codec::COALESCE;
+    use http::HeaderValue;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
