@@ -31,7 +31,51 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+use crate::server::http1::RequestBody;
 use crate::upstream::client::UpstreamBody;
+
+/// A request body as the client sends it: none, or read from an HTTP/1
+/// connection by portcullis, or an HTTP/2 stream from hyper.
+pub enum ClientBody {
+    /// No body.
+    Empty,
+    /// Read from an HTTP/1 connection.
+    Http1(RequestBody),
+    /// An HTTP/2 stream's data.
+    Http2(Incoming),
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Http1(body) => body.is_end_stream(),
+            ClientBody::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Http1(body) => body.size_hint(),
+            ClientBody::Http2(body) => body.size_hint(),
+        }
+    }
+}
 
 /// What the pipeline learns from a request body while it streams upstream.
 #[derive(Debug, Default)]
@@ -45,7 +89,7 @@ pub struct BodyStats {
 /// A request body on its way upstream: counts the bytes (for the access log)
 /// and stops the stream once it exceeds the listener's `max_body`.
 pub struct LimitedBody {
-    inner: Incoming,
+    inner: ClientBody,
     limit: Option<u64>,
     seen: u64,
     stats: Arc<BodyStats>,
@@ -58,7 +102,7 @@ pub struct BodyTooLarge;
 
 impl LimitedBody {
     /// Wraps a client body; `stats` reports back to the pipeline.
-    pub fn new(inner: Incoming, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
+    pub fn new(inner: ClientBody, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
         LimitedBody {
             inner,
             limit,
@@ -89,7 +133,7 @@ impl HttpBody for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

@@ -11,7 +11,6 @@ use bytes::Bytes;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use hyper_util::rt::TokioIo;
 
 use super::body::{Body, BodyStats, from_upstream};
 use super::context::RequestCtx;
@@ -19,6 +18,7 @@ use super::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
 use super::pipeline::Connection;
 use super::problem::problem;
 use crate::config::snapshot::RouteEntry;
+use crate::server::http1::ClientUpgrade;
 use crate::server::proxy_protocol::Prefixed;
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::Admitted;
@@ -60,8 +60,10 @@ pub async fn forward(
         source: ctx.client,
         destination: conn.local,
     };
-    let upgrade = is_upgrade(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // The HTTP/1 server marks a request that asks for an upgrade (and will
+    // hand over the connection after a 101).
+    let client_upgrade = req.extensions_mut().remove::<ClientUpgrade>();
+    let upgrade = client_upgrade.is_some();
     let Some(path_and_query) = upstream_path(&req, route) else {
         return fail(
             StatusCode::BAD_REQUEST,
@@ -198,7 +200,7 @@ async fn send_once(
     path_and_query: &PathAndQuery,
     request: Request<Body>,
     peers: Peers,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     admitted: Option<Admitted>,
     body_stats: &BodyStats,
 ) -> Forwarded {
@@ -279,7 +281,7 @@ fn relay(
     upstream: &Upstream,
     index: usize,
     outcome: Result<Sent, AttemptError>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     guards: Guards,
     body_stats: &BodyStats,
 ) -> Forwarded {
@@ -404,32 +406,17 @@ struct AttemptError {
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: Upgraded, _guards: Guards) {
-    let client = match client.await {
-        Ok(io) => io,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
+async fn tunnel(client: ClientUpgrade, upstream: Upgraded, _guards: Guards) {
+    let Some((client, client_early)) = client.connection().await else {
+        tracing::debug!("the 101 did not reach the client; no tunnel");
+        return;
     };
-    let mut client = TokioIo::new(client);
-    // Bytes the target sent right behind its 101 come first.
+    // Bytes either side sent right behind its request or its 101 come first.
+    let mut client = Prefixed::new(client_early.to_vec(), client);
     let mut upstream = Prefixed::new(upstream.early.to_vec(), upstream.io);
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }
-}
-
-fn is_upgrade(req: &Request<Body>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
 /// The path and query to send upstream, with the route's rewrite applied.

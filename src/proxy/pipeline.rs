@@ -26,9 +26,8 @@ use std::time::Instant;
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use super::body::{Body, BodyStats, LimitedBody};
+use super::body::{Body, BodyStats, ClientBody, LimitedBody};
 use super::context::{Activity, RequestCtx};
 use super::forward::{self, Forwarded};
 use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
@@ -64,7 +63,7 @@ pub struct Connection {
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     conn: Arc<Connection>,
     rt: Arc<Runtime>,
 ) -> Result<Response<Body>, Infallible> {
@@ -272,7 +271,7 @@ fn normalize_request_path<B>(req: &mut Request<B>) -> Result<(), http::Error> {
 }
 
 /// The binding for a request whose path [`normalize_request_path`] has cleaned.
-fn find_route<'a>(listener: &'a ListenerPlan, req: &Request<Incoming>) -> Option<&'a Binding> {
+fn find_route<'a>(listener: &'a ListenerPlan, req: &Request<ClientBody>) -> Option<&'a Binding> {
     listener
         .routes
         .find(
@@ -287,7 +286,7 @@ fn find_route<'a>(listener: &'a ListenerPlan, req: &Request<Incoming>) -> Option
 
 fn check_limits(
     limits: &Limits,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     ctx: &RequestCtx,
 ) -> Option<Response<Body>> {
     let headers = req.headers();

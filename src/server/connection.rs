@@ -9,18 +9,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::http1::{self, ClientIo, Ended};
 use super::proxy_protocol::{self, Prefixed};
 use super::tls;
-use crate::config::snapshot::ListenerPlan;
+use crate::config::snapshot::{Limits, ListenerPlan};
 use crate::l4::{self, L4Plan};
+use crate::proxy::body::ClientBody;
 use crate::proxy::context::{Activity, IdleCheck};
 use crate::proxy::headers;
 use crate::proxy::pipeline::{self, Connection};
@@ -64,18 +67,25 @@ pub async fn serve(
     match &plan.l4 {
         None => {}
         Some(L4Plan::Tcp(upstream)) => {
-            return l4::tcp::serve(stream, client, destination, upstream, &plan.name).await;
+            return Box::pin(l4::tcp::serve(
+                stream,
+                client,
+                destination,
+                upstream,
+                &plan.name,
+            ))
+            .await;
         }
         Some(L4Plan::Tls(routes)) => {
             let hello_timeout = plan.limits.header_read_timeout;
-            return l4::tls_passthrough::serve(
+            return Box::pin(l4::tls_passthrough::serve(
                 stream,
                 client,
                 destination,
                 routes,
                 hello_timeout,
                 &plan.name,
-            )
+            ))
             .await;
         }
         // UDP listeners have their own socket loop and never accept streams.
@@ -93,13 +103,15 @@ pub async fn serve(
                 subject_header: None,
                 activity: Activity::new(),
             };
-            serve_http(stream, conn, &plan, rt, shutdown).await;
+            serve_http(stream, conn, &plan, rt, shutdown, false).await;
         }
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            let handshake =
-                tokio::time::timeout(plan.limits.header_read_timeout, acceptor.accept(stream))
-                    .await;
+            let handshake = tokio::time::timeout(
+                plan.limits.header_read_timeout,
+                Box::pin(acceptor.accept(stream)),
+            )
+            .await;
             let tls_stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -123,53 +135,46 @@ pub async fn serve(
                 subject_header: plan.client_subject_header.clone(),
                 activity: Activity::new(),
             };
-            serve_http(tls_stream, conn, &plan, rt, shutdown).await;
+            let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(tls_stream, conn, &plan, rt, shutdown, alpn_h2).await;
         }
     }
 }
 
+/// Serves HTTP on an accepted (and, for TLS, handshaken) connection:
+/// HTTP/2 when ALPN chose it or the client opens with the HTTP/2 preface,
+/// HTTP/1.1 otherwise. A watchdog closes connections that stay idle for
+/// `header_read_timeout` between requests.
 async fn serve_http<I>(
     io: I,
     conn: Connection,
     plan: &ListenerPlan,
     rt: Arc<Runtime>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    alpn_h2: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = plan.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No header_read_timeout here: hyper would arm (and allocate) a timer
-    // for every request head. The connection's watchdog below enforces the
-    // same limit with one timer per connection.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // hyper's default is 30s once a timer is set: turn it off explicitly.
-        .header_read_timeout(None)
-        // The pipeline answers 431 with problem+json up to the configured
-        // limits; hyper's own caps sit above them as a hard stop.
-        .max_headers(limits.max_headers.saturating_mul(2).max(100))
-        .max_buf_size(limits.max_header_size.saturating_mul(2).max(16 * 1024));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(
-            u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
-        );
     let activity = conn.activity.clone();
     let conn = Arc::new(conn);
-    let service = service_fn(move |req| pipeline::handle(req, conn.clone(), rt.clone()));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    // The watch guard must not live across the await below (it is not Send),
-    // so the drain signal is reduced to a plain value first.
-    let draining = async move { shutdown.wait_for(|stop| *stop).await.is_ok() };
+    let served = async {
+        let io: ClientIo = Box::new(io);
+        if alpn_h2 {
+            return Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await;
+        }
+        match http1::serve(io, conn.clone(), limits, rt.clone(), shutdown.clone()).await {
+            Ended::Closed => {}
+            Ended::Http2(io, read) => {
+                let io = Prefixed::new(read.to_vec(), io);
+                Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await
+            }
+        }
+    };
     // From connecting, and from the end of each response, an HTTP/1 client
-    // has header_read_timeout to send a complete request head (also while
-    // the protocol is still being detected: a client that sends nothing, or
-    // an HTTP/2 preface and no request). HTTP/2 connections are left alone
-    // once their first request has come.
+    // has header_read_timeout to send a complete request head (also an
+    // HTTP/2 client that sends a preface and no request). HTTP/2
+    // connections are left alone once their first request has come.
     let idle_watchdog = async {
         loop {
             match activity.check(limits.header_read_timeout) {
@@ -180,14 +185,45 @@ async fn serve_http<I>(
         }
     };
     tokio::select! {
+        _ = served => {}
+        _ = idle_watchdog => {
+            tracing::debug!("no request head within header_read_timeout; closing the connection");
+        }
+    }
+}
+
+/// Serves HTTP/2 with hyper until the client leaves, or finishes the
+/// streams in flight once `shutdown` turns true.
+async fn serve_h2<I>(
+    io: I,
+    conn: Arc<Connection>,
+    limits: Limits,
+    rt: Arc<Runtime>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // The pipeline answers 431 with problem+json up to the configured
+        // limit; hyper's own cap sits above it as a hard stop.
+        .max_header_list_size(
+            u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    let service = service_fn(move |req: Request<Incoming>| {
+        pipeline::handle(req.map(ClientBody::Http2), conn.clone(), rt.clone())
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    // The watch guard must not live across the await below (it is not Send),
+    // so the drain signal is reduced to a plain value first.
+    let draining = async move { shutdown.wait_for(|stop| *stop).await.is_ok() };
+    tokio::select! {
         res = connection.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            return;
-        }
-        _ = idle_watchdog => {
-            tracing::debug!("no request head within header_read_timeout; closing the connection");
             return;
         }
         _ = draining => {}

@@ -6,6 +6,7 @@
 //! running configuration untouched.
 
 pub mod connection;
+pub mod http1;
 pub mod proxy_protocol;
 pub mod runtime;
 pub mod tls;

@@ -1,0 +1,722 @@
+//! HTTP/1.1 toward clients, driven by the connection's own task.
+//!
+//! One loop per connection: wait for a request head without holding a
+//! buffer (an idle keep-alive connection costs its socket and this task,
+//! not 24 KiB of buffers), parse it with httparse into a `Request` whose
+//! header values share the head's bytes, run the pipeline, and write the
+//! response with the framing its body calls for. The request body reads
+//! the connection itself, in the request's task, when the pipeline asks
+//! for it; once the response is ready the loop takes the connection back.
+//!
+//! Framing is strict (RFC 9112): a request with both Transfer-Encoding and
+//! Content-Length, a transfer coding other than `chunked`, or Content-Length
+//! values that disagree is refused (400, 501) and the connection closed, so
+//! that no two parsers can read one request differently. `Expect:
+//! 100-continue` is answered when the body is first read. A request that
+//! asks for an upgrade gets the connection handed to its tunnel after the
+//! 101. A connection that opens with the HTTP/2 preface is handed back to
+//! the caller for HTTP/2.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, Request, StatusCode, Uri, Version};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{oneshot, watch};
+use tokio_util::io::poll_read_buf;
+
+use crate::codec::{
+    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Span,
+    WriteError, poll_write_from,
+};
+use crate::config::snapshot::Limits;
+use crate::proxy::body::ClientBody;
+use crate::proxy::headers::new_request_id;
+use crate::proxy::pipeline::{self, Connection};
+use crate::proxy::problem::problem;
+use crate::server::runtime::Runtime;
+
+/// A client connection's byte stream (plain TCP or TLS).
+pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientStream for T {}
+
+/// A client connection, boxed so that one server loop serves TCP and TLS.
+pub type ClientIo = Box<dyn ClientStream>;
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes read from an idle connection before a buffer is allocated.
+const FIRST_READ: usize = 4 * 1024;
+/// Header fields parsed without a heap allocation.
+const STACK_FIELDS: usize = 256;
+/// How long unread request bytes are drained before closing, so that the
+/// client reads the answer instead of a reset.
+const LINGER: Duration = Duration::from_secs(2);
+/// The most bytes drained while lingering.
+const LINGER_BYTES: usize = 1024 * 1024;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// How a connection's HTTP/1 service ended.
+pub enum Ended {
+    /// Closed, by either side or because the server is draining.
+    Closed,
+    /// The client opened with the HTTP/2 preface: the connection and the
+    /// bytes read so far, for the HTTP/2 server.
+    Http2(ClientIo, Bytes),
+}
+
+/// The parser's hard limits, above the listener's own (which the pipeline
+/// checks and answers with problem+json): past these the head is not even
+/// read.
+#[derive(Clone, Copy)]
+struct Caps {
+    head_bytes: usize,
+    fields: usize,
+}
+
+impl Caps {
+    fn new(limits: &Limits) -> Caps {
+        Caps {
+            head_bytes: limits.max_header_size.saturating_mul(2).max(16 * 1024),
+            fields: limits.max_headers.saturating_mul(2).max(100),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 requests on `io` until the client leaves, a response
+/// says close, or `shutdown` turns true between requests.
+pub async fn serve(
+    mut io: ClientIo,
+    conn: Arc<Connection>,
+    limits: Limits,
+    rt: Arc<Runtime>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ended {
+    let caps = Caps::new(&limits);
+    let mut buf = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        if buf.is_empty() {
+            // Idle: hold no buffers while waiting for the next request.
+            drop(std::mem::take(&mut buf));
+            out = Vec::new();
+            let read = first_bytes(&mut io);
+            tokio::select! {
+                biased;
+                got = read => match got {
+                    Ok(Some(bytes)) => buf = bytes,
+                    _ => return Ended::Closed,
+                },
+                _ = shutdown.wait_for(|stop| *stop) => return Ended::Closed,
+            }
+        }
+        let head = match read_head(&mut io, &mut buf, caps, first).await {
+            Ok(Some(Head::Request(head))) => head,
+            Ok(Some(Head::Http2)) => return Ended::Http2(io, buf.freeze()),
+            Ok(None) => return Ended::Closed,
+            Err(refusal) => {
+                refuse(&mut io, &mut out, refusal).await;
+                return Ended::Closed;
+            }
+        };
+        first = false;
+        let Parsed {
+            method,
+            uri,
+            version,
+            headers,
+        } = head;
+        let framing = match codec::body_framing(&headers, true) {
+            Ok((framing, _)) => framing,
+            Err(e) => {
+                refuse(&mut io, &mut out, Refusal::Framing(e)).await;
+                return Ended::Closed;
+            }
+        };
+        let mut keep_alive = match version {
+            Version::HTTP_10 => codec::has_token(&headers, "keep-alive"),
+            _ => !codec::has_token(&headers, "close"),
+        };
+        let head_only = method == Method::HEAD;
+        let wants_upgrade = version == Version::HTTP_11
+            && headers.contains_key(header::UPGRADE)
+            && codec::has_token(&headers, "upgrade");
+        let expects_continue = version == Version::HTTP_11
+            && framing != Framing::Empty
+            && headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+
+        let mut req = Request::new(ClientBody::Empty);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        let mut upgrade_to = None;
+        if wants_upgrade {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            upgrade_to = Some(tx);
+        }
+        // With a body, the connection goes with the request until the
+        // response is ready; the body reads it when asked.
+        let reading = (framing != Framing::Empty).then(|| {
+            let shared = Arc::new(Mutex::new(Reading {
+                io: Some(std::mem::replace(&mut io, Box::new(Detached))),
+                buf: std::mem::take(&mut buf),
+                framing,
+                continue_written: expects_continue.then_some(0),
+            }));
+            *req.body_mut() = ClientBody::Http1(RequestBody {
+                shared: shared.clone(),
+            });
+            shared
+        });
+
+        // The pipeline's future is large; boxed, it is not part of what an
+        // idle connection keeps.
+        let mut handling = Box::pin(pipeline::handle(req, conn.clone(), rt.clone()));
+        let response = match &reading {
+            Some(_) => Some(handling.as_mut().await),
+            None => {
+                // Meanwhile, a client that closes its end has gone: the
+                // request is abandoned, as nginx and hyper do.
+                let mut watching = true;
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+                        return Poll::Ready(Some(resp));
+                    }
+                    if watching {
+                        match poll_more(&mut io, &mut buf, cx) {
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                            // Pipelined bytes: kept for the next request.
+                            Poll::Ready(Ok(_)) => watching = false,
+                            Poll::Pending => {}
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            }
+        };
+        drop(handling);
+        let Some(Ok(response)) = response else {
+            tracing::debug!("the client closed the connection before its response");
+            return Ended::Closed;
+        };
+        let mut body_unread = false;
+        if let Some(shared) = reading {
+            let mut r = lock(&shared);
+            match r.io.take() {
+                Some(back) => io = back,
+                None => return Ended::Closed,
+            }
+            buf = std::mem::take(&mut r.buf);
+            body_unread = !r.framing.is_end();
+            // A body left unread ends the connection: its bytes would
+            // otherwise be read as the next request.
+            keep_alive &= !body_unread;
+        }
+        if *shutdown.borrow() {
+            keep_alive = false;
+        }
+
+        let (parts, body) = response.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(tx) = upgrade_to.take()
+        {
+            out.clear();
+            encode_head(&mut out, &parts, ResponseFraming::Headers, true);
+            let mut written = 0;
+            let sent =
+                std::future::poll_fn(|cx| poll_write_from(&mut io, cx, &out, &mut written)).await;
+            if sent.is_ok() && io.flush().await.is_ok() {
+                drop(body);
+                let _ = tx.send((io, buf.freeze()));
+            }
+            return Ended::Closed;
+        }
+        drop(upgrade_to);
+        let framing = if head_only
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED
+        {
+            ResponseFraming::Headers
+        } else {
+            // A body that does not know its length (a file stream) may
+            // still come with the Content-Length it will have.
+            let declared = || codec::content_length(&parts.headers).ok().flatten();
+            match body.size_hint().exact().or_else(declared) {
+                Some(len) => ResponseFraming::Length(len),
+                None if version == Version::HTTP_11 => ResponseFraming::Chunked,
+                None => {
+                    // An HTTP/1.0 client learns the end from the close.
+                    keep_alive = false;
+                    ResponseFraming::UntilClose
+                }
+            }
+        };
+        out.clear();
+        let outgoing = encode_head(&mut out, &parts, framing, keep_alive);
+        if version == Version::HTTP_10 && keep_alive {
+            // encode_head wrote the head's last CRLF; this goes before it.
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
+        }
+        let mut writer = BodyWriter::new(body, outgoing);
+        let written = std::future::poll_fn(|cx| writer.poll_write(&mut io, &mut out, cx)).await;
+        match written {
+            Ok(()) => {}
+            Err(WriteError::Io(e)) => {
+                tracing::debug!(error = %e, "writing the response failed");
+                return Ended::Closed;
+            }
+            Err(WriteError::Body(e)) => {
+                // Mid-body: closing is the only way left to say so.
+                tracing::debug!(error = %e, "the response body failed; closing the connection");
+                return Ended::Closed;
+            }
+        }
+        drop(writer);
+        if !keep_alive {
+            if body_unread {
+                linger(&mut io).await;
+            } else {
+                let _ = io.shutdown().await;
+            }
+            return Ended::Closed;
+        }
+    }
+}
+
+/// Waits for an idle connection's next bytes, reading them onto the stack
+/// and only then into a new buffer. `None` when the client closed.
+async fn first_bytes(io: &mut ClientIo) -> io::Result<Option<BytesMut>> {
+    std::future::poll_fn(|cx| {
+        let mut stack = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut read = ReadBuf::uninit(&mut stack);
+        ready!(Pin::new(&mut **io).poll_read(cx, &mut read))?;
+        let got = read.filled();
+        if got.is_empty() {
+            return Poll::Ready(Ok(None));
+        }
+        let mut buf = BytesMut::with_capacity(FIRST_READ);
+        buf.extend_from_slice(got);
+        Poll::Ready(Ok(Some(buf)))
+    })
+    .await
+}
+
+/// Reads whatever the client sends next into `buf`; `Ok(0)` at its end.
+fn poll_more(
+    io: &mut ClientIo,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_MIN);
+    }
+    poll_read_buf(Pin::new(&mut **io), cx, buf)
+}
+
+/// What a complete head turned out to be.
+// Returned once per request and taken apart at once: boxing the large
+// variant would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Head {
+    /// An HTTP/1 request.
+    Request(Parsed),
+    /// The HTTP/2 connection preface.
+    Http2,
+}
+
+/// A request head, parsed.
+struct Parsed {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Why a request was refused before it reached the pipeline.
+#[derive(Debug)]
+enum Refusal {
+    /// The head is not valid HTTP/1.x.
+    Malformed(&'static str),
+    /// The head is larger than the parser's cap, or has too many fields.
+    TooLarge,
+    /// The body's framing is refused.
+    Framing(FramingError),
+    /// The connection failed while reading the head.
+    Io(io::Error),
+}
+
+/// Reads until `buf` holds a complete head and parses it. `None` when the
+/// client closed (between requests, or halfway through a head).
+async fn read_head(
+    io: &mut ClientIo,
+    buf: &mut BytesMut,
+    caps: Caps,
+    first: bool,
+) -> Result<Option<Head>, Refusal> {
+    loop {
+        if first && PREFACE.starts_with(&buf[..buf.len().min(PREFACE.len())]) {
+            if buf.len() >= PREFACE.len() {
+                return Ok(Some(Head::Http2));
+            }
+        } else if let Some(head) = parse_head(buf, caps)? {
+            return Ok(Some(Head::Request(head)));
+        }
+        if buf.len() >= caps.head_bytes {
+            return Err(Refusal::TooLarge);
+        }
+        let n = std::future::poll_fn(|cx| poll_more(io, buf, cx))
+            .await
+            .map_err(Refusal::Io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Parses a complete request head off the front of `buf`, or `None` when
+/// more bytes are needed.
+fn parse_head(buf: &mut BytesMut, caps: Caps) -> Result<Option<Parsed>, Refusal> {
+    let mut stack = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_FIELDS];
+    let mut heap;
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if caps.fields <= STACK_FIELDS {
+        &mut stack[..caps.fields]
+    } else {
+        heap = vec![MaybeUninit::uninit(); caps.fields];
+        &mut heap
+    };
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, fields) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+        Err(e) => return Err(Refusal::Malformed(codec::parse_error(e))),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Refusal::Malformed("invalid method"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let path = parsed.path.unwrap_or_default();
+    let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let path_span = path_at..path_at + path.len();
+    let count = parsed.headers.len();
+    let mut spans = [Span::default(); STACK_FIELDS];
+    let mut spans_heap;
+    let spans: &mut [Span] = if count <= STACK_FIELDS {
+        &mut spans[..count]
+    } else {
+        spans_heap = vec![Span::default(); count];
+        &mut spans_heap
+    };
+    codec::spans(buf, parsed.headers, spans);
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_span))
+        .map_err(|_| Refusal::Malformed("invalid request target"))?;
+    // Room for what the pipeline adds (X-Forwarded-*, X-Request-Id)
+    // without growing the map.
+    let headers = codec::header_map(&head, spans, 6).map_err(Refusal::Malformed)?;
+    Ok(Some(Parsed {
+        method,
+        uri,
+        version,
+        headers,
+    }))
+}
+
+/// Answers a refused request with problem+json and closes the connection.
+async fn refuse(io: &mut ClientIo, out: &mut Vec<u8>, refusal: Refusal) {
+    let (status, detail) = match &refusal {
+        Refusal::Io(e) => {
+            tracing::debug!(error = %e, "reading a request head failed");
+            return;
+        }
+        Refusal::Malformed(what) => (StatusCode::BAD_REQUEST, *what),
+        Refusal::TooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the request head is too large",
+        ),
+        Refusal::Framing(FramingError::UnsupportedTransferEncoding) => (
+            StatusCode::NOT_IMPLEMENTED,
+            "only the chunked transfer coding is accepted",
+        ),
+        Refusal::Framing(FramingError::Ambiguous) => (
+            StatusCode::BAD_REQUEST,
+            "the request has both Transfer-Encoding and Content-Length",
+        ),
+        Refusal::Framing(_) => (
+            StatusCode::BAD_REQUEST,
+            "the request's Content-Length is invalid",
+        ),
+    };
+    tracing::debug!(?refusal, "refusing a request");
+    let id = new_request_id();
+    let mut resp = problem(status, detail, id.to_str().unwrap_or("-"));
+    resp.headers_mut()
+        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), id);
+    let (parts, body) = resp.into_parts();
+    out.clear();
+    let len = body.size_hint().exact().unwrap_or(0);
+    let outgoing = encode_head(out, &parts, ResponseFraming::Length(len), false);
+    let mut writer = BodyWriter::new(body, outgoing);
+    if std::future::poll_fn(|cx| writer.poll_write(io, out, cx))
+        .await
+        .is_ok()
+    {
+        linger(io).await;
+    }
+}
+
+/// Closes our side, then reads and drops what the client still sends (for
+/// a while), so that its unread bytes do not turn the close into a reset
+/// that would destroy the answer before the client has read it.
+async fn linger(io: &mut ClientIo) {
+    let _ = io.shutdown().await;
+    let until = Instant::now() + LINGER;
+    let mut drained = 0;
+    let mut scratch = vec![0u8; 16 * 1024];
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(
+            until.into(),
+            tokio::io::AsyncReadExt::read(io, &mut scratch),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
+/// How a response's body goes on the wire.
+#[derive(Clone, Copy)]
+enum ResponseFraming {
+    /// No body whatever the headers say (HEAD, 1xx, 204, 304): the
+    /// headers, Content-Length included, pass as they are.
+    Headers,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients).
+    UntilClose,
+}
+
+/// Writes the status line and header fields (with Date when the response
+/// has none, the framing header, and `connection: close` when the
+/// connection ends after this response).
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    framing: ResponseFraming,
+    keep_alive: bool,
+) -> Outgoing {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    let outgoing = match framing {
+        ResponseFraming::Headers => {
+            codec::write_fields(out, &parts.headers, |_| false);
+            Outgoing::None
+        }
+        ResponseFraming::Length(len) => {
+            codec::write_fields(out, &parts.headers, is_framing);
+            codec::write_framing(out, Some(len), true)
+        }
+        ResponseFraming::Chunked => {
+            codec::write_fields(out, &parts.headers, is_framing);
+            codec::write_framing(out, None, true)
+        }
+        ResponseFraming::UntilClose => {
+            codec::write_fields(out, &parts.headers, is_framing);
+            Outgoing::AsIs
+        }
+    };
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    outgoing
+}
+
+fn is_framing(name: &header::HeaderName) -> bool {
+    name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING
+}
+
+/// Appends the current time as an HTTP date, formatted once a second per thread.
+fn http_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            *cached = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(cached.1.as_bytes());
+    });
+}
+
+/// The connection of a request that has a body, while the request holds it.
+struct Reading {
+    /// Taken back by the connection loop once the response is ready.
+    io: Option<ClientIo>,
+    buf: BytesMut,
+    framing: Framing,
+    /// `100 Continue` is due before the first read: bytes of it written.
+    continue_written: Option<usize>,
+}
+
+fn lock(shared: &Mutex<Reading>) -> MutexGuard<'_, Reading> {
+    // A panic while reading leaves nothing half-updated that matters here.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An HTTP/1 request body, read from the client connection as it is polled.
+pub struct RequestBody {
+    shared: Arc<Mutex<Reading>>,
+}
+
+/// Why reading a request body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// Reading (or writing `100 Continue`) failed.
+    #[error("client connection: {0}")]
+    Io(#[from] io::Error),
+    /// The body breaks its framing.
+    #[error("request body: {0}")]
+    Framing(#[from] FramingError),
+    /// The client closed the connection before the body's end.
+    #[error("the client closed the connection in the middle of the request body")]
+    Closed,
+    /// The response went out before the body was read.
+    #[error("the request body was abandoned after the response")]
+    Abandoned,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let mut r = lock(&self.shared);
+        let r = &mut *r;
+        let Some(io) = r.io.as_mut() else {
+            if r.framing.is_end() {
+                return Poll::Ready(None);
+            }
+            return Poll::Ready(Some(Err(RequestBodyError::Abandoned)));
+        };
+        if let Some(written) = r.continue_written.as_mut() {
+            ready!(poll_write_from(io, cx, CONTINUE, written))?;
+            ready!(Pin::new(&mut **io).poll_flush(cx))?;
+            r.continue_written = None;
+        }
+        loop {
+            match r.framing.decode(&mut r.buf)? {
+                Decoded::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
+                Decoded::End => return Poll::Ready(None),
+                Decoded::More(want) => {
+                    let step = want.clamp(READ_MIN as u64, READ_MAX as u64) as usize;
+                    r.buf.reserve(step);
+                    if ready!(poll_read_buf(Pin::new(&mut **io), cx, &mut r.buf))? == 0 {
+                        return Poll::Ready(Some(Err(RequestBodyError::Closed)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        lock(&self.shared).framing.is_end()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        lock(&self.shared).framing.size_hint()
+    }
+}
+
+/// The client side of an upgrade, in the request's extensions: resolves to
+/// the connection (and bytes the client sent past its request) once the
+/// 101 has been written. (Extensions must be `Clone`; the first taker
+/// gets the connection.)
+#[derive(Clone)]
+pub struct ClientUpgrade(Arc<Mutex<Option<oneshot::Receiver<Handoff>>>>);
+
+/// A connection handed over after a 101, with the client's bytes read past
+/// its request.
+pub type Handoff = (ClientIo, Bytes);
+
+impl ClientUpgrade {
+    /// The upgraded connection, or `None` if the 101 could not be sent.
+    pub async fn connection(self) -> Option<Handoff> {
+        let receiver = self.0.lock().ok()?.take()?;
+        receiver.await.ok()
+    }
+}
+
+/// Stands in for the connection while a request body holds it.
+struct Detached;
+
+impl AsyncRead for Detached {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+}
+
+impl AsyncWrite for Detached {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
