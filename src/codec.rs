@@ -321,41 +321,78 @@ pub fn parse_error(e: httparse::Error) -> &'static str {
 
 /// Where one header field sits in a head: name and value as offset and length.
 #[derive(Clone, Copy, Default)]
-pub struct Span {
+struct Span {
     name: (u32, u32),
     value: (u32, u32),
 }
 
-/// Records where each parsed field sits relative to `base` (the start of
-/// the parsed buffer), so that the map can be built after the head's bytes
-/// have been split off the buffer and frozen.
-pub fn spans(base: &[u8], fields: &[httparse::Header<'_>], out: &mut [Span]) {
-    let start = base.as_ptr() as usize;
-    for (span, h) in out.iter_mut().zip(fields) {
-        span.name = (
-            (h.name.as_ptr() as usize - start) as u32,
-            h.name.len() as u32,
-        );
-        span.value = (
-            (h.value.as_ptr() as usize - start) as u32,
-            h.value.len() as u32,
-        );
-    }
+/// Header fields kept without a heap allocation (more go to a `Vec`).
+const INLINE_SPANS: usize = 32;
+
+/// Where each parsed field sits relative to the start of the parsed
+/// buffer, so that the header map can be built after the head's bytes have
+/// been split off the buffer and frozen (httparse's fields borrow the
+/// buffer until then).
+pub struct Spans {
+    inline: [Span; INLINE_SPANS],
+    spilled: Vec<Span>,
+    len: usize,
 }
 
-/// The header map of a head, its values sharing `head`'s bytes; `extra`
-/// leaves room for fields the gateway adds, so that the map need not grow.
-pub fn header_map(head: &Bytes, spans: &[Span], extra: usize) -> Result<HeaderMap, &'static str> {
-    let mut headers = HeaderMap::with_capacity(spans.len() + extra);
-    for s in spans {
-        let (n, nl) = (s.name.0 as usize, s.name.1 as usize);
-        let (v, vl) = (s.value.0 as usize, s.value.1 as usize);
-        let name = HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "invalid header name")?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-            .map_err(|_| "invalid header value")?;
-        headers.append(name, value);
+impl Spans {
+    /// Records the fields httparse found in `base`.
+    pub fn new(base: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
+        let start = base.as_ptr() as usize;
+        let span = |h: &httparse::Header<'_>| Span {
+            name: (
+                (h.name.as_ptr() as usize - start) as u32,
+                h.name.len() as u32,
+            ),
+            value: (
+                (h.value.as_ptr() as usize - start) as u32,
+                h.value.len() as u32,
+            ),
+        };
+        let mut spans = Spans {
+            inline: [Span::default(); INLINE_SPANS],
+            spilled: Vec::new(),
+            len: fields.len(),
+        };
+        if fields.len() <= INLINE_SPANS {
+            for (slot, h) in spans.inline.iter_mut().zip(fields) {
+                *slot = span(h);
+            }
+        } else {
+            spans.spilled = fields.iter().map(span).collect();
+        }
+        spans
     }
-    Ok(headers)
+
+    fn as_slice(&self) -> &[Span] {
+        if self.len <= INLINE_SPANS {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+
+    /// The header map of `head` (the bytes the spans were taken from),
+    /// values sharing its bytes; `extra` leaves room for fields the gateway
+    /// adds, so that the map need not grow.
+    pub fn header_map(&self, head: &Bytes, extra: usize) -> Result<HeaderMap, &'static str> {
+        let spans = self.as_slice();
+        let mut headers = HeaderMap::with_capacity(spans.len() + extra);
+        for s in spans {
+            let (n, nl) = (s.name.0 as usize, s.name.1 as usize);
+            let (v, vl) = (s.value.0 as usize, s.value.1 as usize);
+            let name =
+                HeaderName::from_bytes(&head[n..n + nl]).map_err(|_| "invalid header name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                .map_err(|_| "invalid header value")?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 /// Writes `name: value` lines for every field of `headers` but those `skip` rejects.

@@ -48,7 +48,8 @@ pub async fn serve(
     let mut early = Vec::new();
     if plan.proxy_protocol {
         let timeout = plan.limits.header_read_timeout.min(PROXY_HEADER_TIMEOUT);
-        match proxy_protocol::read_header(&mut stream, timeout).await {
+        // Boxed: its buffers are not part of what every connection keeps.
+        match Box::pin(proxy_protocol::read_header(&mut stream, timeout)).await {
             Ok((header, rest)) => {
                 // The header's addresses stand for the client everywhere:
                 // X-Forwarded-For, ip_hash, rate limits and logs.
@@ -106,39 +107,59 @@ pub async fn serve(
             serve_http(stream, conn, &plan, rt, shutdown, false).await;
         }
         Some(config) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            let handshake = tokio::time::timeout(
-                plan.limits.header_read_timeout,
-                Box::pin(acceptor.accept(stream)),
-            )
-            .await;
-            let tls_stream = match handshake {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%client, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%client, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let client_subject = tls::client_subject(tls_stream.get_ref().1)
-                .and_then(|s| HeaderValue::try_from(s).ok());
-            let conn = Connection {
-                listener: plan.name.clone(),
+            // Boxed: the TLS state is not part of a plain connection's task.
+            Box::pin(serve_tls(
+                stream,
                 client,
-                forwarded_for: headers::forwarded_for(client.ip()),
-                local: destination,
-                tls: true,
-                client_subject,
-                subject_header: plan.client_subject_header.clone(),
-                activity: Activity::new(),
-            };
-            let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            serve_http(tls_stream, conn, &plan, rt, shutdown, alpn_h2).await;
+                destination,
+                &plan,
+                config.clone(),
+                rt,
+                shutdown,
+            ))
+            .await;
         }
     }
+}
+
+/// The TLS handshake, then HTTP over it.
+async fn serve_tls(
+    stream: Prefixed<TcpStream>,
+    client: SocketAddr,
+    destination: SocketAddr,
+    plan: &ListenerPlan,
+    config: Arc<rustls::ServerConfig>,
+    rt: Arc<Runtime>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handshake =
+        tokio::time::timeout(plan.limits.header_read_timeout, acceptor.accept(stream)).await;
+    let tls_stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%client, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%client, "TLS handshake timed out");
+            return;
+        }
+    };
+    let client_subject =
+        tls::client_subject(tls_stream.get_ref().1).and_then(|s| HeaderValue::try_from(s).ok());
+    let conn = Connection {
+        listener: plan.name.clone(),
+        client,
+        forwarded_for: headers::forwarded_for(client.ip()),
+        local: destination,
+        tls: true,
+        client_subject,
+        subject_header: plan.client_subject_header.clone(),
+        activity: Activity::new(),
+    };
+    let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(tls_stream, conn, plan, rt, shutdown, alpn_h2).await;
 }
 
 /// Serves HTTP on an accepted (and, for TLS, handshaken) connection:

@@ -28,18 +28,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
-use http::{Method, Request, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, watch};
 use tokio_util::io::poll_read_buf;
 
 use crate::codec::{
-    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Span,
+    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Spans,
     WriteError, poll_write_from,
 };
 use crate::config::snapshot::Limits;
-use crate::proxy::body::ClientBody;
+use crate::proxy::body::{Body, ClientBody};
 use crate::proxy::headers::new_request_id;
 use crate::proxy::pipeline::{self, Connection};
 use crate::proxy::problem::problem;
@@ -95,41 +95,87 @@ impl Caps {
 /// Serves HTTP/1.1 requests on `io` until the client leaves, a response
 /// says close, or `shutdown` turns true between requests.
 pub async fn serve(
-    mut io: ClientIo,
+    io: ClientIo,
     conn: Arc<Connection>,
     limits: Limits,
     rt: Arc<Runtime>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Ended {
-    let caps = Caps::new(&limits);
-    let mut buf = BytesMut::new();
-    let mut out: Vec<u8> = Vec::new();
-    let mut first = true;
+    let mut client = Client {
+        io,
+        buf: BytesMut::new(),
+        out: Vec::new(),
+        caps: Caps::new(&limits),
+        first: true,
+        conn,
+        rt,
+    };
     loop {
-        if buf.is_empty() {
+        if client.buf.is_empty() {
             // Idle: hold no buffers while waiting for the next request.
-            drop(std::mem::take(&mut buf));
-            out = Vec::new();
-            let read = first_bytes(&mut io);
+            drop(std::mem::take(&mut client.buf));
+            client.out = Vec::new();
+            let read = first_bytes(&mut client.io);
             tokio::select! {
                 biased;
                 got = read => match got {
-                    Ok(Some(bytes)) => buf = bytes,
+                    Ok(Some(bytes)) => client.buf = bytes,
                     _ => return Ended::Closed,
                 },
                 _ = shutdown.wait_for(|stop| *stop) => return Ended::Closed,
             }
         }
-        let head = match read_head(&mut io, &mut buf, caps, first).await {
+        // One exchange's state is large; boxed, it is allocated while a
+        // request is in flight and not kept by an idle connection.
+        let draining = shutdown.clone();
+        match Box::pin(client.exchange(draining)).await {
+            Next::Request => {}
+            Next::Close => return Ended::Closed,
+            Next::Http2 => {
+                let read = std::mem::take(&mut client.buf).freeze();
+                return Ended::Http2(client.io, read);
+            }
+        }
+    }
+}
+
+/// One client connection as the loop drives it.
+struct Client {
+    io: ClientIo,
+    /// Bytes read and not yet used; empty (no allocation) while idle.
+    buf: BytesMut,
+    /// The response head being written; empty while idle.
+    out: Vec<u8>,
+    caps: Caps,
+    /// No request has been read yet (the HTTP/2 preface may come).
+    first: bool,
+    conn: Arc<Connection>,
+    rt: Arc<Runtime>,
+}
+
+/// What the connection does after an exchange.
+enum Next {
+    /// Read the next request.
+    Request,
+    /// Close.
+    Close,
+    /// Serve HTTP/2 (the client sent the preface).
+    Http2,
+}
+
+impl Client {
+    /// Reads one request, runs the pipeline and writes the response.
+    async fn exchange(&mut self, shutdown: watch::Receiver<bool>) -> Next {
+        let head = match read_head(&mut self.io, &mut self.buf, self.caps, self.first).await {
             Ok(Some(Head::Request(head))) => head,
-            Ok(Some(Head::Http2)) => return Ended::Http2(io, buf.freeze()),
-            Ok(None) => return Ended::Closed,
+            Ok(Some(Head::Http2)) => return Next::Http2,
+            Ok(None) => return Next::Close,
             Err(refusal) => {
-                refuse(&mut io, &mut out, refusal).await;
-                return Ended::Closed;
+                refuse(&mut self.io, &mut self.out, refusal).await;
+                return Next::Close;
             }
         };
-        first = false;
+        self.first = false;
         let Parsed {
             method,
             uri,
@@ -139,8 +185,8 @@ pub async fn serve(
         let framing = match codec::body_framing(&headers, true) {
             Ok((framing, _)) => framing,
             Err(e) => {
-                refuse(&mut io, &mut out, Refusal::Framing(e)).await;
-                return Ended::Closed;
+                refuse(&mut self.io, &mut self.out, Refusal::Framing(e)).await;
+                return Next::Close;
             }
         };
         let mut keep_alive = match version {
@@ -173,8 +219,8 @@ pub async fn serve(
         // response is ready; the body reads it when asked.
         let reading = (framing != Framing::Empty).then(|| {
             let shared = Arc::new(Mutex::new(Reading {
-                io: Some(std::mem::replace(&mut io, Box::new(Detached))),
-                buf: std::mem::take(&mut buf),
+                io: Some(std::mem::replace(&mut self.io, Box::new(Detached))),
+                buf: std::mem::take(&mut self.buf),
                 framing,
                 continue_written: expects_continue.then_some(0),
             }));
@@ -184,45 +230,50 @@ pub async fn serve(
             shared
         });
 
-        // The pipeline's future is large; boxed, it is not part of what an
-        // idle connection keeps.
-        let mut handling = Box::pin(pipeline::handle(req, conn.clone(), rt.clone()));
-        let response = match &reading {
-            Some(_) => Some(handling.as_mut().await),
-            None => {
-                // Meanwhile, a client that closes its end has gone: the
-                // request is abandoned, as nginx and hyper do.
-                let mut watching = true;
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
-                        return Poll::Ready(Some(resp));
-                    }
-                    if watching {
-                        match poll_more(&mut io, &mut buf, cx) {
-                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                            // Pipelined bytes: kept for the next request.
-                            Poll::Ready(Ok(_)) => watching = false,
-                            Poll::Pending => {}
+        let mut handling =
+            std::pin::pin!(pipeline::handle(req, self.conn.clone(), self.rt.clone()));
+        // Meanwhile, a client that closes its end has gone: the request is
+        // abandoned, as nginx and hyper do. (With a body, that can be seen
+        // once the body has been read.)
+        let mut watching = true;
+        let response = std::future::poll_fn(|cx| {
+            if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
+                return Poll::Ready(Some(resp));
+            }
+            if watching {
+                let gone = match &reading {
+                    None => poll_more(&mut self.io, &mut self.buf, cx),
+                    Some(shared) => {
+                        let mut r = lock(shared);
+                        let r = &mut *r;
+                        match (r.framing.is_end(), r.io.as_mut()) {
+                            (true, Some(io)) => poll_more(io, &mut r.buf, cx),
+                            _ => Poll::Pending,
                         }
                     }
-                    Poll::Pending
-                })
-                .await
+                };
+                match gone {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    // Pipelined bytes: kept for the next request.
+                    Poll::Ready(Ok(_)) => watching = false,
+                    Poll::Pending => {}
+                }
             }
-        };
-        drop(handling);
+            Poll::Pending
+        })
+        .await;
         let Some(Ok(response)) = response else {
             tracing::debug!("the client closed the connection before its response");
-            return Ended::Closed;
+            return Next::Close;
         };
         let mut body_unread = false;
         if let Some(shared) = reading {
             let mut r = lock(&shared);
             match r.io.take() {
-                Some(back) => io = back,
-                None => return Ended::Closed,
+                Some(back) => self.io = back,
+                None => return Next::Close,
             }
-            buf = std::mem::take(&mut r.buf);
+            self.buf = std::mem::take(&mut r.buf);
             body_unread = !r.framing.is_end();
             // A body left unread ends the connection: its bytes would
             // otherwise be read as the next request.
@@ -231,29 +282,60 @@ pub async fn serve(
         if *shutdown.borrow() {
             keep_alive = false;
         }
+        self.respond(
+            response,
+            version,
+            head_only,
+            keep_alive,
+            body_unread,
+            upgrade_to,
+        )
+        .await
+    }
 
+    /// Writes the response (handing the connection over after a 101).
+    async fn respond(
+        &mut self,
+        response: Response<Body>,
+        version: Version,
+        head_only: bool,
+        mut keep_alive: bool,
+        body_unread: bool,
+        upgrade_to: Option<oneshot::Sender<Handoff>>,
+    ) -> Next {
         let (parts, body) = response.into_parts();
+        let out = &mut self.out;
+        out.clear();
+        // Sized once for a typical head, instead of growing step by step.
+        out.reserve(1024);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(tx) = upgrade_to.take()
+            && let Some(tx) = upgrade_to
         {
-            out.clear();
-            encode_head(&mut out, &parts, ResponseFraming::Headers, true);
+            encode_head(out, &parts, ResponseFraming::Headers, true);
             let mut written = 0;
-            let sent =
-                std::future::poll_fn(|cx| poll_write_from(&mut io, cx, &out, &mut written)).await;
+            let io = &mut self.io;
+            let sent = std::future::poll_fn(|cx| poll_write_from(io, cx, out, &mut written)).await;
             if sent.is_ok() && io.flush().await.is_ok() {
                 drop(body);
-                let _ = tx.send((io, buf.freeze()));
+                let io = std::mem::replace(io, Box::new(Detached));
+                let _ = tx.send((io, std::mem::take(&mut self.buf).freeze()));
             }
-            return Ended::Closed;
+            return Next::Close;
         }
-        drop(upgrade_to);
-        let framing = if head_only
-            || parts.status.is_informational()
+        let framing = if parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED
         {
             ResponseFraming::Headers
+        } else if head_only {
+            // The length a GET would have, when the answer knows it and
+            // does not say it (a direct or a gateway-made answer).
+            match body.size_hint().exact() {
+                Some(len) if len > 0 && !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+                    ResponseFraming::HeadersAndLength(len)
+                }
+                _ => ResponseFraming::Headers,
+            }
         } else {
             // A body that does not know its length (a file stream) may
             // still come with the Content-Length it will have.
@@ -268,36 +350,37 @@ pub async fn serve(
                 }
             }
         };
-        out.clear();
-        let outgoing = encode_head(&mut out, &parts, framing, keep_alive);
+        let outgoing = encode_head(out, &parts, framing, keep_alive);
         if version == Version::HTTP_10 && keep_alive {
             // encode_head wrote the head's last CRLF; this goes before it.
             out.truncate(out.len() - 2);
             out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
         }
         let mut writer = BodyWriter::new(body, outgoing);
-        let written = std::future::poll_fn(|cx| writer.poll_write(&mut io, &mut out, cx)).await;
+        let io = &mut self.io;
+        let written = std::future::poll_fn(|cx| writer.poll_write(io, out, cx)).await;
         match written {
             Ok(()) => {}
             Err(WriteError::Io(e)) => {
                 tracing::debug!(error = %e, "writing the response failed");
-                return Ended::Closed;
+                return Next::Close;
             }
             Err(WriteError::Body(e)) => {
                 // Mid-body: closing is the only way left to say so.
                 tracing::debug!(error = %e, "the response body failed; closing the connection");
-                return Ended::Closed;
+                return Next::Close;
             }
         }
         drop(writer);
-        if !keep_alive {
-            if body_unread {
-                linger(&mut io).await;
-            } else {
-                let _ = io.shutdown().await;
-            }
-            return Ended::Closed;
+        if keep_alive {
+            return Next::Request;
         }
+        if body_unread {
+            linger(&mut self.io).await;
+        } else {
+            let _ = self.io.shutdown().await;
+        }
+        Next::Close
     }
 }
 
@@ -418,22 +501,13 @@ fn parse_head(buf: &mut BytesMut, caps: Caps) -> Result<Option<Parsed>, Refusal>
     let path = parsed.path.unwrap_or_default();
     let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
     let path_span = path_at..path_at + path.len();
-    let count = parsed.headers.len();
-    let mut spans = [Span::default(); STACK_FIELDS];
-    let mut spans_heap;
-    let spans: &mut [Span] = if count <= STACK_FIELDS {
-        &mut spans[..count]
-    } else {
-        spans_heap = vec![Span::default(); count];
-        &mut spans_heap
-    };
-    codec::spans(buf, parsed.headers, spans);
+    let spans = Spans::new(buf, parsed.headers);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_span))
         .map_err(|_| Refusal::Malformed("invalid request target"))?;
     // Room for what the pipeline adds (X-Forwarded-*, X-Request-Id)
     // without growing the map.
-    let headers = codec::header_map(&head, spans, 6).map_err(Refusal::Malformed)?;
+    let headers = spans.header_map(&head, 6).map_err(Refusal::Malformed)?;
     Ok(Some(Parsed {
         method,
         uri,
@@ -512,6 +586,8 @@ enum ResponseFraming {
     /// No body whatever the headers say (HEAD, 1xx, 204, 304): the
     /// headers, Content-Length included, pass as they are.
     Headers,
+    /// No body (HEAD), and the length the answer to a GET would have.
+    HeadersAndLength(u64),
     /// Exactly this many bytes.
     Length(u64),
     /// Chunked.
@@ -543,6 +619,11 @@ fn encode_head(
     let outgoing = match framing {
         ResponseFraming::Headers => {
             codec::write_fields(out, &parts.headers, |_| false);
+            Outgoing::None
+        }
+        ResponseFraming::HeadersAndLength(len) => {
+            codec::write_fields(out, &parts.headers, |_| false);
+            codec::write_framing(out, Some(len), true);
             Outgoing::None
         }
         ResponseFraming::Length(len) => {

@@ -33,7 +33,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::pool::IdlePool;
 use crate::codec::{
-    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Span,
+    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Spans,
     WriteError, poll_write_from,
 };
 use crate::proxy::body::{Body, BoxError};
@@ -318,9 +318,14 @@ impl Http1Conn {
         upgrade: bool,
     ) -> Result<Option<ParsedHead>, Http1Error> {
         loop {
-            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut fields);
-            let len = match parsed.parse(&self.buf) {
+            let mut fields = [std::mem::MaybeUninit::uninit(); MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut []);
+            let config = httparse::ParserConfig::default();
+            let len = match config.parse_response_with_uninit_headers(
+                &mut parsed,
+                &self.buf,
+                &mut fields,
+            ) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => return Ok(None),
                 Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::HeadTooLarge),
@@ -345,14 +350,11 @@ impl Http1Conn {
                 Version::HTTP_11
             };
             // Header values point into the head's bytes: share, do not copy.
-            let mut spans = [Span::default(); MAX_HEADERS];
-            let count = parsed.headers.len();
-            codec::spans(&self.buf, parsed.headers, &mut spans);
+            let spans = Spans::new(&self.buf, parsed.headers);
             let head = self.buf.split_to(len).freeze();
             // Room for what the gateway adds (X-Request-Id, a route's
             // response headers) without growing the map.
-            let headers =
-                codec::header_map(&head, &spans[..count], 4).map_err(Http1Error::Malformed)?;
+            let headers = spans.header_map(&head, 4).map_err(Http1Error::Malformed)?;
             let (framing, mut keep_alive) = if head_only
                 || status.is_informational()
                 || status == StatusCode::NO_CONTENT
