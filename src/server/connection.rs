@@ -6,7 +6,9 @@
 //! connection to finish its in-flight requests.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request};
@@ -104,7 +106,17 @@ pub async fn serve(
                 subject_header: None,
                 activity: Activity::new(),
             };
-            serve_http(stream, conn, &plan, rt, shutdown, false).await;
+            let limits = plan.limits;
+            drop(plan);
+            serve_http(
+                Box::new(stream),
+                Arc::new(conn),
+                limits,
+                rt,
+                shutdown,
+                false,
+            )
+            .await;
         }
         Some(config) => {
             // Boxed: the TLS state is not part of a plain connection's task.
@@ -159,56 +171,91 @@ async fn serve_tls(
         activity: Activity::new(),
     };
     let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_http(tls_stream, conn, plan, rt, shutdown, alpn_h2).await;
+    let io = Box::new(tls_stream);
+    serve_http(io, Arc::new(conn), plan.limits, rt, shutdown, alpn_h2).await;
 }
 
 /// Serves HTTP on an accepted (and, for TLS, handshaken) connection:
 /// HTTP/2 when ALPN chose it or the client opens with the HTTP/2 preface,
 /// HTTP/1.1 otherwise. A watchdog closes connections that stay idle for
 /// `header_read_timeout` between requests.
-async fn serve_http<I>(
-    io: I,
-    conn: Connection,
-    plan: &ListenerPlan,
+///
+/// A plain function returning the future, not an `async fn` with
+/// `select!`: this future is what an idle connection keeps, and either
+/// would keep a second copy of both futures next to the ones being polled.
+fn serve_http(
+    io: ClientIo,
+    conn: Arc<Connection>,
+    limits: Limits,
     rt: Arc<Runtime>,
     shutdown: watch::Receiver<bool>,
     alpn_h2: bool,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = plan.limits;
-    let activity = conn.activity.clone();
-    let conn = Arc::new(conn);
-    let served = async {
-        let io: ClientIo = Box::new(io);
-        if alpn_h2 {
-            return Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await;
+) -> Watched<impl Future<Output = ()> + Send, impl Future<Output = ()> + Send> {
+    Watched {
+        watchdog: idle_watchdog(conn.activity.clone(), limits.header_read_timeout),
+        served: serve_protocol(io, conn, limits, rt, shutdown, alpn_h2),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's service, cut short when its idle watchdog fires.
+    struct Watched<S, W> {
+        #[pin]
+        served: S,
+        #[pin]
+        watchdog: W,
+    }
+}
+
+impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Watched<S, W> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.served.poll(cx).is_ready() {
+            return Poll::Ready(());
         }
-        match http1::serve(io, conn.clone(), limits, rt.clone(), shutdown.clone()).await {
-            Ended::Closed => {}
-            Ended::Http2(io, read) => {
-                let io = Prefixed::new(read.to_vec(), io);
-                Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await
-            }
-        }
-    };
-    // From connecting, and from the end of each response, an HTTP/1 client
-    // has header_read_timeout to send a complete request head (also an
-    // HTTP/2 client that sends a preface and no request). HTTP/2
-    // connections are left alone once their first request has come.
-    let idle_watchdog = async {
-        loop {
-            match activity.check(limits.header_read_timeout) {
-                IdleCheck::Expired => return,
-                IdleCheck::Never => std::future::pending::<()>().await,
-                IdleCheck::At(when) => tokio::time::sleep_until(when.into()).await,
-            }
-        }
-    };
-    tokio::select! {
-        _ = served => {}
-        _ = idle_watchdog => {
+        if this.watchdog.poll(cx).is_ready() {
             tracing::debug!("no request head within header_read_timeout; closing the connection");
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+/// HTTP/1.1, or HTTP/2 when ALPN chose it or the client sent its preface.
+async fn serve_protocol(
+    io: ClientIo,
+    conn: Arc<Connection>,
+    limits: Limits,
+    rt: Arc<Runtime>,
+    shutdown: watch::Receiver<bool>,
+    alpn_h2: bool,
+) {
+    if alpn_h2 {
+        return Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await;
+    }
+    let caps = http1::Caps::new(&limits);
+    match http1::serve(io, conn.clone(), caps, rt.clone(), shutdown.clone()).await {
+        Ended::Closed => {}
+        Ended::Http2(io, read) => {
+            let io = Prefixed::new(read.to_vec(), io);
+            Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await
+        }
+    }
+}
+
+/// Ends when `activity` has been idle for `limit`: from connecting, and
+/// from the end of each response, an HTTP/1 client has header_read_timeout
+/// to send a complete request head (also an HTTP/2 client that sends a
+/// preface and no request). HTTP/2 connections are left alone once their
+/// first request has come.
+async fn idle_watchdog(activity: Arc<Activity>, limit: Duration) {
+    loop {
+        match activity.check(limit) {
+            IdleCheck::Expired => return,
+            IdleCheck::Never => std::future::pending::<()>().await,
+            IdleCheck::At(when) => tokio::time::sleep_until(when.into()).await,
         }
     }
 }

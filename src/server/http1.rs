@@ -78,13 +78,14 @@ pub enum Ended {
 /// checks and answers with problem+json): past these the head is not even
 /// read.
 #[derive(Clone, Copy)]
-struct Caps {
+pub struct Caps {
     head_bytes: usize,
     fields: usize,
 }
 
 impl Caps {
-    fn new(limits: &Limits) -> Caps {
+    /// The caps for a listener's limits.
+    pub fn new(limits: &Limits) -> Caps {
         Caps {
             head_bytes: limits.max_header_size.saturating_mul(2).max(16 * 1024),
             fields: limits.max_headers.saturating_mul(2).max(100),
@@ -94,46 +95,51 @@ impl Caps {
 
 /// Serves HTTP/1.1 requests on `io` until the client leaves, a response
 /// says close, or `shutdown` turns true between requests.
-pub async fn serve(
+///
+/// A plain function returning the loop, not an `async fn`: the loop is what
+/// an idle connection keeps, and an `async fn` would also keep its
+/// arguments after they have been moved into the [`Client`].
+pub fn serve(
     io: ClientIo,
     conn: Arc<Connection>,
-    limits: Limits,
+    caps: Caps,
     rt: Arc<Runtime>,
     mut shutdown: watch::Receiver<bool>,
-) -> Ended {
+) -> impl Future<Output = Ended> + Send {
     let mut client = Client {
         io,
         buf: BytesMut::new(),
         out: Vec::new(),
-        caps: Caps::new(&limits),
+        caps,
         first: true,
         conn,
         rt,
     };
-    loop {
-        if client.buf.is_empty() {
-            // Idle: hold no buffers while waiting for the next request.
-            drop(std::mem::take(&mut client.buf));
-            client.out = Vec::new();
-            let read = first_bytes(&mut client.io);
-            tokio::select! {
-                biased;
-                got = read => match got {
-                    Ok(Some(bytes)) => client.buf = bytes,
-                    _ => return Ended::Closed,
-                },
-                _ = shutdown.wait_for(|stop| *stop) => return Ended::Closed,
+    async move {
+        loop {
+            if client.buf.is_empty() {
+                // Idle: hold no buffers while waiting for the next request.
+                drop(std::mem::take(&mut client.buf));
+                client.out = Vec::new();
+                let read = first_bytes(&mut client.io);
+                tokio::select! {
+                    biased;
+                    got = read => match got {
+                        Ok(Some(bytes)) => client.buf = bytes,
+                        _ => return Ended::Closed,
+                    },
+                    _ = shutdown.wait_for(|stop| *stop) => return Ended::Closed,
+                }
             }
-        }
-        // One exchange's state is large; boxed, it is allocated while a
-        // request is in flight and not kept by an idle connection.
-        let draining = shutdown.clone();
-        match Box::pin(client.exchange(draining)).await {
-            Next::Request => {}
-            Next::Close => return Ended::Closed,
-            Next::Http2 => {
-                let read = std::mem::take(&mut client.buf).freeze();
-                return Ended::Http2(client.io, read);
+            // One exchange's state is large; boxed, it is allocated while a
+            // request is in flight and not kept by an idle connection.
+            match Box::pin(client.exchange(shutdown.clone())).await {
+                Next::Request => {}
+                Next::Close => return Ended::Closed,
+                Next::Http2 => {
+                    let read = std::mem::take(&mut client.buf).freeze();
+                    return Ended::Http2(client.io, read);
+                }
             }
         }
     }

@@ -443,9 +443,13 @@ impl ResponseBody {
             return;
         }
         self.framing = Framing::Done;
-        if let (Some(home), Some(conn)) = (self.home.take(), self.conn.take())
+        if let (Some(home), Some(mut conn)) = (self.home.take(), self.conn.take())
             && conn.buf.is_empty()
         {
+            // An idle connection keeps no buffers (the read buffer would
+            // also pin the allocation the response's bytes came in).
+            conn.buf = BytesMut::new();
+            conn.out = Vec::new();
             home.pool.put_http1(conn, home.client, home.idle_timeout);
         }
     }
