@@ -484,6 +484,8 @@ impl BodyWriter {
     }
 
     /// Writes `out` and the body frames until the body ends, then flushes.
+    /// Frames that are ready at once go out in the same write as what is
+    /// already in `out` (a head and a small body: one system call).
     pub fn poll_write<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
@@ -491,19 +493,27 @@ impl BodyWriter {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
         loop {
+            // Gather what the body has ready behind what is still unwritten.
+            while !self.done && self.pending.is_none() && out.len() - self.written < COALESCE {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(next) => self.take_frame(next, out)?,
+                }
+            }
+            let unwritten = self.written < out.len();
             ready!(poll_write_from(io, cx, out, &mut self.written)).map_err(WriteError::Io)?;
             if let Some(data) = &self.pending {
                 ready!(poll_write_from(io, cx, data, &mut self.pending_written))
                     .map_err(WriteError::Io)?;
                 self.pending = None;
                 self.pending_written = 0;
+                out.clear();
+                self.written = 0;
                 if self.pending_crlf {
                     self.pending_crlf = false;
-                    out.clear();
                     out.extend_from_slice(b"\r\n");
-                    self.written = 0;
-                    continue;
                 }
+                continue;
             }
             out.clear();
             self.written = 0;
@@ -511,47 +521,61 @@ impl BodyWriter {
                 ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(WriteError::Io)?;
                 return Poll::Ready(Ok(()));
             }
-            let chunked = self.framing == Outgoing::Chunked;
-            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
-                None => {
-                    self.done = true;
-                    if chunked {
-                        out.extend_from_slice(b"0\r\n\r\n");
-                    }
-                }
-                Some(Err(e)) => return Poll::Ready(Err(WriteError::Body(e))),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        if data.is_empty() {
-                            continue;
-                        }
-                        if chunked {
-                            let _ = write!(out, "{:x}\r\n", data.len());
-                        }
-                        if data.len() <= COALESCE {
-                            out.extend_from_slice(&data);
-                            if chunked {
-                                out.extend_from_slice(b"\r\n");
-                            }
-                        } else {
-                            // Written from its own buffer, after the size line.
-                            self.pending = Some(data);
-                            self.pending_crlf = chunked;
-                        }
-                    }
-                    Err(frame) => {
-                        // Trailers travel only in chunked bodies; elsewhere
-                        // they are dropped, as HTTP/1.1 has no place for them.
-                        if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                            out.extend_from_slice(b"0\r\n");
-                            write_fields(out, &trailers, |_| false);
-                            out.extend_from_slice(b"\r\n");
-                            self.done = true;
-                        }
-                    }
-                },
+            if !unwritten {
+                // Nothing was buffered and the body had nothing ready: its
+                // poll above will wake this task.
+                return Poll::Pending;
             }
         }
+    }
+
+    /// Adds one polled frame to `out` (or, when large, to `pending`).
+    fn take_frame(
+        &mut self,
+        next: Option<Result<Frame<Bytes>, BoxError>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), WriteError> {
+        let chunked = self.framing == Outgoing::Chunked;
+        match next {
+            None => {
+                self.done = true;
+                if chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+            Some(Err(e)) => return Err(WriteError::Body(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        return Ok(());
+                    }
+                    if chunked {
+                        let _ = write!(out, "{:x}\r\n", data.len());
+                    }
+                    if data.len() <= COALESCE {
+                        out.extend_from_slice(&data);
+                        if chunked {
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    } else {
+                        // Written from its own buffer, after what is in `out`.
+                        self.pending = Some(data);
+                        self.pending_crlf = chunked;
+                    }
+                }
+                Err(frame) => {
+                    // Trailers travel only in chunked bodies; elsewhere
+                    // they are dropped, as HTTP/1.1 has no place for them.
+                    if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                        out.extend_from_slice(b"0\r\n");
+                        write_fields(out, &trailers, |_| false);
+                        out.extend_from_slice(b"\r\n");
+                        self.done = true;
+                    }
+                }
+            },
+        }
+        Ok(())
     }
 }
 

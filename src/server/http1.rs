@@ -116,6 +116,10 @@ pub fn serve(
         rt,
     };
     async move {
+        let draining = shutdown.clone();
+        // One wait for the drain signal for the connection's whole life
+        // (registering a waiter anew for every idle period costs a lock).
+        let mut stop = std::pin::pin!(shutdown.wait_for(|stop| *stop));
         loop {
             if client.buf.is_empty() {
                 // Idle: hold no buffers while waiting for the next request.
@@ -128,12 +132,12 @@ pub fn serve(
                         Ok(Some(bytes)) => client.buf = bytes,
                         _ => return Ended::Closed,
                     },
-                    _ = shutdown.wait_for(|stop| *stop) => return Ended::Closed,
+                    _ = stop.as_mut() => return Ended::Closed,
                 }
             }
             // One exchange's state is large; boxed, it is allocated while a
             // request is in flight and not kept by an idle connection.
-            match Box::pin(client.exchange(shutdown.clone())).await {
+            match Box::pin(client.exchange(&draining)).await {
                 Next::Request => {}
                 Next::Close => return Ended::Closed,
                 Next::Http2 => {
@@ -171,7 +175,7 @@ enum Next {
 
 impl Client {
     /// Reads one request, runs the pipeline and writes the response.
-    async fn exchange(&mut self, shutdown: watch::Receiver<bool>) -> Next {
+    async fn exchange(&mut self, shutdown: &watch::Receiver<bool>) -> Next {
         let head = match read_head(&mut self.io, &mut self.buf, self.caps, self.first).await {
             Ok(Some(Head::Request(head))) => head,
             Ok(Some(Head::Http2)) => return Next::Http2,

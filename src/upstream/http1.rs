@@ -250,6 +250,8 @@ impl Http1Conn {
     fn encode_head(&mut self, req: &Request<Body>, authority: &Authority) -> Outgoing {
         let out = &mut self.out;
         out.clear();
+        // Sized once for a typical head (idle connections keep no buffer).
+        out.reserve(512);
         out.extend_from_slice(req.method().as_str().as_bytes());
         out.push(b' ');
         let target = req
