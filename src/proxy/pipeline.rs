@@ -290,6 +290,15 @@ fn check_limits(
     ctx: &RequestCtx,
 ) -> Option<Response<Body>> {
     let headers = req.headers();
+    // A reverse proxy has no tunnels to offer; forwarding CONNECT would let
+    // a target's answer be taken for one.
+    if req.method() == http::Method::CONNECT {
+        return Some(problem(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT (tunneling) is not served here",
+            ctx.request_id_str(),
+        ));
+    }
     // RFC 9112 §3.2: an HTTP/1.1 request names exactly one host. Two Host
     // headers could route by one and reach the backend with the other.
     if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {

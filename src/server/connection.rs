@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::{Either, OptionFuture};
 use http::{HeaderValue, Request};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
@@ -37,21 +39,40 @@ use crate::server::runtime::Runtime;
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `stream` from `peer` on the listener `plan` until it closes.
-pub async fn serve(
+///
+/// Setting the connection up (the PROXY header, and all of an L4 relay or
+/// a TLS connection) runs boxed; what stays in the connection's task is the
+/// small state of a plain HTTP connection, which is what an idle keep-alive
+/// connection costs. (Combinators, not an `async fn`: awaiting the service
+/// there would keep a second copy of it in the task.)
+pub fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    plan: Arc<ListenerPlan>,
+    rt: Arc<Runtime>,
+    shutdown: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send {
+    Box::pin(set_up(stream, peer, plan, rt, shutdown))
+        .then(OptionFuture::from)
+        .map(drop)
+}
+
+/// Serves L4 and TLS connections whole; for a plain HTTP connection,
+/// returns its service for the connection's task to run.
+async fn set_up(
     mut stream: TcpStream,
     peer: SocketAddr,
     plan: Arc<ListenerPlan>,
     rt: Arc<Runtime>,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Option<impl Future<Output = ()> + Send> {
     let _ = stream.set_nodelay(true);
     let mut client = peer;
     let mut destination = stream.local_addr().unwrap_or(plan.address);
     let mut early = Vec::new();
     if plan.proxy_protocol {
         let timeout = plan.limits.header_read_timeout.min(PROXY_HEADER_TIMEOUT);
-        // Boxed: its buffers are not part of what every connection keeps.
-        match Box::pin(proxy_protocol::read_header(&mut stream, timeout)).await {
+        match proxy_protocol::read_header(&mut stream, timeout).await {
             Ok((header, rest)) => {
                 // The header's addresses stand for the client everywhere:
                 // X-Forwarded-For, ip_hash, rate limits and logs.
@@ -61,7 +82,7 @@ pub async fn serve(
             }
             Err(e) => {
                 tracing::debug!(%peer, listener = %plan.name, error = %e, "closing the connection");
-                return;
+                return None;
             }
         }
     }
@@ -70,29 +91,24 @@ pub async fn serve(
     match &plan.l4 {
         None => {}
         Some(L4Plan::Tcp(upstream)) => {
-            return Box::pin(l4::tcp::serve(
-                stream,
-                client,
-                destination,
-                upstream,
-                &plan.name,
-            ))
-            .await;
+            l4::tcp::serve(stream, client, destination, upstream, &plan.name).await;
+            return None;
         }
         Some(L4Plan::Tls(routes)) => {
             let hello_timeout = plan.limits.header_read_timeout;
-            return Box::pin(l4::tls_passthrough::serve(
+            l4::tls_passthrough::serve(
                 stream,
                 client,
                 destination,
                 routes,
                 hello_timeout,
                 &plan.name,
-            ))
+            )
             .await;
+            return None;
         }
         // UDP listeners have their own socket loop and never accept streams.
-        Some(L4Plan::Udp(_)) => return,
+        Some(L4Plan::Udp(_)) => return None,
     }
     match &plan.tls {
         None => {
@@ -106,30 +122,20 @@ pub async fn serve(
                 subject_header: None,
                 activity: Activity::new(),
             };
-            let limits = plan.limits;
-            drop(plan);
-            serve_http(
-                Box::new(stream),
+            let io = Box::new(stream);
+            Some(serve_http(
+                io,
                 Arc::new(conn),
-                limits,
+                plan.limits,
                 rt,
                 shutdown,
                 false,
-            )
-            .await;
+            ))
         }
         Some(config) => {
-            // Boxed: the TLS state is not part of a plain connection's task.
-            Box::pin(serve_tls(
-                stream,
-                client,
-                destination,
-                &plan,
-                config.clone(),
-                rt,
-                shutdown,
-            ))
-            .await;
+            let config = config.clone();
+            serve_tls(stream, client, destination, &plan, config, rt, shutdown).await;
+            None
         }
     }
 }
@@ -224,25 +230,31 @@ impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Watched<S, W> {
 }
 
 /// HTTP/1.1, or HTTP/2 when ALPN chose it or the client sent its preface.
-async fn serve_protocol(
+/// (Combinators, not an `async fn`, for the reason [`serve_http`] gives.)
+fn serve_protocol(
     io: ClientIo,
     conn: Arc<Connection>,
     limits: Limits,
     rt: Arc<Runtime>,
     shutdown: watch::Receiver<bool>,
     alpn_h2: bool,
-) {
+) -> impl Future<Output = ()> + Send {
     if alpn_h2 {
-        return Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await;
+        return Either::Left(Box::pin(serve_h2(io, conn, limits, rt, shutdown)));
     }
     let caps = http1::Caps::new(&limits);
-    match http1::serve(io, conn.clone(), caps, rt.clone(), shutdown.clone()).await {
-        Ended::Closed => {}
-        Ended::Http2(io, read) => {
-            let io = Prefixed::new(read.to_vec(), io);
-            Box::pin(serve_h2(io, conn, limits, rt, shutdown)).await
-        }
-    }
+    let h2 = (conn.clone(), rt.clone(), shutdown.clone());
+    let http1 = http1::serve(io, conn, caps, rt, shutdown).then(move |ended| {
+        OptionFuture::from(match ended {
+            Ended::Closed => None,
+            Ended::Http2(io, read) => {
+                let (conn, rt, shutdown) = h2;
+                let io = Prefixed::new(read.to_vec(), io);
+                Some(Box::pin(serve_h2(io, conn, limits, rt, shutdown)))
+            }
+        })
+    });
+    Either::Right(http1.map(drop))
 }
 
 /// Ends when `activity` has been idle for `limit`: from connecting, and

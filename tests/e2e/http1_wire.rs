@@ -1093,3 +1093,39 @@ async fn a_client_that_leaves_after_its_whole_post_body_is_dropped_too() {
     )
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Request targets
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn absolute_asterisk_and_authority_form_targets_are_served_or_refused_cleanly() {
+    let backend = Backend::echo("app").await;
+    let gw = gateway("", backend.addr).await;
+    // Absolute form: routed by the URI's authority and path.
+    let answer = one_shot(
+        gw.addr("web"),
+        b"GET http://x/direct HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    // The asterisk form reaches the route like any other target.
+    let answer = one_shot(
+        gw.addr("web"),
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    // CONNECT (authority form) never opens a tunnel and is not forwarded.
+    let seen_before = backend.seen().len();
+    let answer = one_shot(
+        gw.addr("web"),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    answer.assert_problem(501);
+    assert_eq!(backend.seen().len(), seen_before, "CONNECT was forwarded");
+    // The gateway still serves.
+    let answer = one_shot(gw.addr("web"), &get("/direct", "Connection: close\r\n")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+}
