@@ -61,6 +61,22 @@ pub struct Connection {
     pub activity: Arc<Activity>,
 }
 
+impl Connection {
+    /// A plain (not TLS) connection from `client` to `local` on `listener`.
+    pub fn new(listener: Arc<str>, client: SocketAddr, local: SocketAddr) -> Connection {
+        Connection {
+            listener,
+            client,
+            forwarded_for: super::headers::forwarded_for(client.ip()),
+            local,
+            tls: false,
+            client_subject: None,
+            subject_header: None,
+            activity: Activity::new(),
+        }
+    }
+}
+
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
     req: Request<ClientBody>,

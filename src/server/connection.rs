@@ -29,7 +29,6 @@ use crate::config::snapshot::{Limits, ListenerPlan};
 use crate::l4::{self, L4Plan};
 use crate::proxy::body::ClientBody;
 use crate::proxy::context::{Activity, IdleCheck};
-use crate::proxy::headers;
 use crate::proxy::pipeline::{self, Connection};
 use crate::server::runtime::Runtime;
 
@@ -112,16 +111,7 @@ async fn set_up(
     }
     match &plan.tls {
         None => {
-            let conn = Connection {
-                listener: plan.name.clone(),
-                client,
-                forwarded_for: headers::forwarded_for(client.ip()),
-                local: destination,
-                tls: false,
-                client_subject: None,
-                subject_header: None,
-                activity: Activity::new(),
-            };
+            let conn = Connection::new(plan.name.clone(), client, destination);
             let io = Box::new(stream);
             Some(serve_http(
                 io,
@@ -167,14 +157,10 @@ async fn serve_tls(
     let client_subject =
         tls::client_subject(tls_stream.get_ref().1).and_then(|s| HeaderValue::try_from(s).ok());
     let conn = Connection {
-        listener: plan.name.clone(),
-        client,
-        forwarded_for: headers::forwarded_for(client.ip()),
-        local: destination,
         tls: true,
         client_subject,
         subject_header: plan.client_subject_header.clone(),
-        activity: Activity::new(),
+        ..Connection::new(plan.name.clone(), client, destination)
     };
     let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Box::new(tls_stream);
