@@ -408,21 +408,19 @@ pub fn write_fields(out: &mut Vec<u8>, headers: &HeaderMap, skip: impl Fn(&Heade
     }
 }
 
-/// Writes the framing header for a body of `length` (`None`: unknown) and
-/// says how the body goes on the wire; `chunked_ok` is false toward an
-/// HTTP/1.0 peer, whose unknown-length bodies end with the connection.
-pub fn write_framing(out: &mut Vec<u8>, length: Option<u64>, chunked_ok: bool) -> Outgoing {
+/// Writes the framing header for a body of `length` (`None`: unknown,
+/// sent chunked) and says how the body goes on the wire.
+pub fn write_framing(out: &mut Vec<u8>, length: Option<u64>) -> Outgoing {
     match length {
         Some(len) => {
             // Writing into a Vec cannot fail.
             let _ = write!(out, "content-length: {len}\r\n");
             Outgoing::AsIs
         }
-        None if chunked_ok => {
+        None => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
             Outgoing::Chunked
         }
-        None => Outgoing::AsIs,
     }
 }
 

@@ -84,6 +84,9 @@ pub struct BodyStats {
     pub bytes: AtomicU64,
     /// Set when the body crossed `max_body`, so the pipeline answers 413.
     pub too_large: AtomicBool,
+    /// Set when the client's body broke (bad framing, connection lost), so
+    /// that a failed upstream request is answered 400, not 502.
+    pub broken: AtomicBool,
 }
 
 /// A request body on its way upstream: counts the bytes (for the access log)
@@ -133,7 +136,10 @@ impl HttpBody for LimitedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                this.stats.broken.store(true, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

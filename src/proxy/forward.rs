@@ -309,6 +309,11 @@ fn relay(
             "request body is larger than this listener accepts",
             rid,
         ),
+        Err(_) if body_stats.broken.load(Ordering::Relaxed) => problem(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+            rid,
+        ),
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, target = %target.address, request_id = rid, failure = ?e.failure, error = %e.detail, "upstream request failed");
             let (status, text) = match e.failure {

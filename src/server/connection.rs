@@ -183,9 +183,30 @@ fn serve_http(
     shutdown: watch::Receiver<bool>,
     alpn_h2: bool,
 ) -> Watched<impl Future<Output = ()> + Send, impl Future<Output = ()> + Send> {
+    let watchdog = idle_watchdog(conn.activity.clone(), limits.header_read_timeout);
+    if alpn_h2 {
+        let served = Box::pin(serve_h2(io, conn, limits, rt, shutdown));
+        return Watched {
+            served: Either::Left(served),
+            watchdog,
+        };
+    }
+    // HTTP/1.1, and HTTP/2 if the client opens with the preface.
+    let caps = http1::Caps::new(&limits);
+    let h2 = (conn.clone(), rt.clone(), shutdown.clone());
+    let http1 = http1::serve(io, conn, caps, rt, shutdown).then(move |ended| {
+        OptionFuture::from(match ended {
+            Ended::Closed => None,
+            Ended::Http2(io, read) => {
+                let (conn, rt, shutdown) = h2;
+                let io = Prefixed::new(read.to_vec(), io);
+                Some(Box::pin(serve_h2(io, conn, limits, rt, shutdown)))
+            }
+        })
+    });
     Watched {
-        watchdog: idle_watchdog(conn.activity.clone(), limits.header_read_timeout),
-        served: serve_protocol(io, conn, limits, rt, shutdown, alpn_h2),
+        served: Either::Right(http1.map(drop)),
+        watchdog,
     }
 }
 
@@ -213,34 +234,6 @@ impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Watched<S, W> {
         }
         Poll::Pending
     }
-}
-
-/// HTTP/1.1, or HTTP/2 when ALPN chose it or the client sent its preface.
-/// (Combinators, not an `async fn`, for the reason [`serve_http`] gives.)
-fn serve_protocol(
-    io: ClientIo,
-    conn: Arc<Connection>,
-    limits: Limits,
-    rt: Arc<Runtime>,
-    shutdown: watch::Receiver<bool>,
-    alpn_h2: bool,
-) -> impl Future<Output = ()> + Send {
-    if alpn_h2 {
-        return Either::Left(Box::pin(serve_h2(io, conn, limits, rt, shutdown)));
-    }
-    let caps = http1::Caps::new(&limits);
-    let h2 = (conn.clone(), rt.clone(), shutdown.clone());
-    let http1 = http1::serve(io, conn, caps, rt, shutdown).then(move |ended| {
-        OptionFuture::from(match ended {
-            Ended::Closed => None,
-            Ended::Http2(io, read) => {
-                let (conn, rt, shutdown) = h2;
-                let io = Prefixed::new(read.to_vec(), io);
-                Some(Box::pin(serve_h2(io, conn, limits, rt, shutdown)))
-            }
-        })
-    });
-    Either::Right(http1.map(drop))
 }
 
 /// Ends when `activity` has been idle for `limit`: from connecting, and

@@ -324,7 +324,12 @@ impl Client {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(tx) = upgrade_to
         {
-            encode_head(out, &parts, ResponseFraming::Headers, true);
+            encode_head(
+                out,
+                &parts,
+                ResponseFraming::Headers,
+                Persistence::KeepAlive,
+            );
             let mut written = 0;
             let io = &mut self.io;
             let sent = std::future::poll_fn(|cx| poll_write_from(io, cx, out, &mut written)).await;
@@ -363,12 +368,13 @@ impl Client {
                 }
             }
         };
-        let outgoing = encode_head(out, &parts, framing, keep_alive);
-        if version == Version::HTTP_10 && keep_alive {
-            // encode_head wrote the head's last CRLF; this goes before it.
-            out.truncate(out.len() - 2);
-            out.extend_from_slice(b"connection: keep-alive\r\n\r\n");
-        }
+        let persistence = match (keep_alive, version) {
+            (false, _) => Persistence::Close,
+            // HTTP/1.0 keeps a connection only when told so.
+            (true, Version::HTTP_10) => Persistence::KeepAlive10,
+            (true, _) => Persistence::KeepAlive,
+        };
+        let outgoing = encode_head(out, &parts, framing, persistence);
         let mut writer = BodyWriter::new(body, outgoing);
         let io = &mut self.io;
         let written = std::future::poll_fn(|cx| writer.poll_write(io, out, cx)).await;
@@ -562,7 +568,12 @@ async fn refuse(io: &mut ClientIo, out: &mut Vec<u8>, refusal: Refusal) {
     let (parts, body) = resp.into_parts();
     out.clear();
     let len = body.size_hint().exact().unwrap_or(0);
-    let outgoing = encode_head(out, &parts, ResponseFraming::Length(len), false);
+    let outgoing = encode_head(
+        out,
+        &parts,
+        ResponseFraming::Length(len),
+        Persistence::Close,
+    );
     let mut writer = BodyWriter::new(body, outgoing);
     if std::future::poll_fn(|cx| writer.poll_write(io, out, cx))
         .await
@@ -610,13 +621,13 @@ enum ResponseFraming {
 }
 
 /// Writes the status line and header fields (with Date when the response
-/// has none, the framing header, and `connection: close` when the
-/// connection ends after this response).
+/// has none, the framing header, and the Connection header `persistence`
+/// calls for).
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
     framing: ResponseFraming,
-    keep_alive: bool,
+    persistence: Persistence,
 ) -> Outgoing {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -636,16 +647,16 @@ fn encode_head(
         }
         ResponseFraming::HeadersAndLength(len) => {
             codec::write_fields(out, &parts.headers, |_| false);
-            codec::write_framing(out, Some(len), true);
+            codec::write_framing(out, Some(len));
             Outgoing::None
         }
         ResponseFraming::Length(len) => {
             codec::write_fields(out, &parts.headers, is_framing);
-            codec::write_framing(out, Some(len), true)
+            codec::write_framing(out, Some(len))
         }
         ResponseFraming::Chunked => {
             codec::write_fields(out, &parts.headers, is_framing);
-            codec::write_framing(out, None, true)
+            codec::write_framing(out, None)
         }
         ResponseFraming::UntilClose => {
             codec::write_fields(out, &parts.headers, is_framing);
@@ -657,11 +668,24 @@ fn encode_head(
         http_date(out);
         out.extend_from_slice(b"\r\n");
     }
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
+    match persistence {
+        Persistence::KeepAlive => {}
+        Persistence::KeepAlive10 => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Persistence::Close => out.extend_from_slice(b"connection: close\r\n"),
     }
     out.extend_from_slice(b"\r\n");
     outgoing
+}
+
+/// What the response says about the connection after it.
+#[derive(Clone, Copy)]
+enum Persistence {
+    /// Nothing: HTTP/1.1 keeps connections by default.
+    KeepAlive,
+    /// `connection: keep-alive`, which an HTTP/1.0 client needs.
+    KeepAlive10,
+    /// `connection: close`.
+    Close,
 }
 
 fn is_framing(name: &header::HeaderName) -> bool {

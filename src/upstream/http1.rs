@@ -276,12 +276,12 @@ impl Http1Conn {
         let framing = if body.is_end_stream() {
             // An empty POST still says so; a GET says nothing.
             if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-                codec::write_framing(out, Some(0), true)
+                codec::write_framing(out, Some(0))
             } else {
                 Outgoing::None
             }
         } else {
-            codec::write_framing(out, body.size_hint().exact(), true)
+            codec::write_framing(out, body.size_hint().exact())
         };
         out.extend_from_slice(b"\r\n");
         framing

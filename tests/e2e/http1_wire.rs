@@ -1129,3 +1129,15 @@ async fn absolute_asterisk_and_authority_form_targets_are_served_or_refused_clea
     let answer = one_shot(gw.addr("web"), &get("/direct", "Connection: close\r\n")).await;
     assert_eq!(answer.status, 200, "{answer:?}");
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_request_body_is_the_clients_fault_400_not_502() {
+    let backend = body_echo_backend().await;
+    let gw = gateway("", backend.addr).await;
+    let answer = one_shot(
+        gw.addr("web"),
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+    )
+    .await;
+    answer.assert_problem(400);
+}
