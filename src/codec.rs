@@ -15,7 +15,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::proxy::body::{Body, BoxError};
 
@@ -575,6 +575,18 @@ impl BodyWriter {
         }
         Ok(())
     }
+}
+
+/// Reads more of a body into `buf`, in a step sized by what the decoder
+/// wants (`Decoded::More`); `Ok(0)` at the end of the stream.
+pub fn poll_fill<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    want: u64,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    buf.reserve(want.clamp(READ_MIN as u64, READ_MAX as u64) as usize);
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
 /// Writes `buf[*written..]`, counting progress in `written` (so that a

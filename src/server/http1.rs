@@ -35,8 +35,8 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::io::poll_read_buf;
 
 use crate::codec::{
-    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Spans,
-    WriteError, poll_write_from,
+    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MIN, Spans, WriteError,
+    poll_write_from,
 };
 use crate::config::snapshot::Limits;
 use crate::proxy::body::{Body, ClientBody};
@@ -776,9 +776,7 @@ impl HttpBody for RequestBody {
                 Decoded::Frame(frame) => return Poll::Ready(Some(Ok(frame))),
                 Decoded::End => return Poll::Ready(None),
                 Decoded::More(want) => {
-                    let step = want.clamp(READ_MIN as u64, READ_MAX as u64) as usize;
-                    r.buf.reserve(step);
-                    if ready!(poll_read_buf(Pin::new(&mut **io), cx, &mut r.buf))? == 0 {
+                    if ready!(codec::poll_fill(io, &mut r.buf, want, cx))? == 0 {
                         return Poll::Ready(Some(Err(RequestBodyError::Closed)));
                     }
                 }

@@ -33,8 +33,8 @@ use tokio_util::io::poll_read_buf;
 
 use super::pool::IdlePool;
 use crate::codec::{
-    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MAX, READ_MIN, Spans,
-    WriteError, poll_write_from,
+    self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MIN, Spans, WriteError,
+    poll_write_from,
 };
 use crate::proxy::body::{Body, BoxError};
 
@@ -461,9 +461,7 @@ impl ResponseBody {
         let Some(conn) = self.conn.as_mut() else {
             return Poll::Ready(Ok(0));
         };
-        let step = want.clamp(READ_MIN as u64, READ_MAX as u64) as usize;
-        conn.buf.reserve(step);
-        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+        codec::poll_fill(&mut conn.io, &mut conn.buf, want, cx)
     }
 
     /// The next frame: decoded from the buffer, or after reading more.
