@@ -31,7 +31,7 @@ pub struct Record {
     pub log: Option<LogFields>,
     /// Keeps the request counted as in flight on its connection until the
     /// response has been sent.
-    pub busy: crate::proxy::context::Busy,
+    pub busy: crate::server::registry::Busy,
 }
 
 /// Access-log fields captured from the request.

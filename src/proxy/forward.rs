@@ -484,11 +484,11 @@ fn prepare_headers(
         headers.insert(header::HOST, h.clone());
     }
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
-    if let Some(name) = &conn.subject_header {
+    if let Some(cert) = &conn.client_cert {
         // Never trust a client-sent subject: only the verified one passes.
-        headers.remove(name);
-        if let Some(subject) = &conn.client_subject {
-            headers.insert(name.clone(), subject.clone());
+        headers.remove(&cert.header);
+        if let Some(subject) = &cert.subject {
+            headers.insert(cert.header.clone(), subject.clone());
         }
     }
     route.request_headers.apply(headers);

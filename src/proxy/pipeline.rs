@@ -21,14 +21,14 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 
 use super::body::{Body, BodyStats, ClientBody, LimitedBody};
-use super::context::{Activity, RequestCtx};
+use super::context::RequestCtx;
 use super::forward::{self, Forwarded};
 use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
 use super::problem::problem;
@@ -37,6 +37,7 @@ use crate::observe::metrics::{RequestLabels, empty_label};
 use crate::observe::record::{LogFields, Record, RecordedBody};
 use crate::policy::Flow;
 use crate::route::normalize_path;
+use crate::server::registry::{Activity, Busy};
 use crate::server::runtime::Runtime;
 use crate::upstream::Upstream;
 
@@ -53,26 +54,39 @@ pub struct Connection {
     pub local: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
-    /// The verified client certificate subject (mTLS), ready as a header value.
-    pub client_subject: Option<HeaderValue>,
-    /// The header that carries the subject upstream (listeners with client_auth).
-    pub subject_header: Option<http::HeaderName>,
-    /// Requests in flight, for the connection's idle watchdog.
-    pub activity: Arc<Activity>,
+    /// What a listener with `client_subject_header` passes upstream (boxed:
+    /// most connections have none).
+    pub client_cert: Option<Box<ClientCert>>,
+    /// Requests in flight and what the gateway asks of the connection.
+    pub activity: Activity,
+}
+
+/// The verified client certificate of an mTLS connection, as sent upstream.
+pub struct ClientCert {
+    /// The header that carries the subject upstream.
+    pub header: http::HeaderName,
+    /// The verified subject, ready as a header value (none without a
+    /// client certificate: the header is then removed).
+    pub subject: Option<HeaderValue>,
 }
 
 impl Connection {
-    /// A plain (not TLS) connection from `client` to `local` on `listener`.
-    pub fn new(listener: Arc<str>, client: SocketAddr, local: SocketAddr) -> Connection {
+    /// A plain (not TLS) connection from `client` to `local` on `listener`
+    /// that may stay idle for `idle_limit` between requests.
+    pub fn new(
+        listener: Arc<str>,
+        client: SocketAddr,
+        local: SocketAddr,
+        idle_limit: Duration,
+    ) -> Connection {
         Connection {
             listener,
             client,
             forwarded_for: super::headers::forwarded_for(client.ip()),
             local,
             tls: false,
-            client_subject: None,
-            subject_header: None,
-            activity: Activity::new(),
+            client_cert: None,
+            activity: Activity::new(idle_limit),
         }
     }
 }
@@ -125,7 +139,7 @@ pub async fn handle(
         route: None,
         started,
         log,
-        busy: conn.activity.begin(req.version() == http::Version::HTTP_2),
+        busy: Busy::new(&conn, req.version() == http::Version::HTTP_2),
     };
     let Some(listener) = snapshot.listener(&conn.listener).cloned() else {
         // The listener was removed by a reload while this connection was open.

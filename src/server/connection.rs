@@ -20,7 +20,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use super::http1::{self, ClientIo, Ended};
 use super::proxy_protocol::{self, Prefixed};
@@ -28,8 +27,8 @@ use super::tls;
 use crate::config::snapshot::{Limits, ListenerPlan};
 use crate::l4::{self, L4Plan};
 use crate::proxy::body::ClientBody;
-use crate::proxy::context::{Activity, IdleCheck};
-use crate::proxy::pipeline::{self, Connection};
+use crate::proxy::pipeline::{self, ClientCert, Connection};
+use crate::server::registry::Registered;
 use crate::server::runtime::Runtime;
 
 /// Longest wait for a PROXY protocol header (bounded further by the
@@ -39,21 +38,43 @@ const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `stream` from `peer` on the listener `plan` until it closes.
 ///
-/// Setting the connection up (the PROXY header, and all of an L4 relay or
-/// a TLS connection) runs boxed; what stays in the connection's task is the
-/// small state of a plain HTTP connection, which is what an idle keep-alive
-/// connection costs. (Combinators, not an `async fn`: awaiting the service
-/// there would keep a second copy of it in the task.)
+/// A plain HTTP listener needs no setting up: its service starts at once.
+/// Otherwise setting the connection up (the PROXY header, and all of an L4
+/// relay or a TLS connection) runs boxed. What stays in the connection's
+/// task is the small state of a plain HTTP connection, which is what an
+/// idle keep-alive connection costs. (Combinators, not an `async fn`:
+/// awaiting the service there would keep a second copy of it in the task.)
+/// Idle timeouts and the drain reach the connection through the runtime's
+/// [`Registry`](crate::server::registry::Registry).
 pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     plan: Arc<ListenerPlan>,
     rt: Arc<Runtime>,
-    shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = ()> + Send {
-    Box::pin(set_up(stream, peer, plan, rt, shutdown))
-        .then(OptionFuture::from)
-        .map(drop)
+    let _ = stream.set_nodelay(true);
+    if !plan.proxy_protocol && plan.l4.is_none() && plan.tls.is_none() {
+        let destination = stream.local_addr().unwrap_or(plan.address);
+        return Either::Left(serve_plain(Box::new(stream), peer, destination, &plan, rt));
+    }
+    Either::Right(
+        Box::pin(set_up(stream, peer, plan, rt))
+            .then(OptionFuture::from)
+            .map(drop),
+    )
+}
+
+/// The service of a plain HTTP connection.
+fn serve_plain(
+    io: ClientIo,
+    client: SocketAddr,
+    destination: SocketAddr,
+    plan: &ListenerPlan,
+    rt: Arc<Runtime>,
+) -> impl Future<Output = ()> + Send + use<> {
+    let idle_limit = plan.limits.header_read_timeout;
+    let conn = Connection::new(plan.name.clone(), client, destination, idle_limit);
+    serve_http(io, Arc::new(conn), plan.limits, rt, false)
 }
 
 /// Serves L4 and TLS connections whole; for a plain HTTP connection,
@@ -63,9 +84,7 @@ async fn set_up(
     peer: SocketAddr,
     plan: Arc<ListenerPlan>,
     rt: Arc<Runtime>,
-    shutdown: watch::Receiver<bool>,
 ) -> Option<impl Future<Output = ()> + Send> {
-    let _ = stream.set_nodelay(true);
     let mut client = peer;
     let mut destination = stream.local_addr().unwrap_or(plan.address);
     let mut early = Vec::new();
@@ -111,20 +130,18 @@ async fn set_up(
     }
     match &plan.tls {
         None => {
-            let conn = Connection::new(plan.name.clone(), client, destination);
-            let io = Box::new(stream);
-            Some(serve_http(
-                io,
-                Arc::new(conn),
-                plan.limits,
-                rt,
-                shutdown,
-                false,
-            ))
+            // Without a prefix left, the bare socket (48 bytes less to keep).
+            let io: ClientIo = match stream.into_unprefixed() {
+                Ok(tcp) => Box::new(tcp),
+                Err(prefixed) => Box::new(prefixed),
+            };
+            Some(serve_plain(io, client, destination, &plan, rt))
         }
         Some(config) => {
             let config = config.clone();
-            serve_tls(stream, client, destination, &plan, config, rt, shutdown).await;
+            // Boxed: the handshake's state is large, and a connection that
+            // is only waiting for its PROXY header need not carry it.
+            Box::pin(serve_tls(stream, client, destination, &plan, config, rt)).await;
             None
         }
     }
@@ -138,7 +155,6 @@ async fn serve_tls(
     plan: &ListenerPlan,
     config: Arc<rustls::ServerConfig>,
     rt: Arc<Runtime>,
-    shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let handshake =
@@ -154,81 +170,104 @@ async fn serve_tls(
             return;
         }
     };
-    let client_subject =
-        tls::client_subject(tls_stream.get_ref().1).and_then(|s| HeaderValue::try_from(s).ok());
+    let client_cert = plan.client_subject_header.as_ref().map(|header| {
+        let subject = tls::client_subject(tls_stream.get_ref().1)
+            .and_then(|s| HeaderValue::try_from(s).ok());
+        Box::new(ClientCert {
+            header: header.clone(),
+            subject,
+        })
+    });
+    let idle_limit = plan.limits.header_read_timeout;
     let conn = Connection {
         tls: true,
-        client_subject,
-        subject_header: plan.client_subject_header.clone(),
-        ..Connection::new(plan.name.clone(), client, destination)
+        client_cert,
+        ..Connection::new(plan.name.clone(), client, destination, idle_limit)
     };
     let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Box::new(tls_stream);
-    serve_http(io, Arc::new(conn), plan.limits, rt, shutdown, alpn_h2).await;
+    serve_http(io, Arc::new(conn), plan.limits, rt, alpn_h2).await;
 }
 
 /// Serves HTTP on an accepted (and, for TLS, handshaken) connection:
 /// HTTP/2 when ALPN chose it or the client opens with the HTTP/2 preface,
-/// HTTP/1.1 otherwise. A watchdog closes connections that stay idle for
-/// `header_read_timeout` between requests.
+/// HTTP/1.1 otherwise. The connection is registered with the runtime's
+/// registry, whose sweep closes it once idle for `header_read_timeout`.
 ///
-/// A plain function returning the future, not an `async fn` with
-/// `select!`: this future is what an idle connection keeps, and either
-/// would keep a second copy of both futures next to the ones being polled.
+/// A plain function returning the future, not an `async fn`: this future
+/// is what an idle connection keeps, and an `async fn` would keep a second
+/// copy of its arguments next to the futures being polled.
 fn serve_http(
     io: ClientIo,
     conn: Arc<Connection>,
     limits: Limits,
     rt: Arc<Runtime>,
-    shutdown: watch::Receiver<bool>,
     alpn_h2: bool,
-) -> Watched<impl Future<Output = ()> + Send, impl Future<Output = ()> + Send> {
-    let watchdog = idle_watchdog(conn.activity.clone(), limits.header_read_timeout);
+) -> Watched<impl Future<Output = ()> + Send> {
+    let registered = rt.connections.register(&conn);
+    let watched = conn.clone();
     if alpn_h2 {
-        let served = Box::pin(serve_h2(io, conn, limits, rt, shutdown));
+        let served = Box::pin(serve_h2(io, conn, h2_header_list(&limits), rt));
         return Watched {
             served: Either::Left(served),
-            watchdog,
+            conn: watched,
+            _registered: registered,
         };
     }
     // HTTP/1.1, and HTTP/2 if the client opens with the preface.
     let caps = http1::Caps::new(&limits);
-    let h2 = (conn.clone(), rt.clone(), shutdown.clone());
-    let http1 = http1::serve(io, conn, caps, rt, shutdown).then(move |ended| {
+    let header_list = h2_header_list(&limits);
+    let http1 = http1::serve(io, conn, caps, rt).then(move |ended| {
         OptionFuture::from(match ended {
             Ended::Closed => None,
-            Ended::Http2(io, read) => {
-                let (conn, rt, shutdown) = h2;
+            Ended::Http2 {
+                io,
+                read,
+                conn,
+                rt,
+            } => {
                 let io = Prefixed::new(read.to_vec(), io);
-                Some(Box::pin(serve_h2(io, conn, limits, rt, shutdown)))
+                Some(Box::pin(serve_h2(io, conn, header_list, rt)))
             }
         })
     });
     Watched {
         served: Either::Right(http1.map(drop)),
-        watchdog,
+        conn: watched,
+        _registered: registered,
     }
+}
+
+/// hyper's cap on an HTTP/2 header list: the pipeline answers 431 with
+/// problem+json up to the configured limit; this sits above it as a hard
+/// stop.
+fn h2_header_list(limits: &Limits) -> u32 {
+    u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX)
 }
 
 pin_project_lite::pin_project! {
-    /// A connection's service, cut short when its idle watchdog fires.
-    struct Watched<S, W> {
+    /// A connection's service, cut short when the registry's sweep finds
+    /// it idle past its limit.
+    struct Watched<S> {
         #[pin]
         served: S,
-        #[pin]
-        watchdog: W,
+        conn: Arc<Connection>,
+        _registered: Registered,
     }
 }
 
-impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Watched<S, W> {
+impl<S: Future<Output = ()>> Future for Watched<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
+        // Registers the task for the sweep and the drain before the service
+        // looks at the drain flag.
+        let expired = this.conn.activity.poll_expired(cx).is_ready();
         if this.served.poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        if this.watchdog.poll(cx).is_ready() {
+        if expired {
             tracing::debug!("no request head within header_read_timeout; closing the connection");
             return Poll::Ready(());
         }
@@ -236,48 +275,30 @@ impl<S: Future<Output = ()>, W: Future<Output = ()>> Future for Watched<S, W> {
     }
 }
 
-/// Ends when `activity` has been idle for `limit`: from connecting, and
-/// from the end of each response, an HTTP/1 client has header_read_timeout
-/// to send a complete request head (also an HTTP/2 client that sends a
-/// preface and no request). HTTP/2 connections are left alone once their
-/// first request has come.
-async fn idle_watchdog(activity: Arc<Activity>, limit: Duration) {
-    loop {
-        match activity.check(limit) {
-            IdleCheck::Expired => return,
-            IdleCheck::Never => std::future::pending::<()>().await,
-            IdleCheck::At(when) => tokio::time::sleep_until(when.into()).await,
-        }
-    }
-}
-
 /// Serves HTTP/2 with hyper until the client leaves, or finishes the
-/// streams in flight once `shutdown` turns true.
-async fn serve_h2<I>(
-    io: I,
-    conn: Arc<Connection>,
-    limits: Limits,
-    rt: Arc<Runtime>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+/// streams in flight once the gateway drains.
+async fn serve_h2<I>(io: I, conn: Arc<Connection>, max_header_list: u32, rt: Arc<Runtime>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        // The pipeline answers 431 with problem+json up to the configured
-        // limit; hyper's own cap sits above it as a hard stop.
-        .max_header_list_size(
-            u32::try_from(limits.max_header_size.saturating_mul(2)).unwrap_or(u32::MAX),
-        );
+        .max_header_list_size(max_header_list);
+    let watched = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         pipeline::handle(req.map(ClientBody::Http2), conn.clone(), rt.clone())
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    // The watch guard must not live across the await below (it is not Send),
-    // so the drain signal is reduced to a plain value first.
-    let draining = async move { shutdown.wait_for(|stop| *stop).await.is_ok() };
+    // The task is woken when the drain starts ([`Watched`] registers it).
+    let draining = std::future::poll_fn(|_| {
+        if watched.activity.draining() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    });
     tokio::select! {
         res = connection.as_mut() => {
             if let Err(e) = res {
@@ -285,7 +306,7 @@ async fn serve_h2<I>(
             }
             return;
         }
-        _ = draining => {}
+        () = draining => {}
     }
     connection.as_mut().graceful_shutdown();
     if let Err(e) = connection.await {

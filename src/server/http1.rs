@@ -31,7 +31,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio_util::io::poll_read_buf;
 
 use crate::codec::{
@@ -69,9 +69,18 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub enum Ended {
     /// Closed, by either side or because the server is draining.
     Closed,
-    /// The client opened with the HTTP/2 preface: the connection and the
-    /// bytes read so far, for the HTTP/2 server.
-    Http2(ClientIo, Bytes),
+    /// The client opened with the HTTP/2 preface: the connection, the
+    /// bytes read so far, and what the HTTP/2 server needs.
+    Http2 {
+        /// The client connection.
+        io: ClientIo,
+        /// Bytes read from it, the preface included.
+        read: Bytes,
+        /// The connection's facts.
+        conn: Arc<Connection>,
+        /// The gateway.
+        rt: Arc<Runtime>,
+    },
 }
 
 /// The parser's hard limits, above the listener's own (which the pipeline
@@ -79,73 +88,70 @@ pub enum Ended {
 /// read.
 #[derive(Clone, Copy)]
 pub struct Caps {
-    head_bytes: usize,
-    fields: usize,
+    head_bytes: u32,
+    fields: u32,
 }
 
 impl Caps {
     /// The caps for a listener's limits.
     pub fn new(limits: &Limits) -> Caps {
+        let cap = |limit: usize, floor: usize| {
+            u32::try_from(limit.saturating_mul(2).max(floor)).unwrap_or(u32::MAX)
+        };
         Caps {
-            head_bytes: limits.max_header_size.saturating_mul(2).max(16 * 1024),
-            fields: limits.max_headers.saturating_mul(2).max(100),
+            head_bytes: cap(limits.max_header_size, 16 * 1024),
+            fields: cap(limits.max_headers, 100),
         }
     }
 }
 
 /// Serves HTTP/1.1 requests on `io` until the client leaves, a response
-/// says close, or `shutdown` turns true between requests.
+/// says close, or the gateway drains (between requests).
 ///
 /// A plain function returning the loop, not an `async fn`: the loop is what
 /// an idle connection keeps, and an `async fn` would also keep its
-/// arguments after they have been moved into the [`Client`].
+/// arguments after they have been moved into the [`Client`]. The task must
+/// poll [`Activity::poll_expired`](crate::server::registry::Activity::poll_expired)
+/// to be woken by the drain.
 pub fn serve(
     io: ClientIo,
     conn: Arc<Connection>,
     caps: Caps,
     rt: Arc<Runtime>,
-    mut shutdown: watch::Receiver<bool>,
 ) -> impl Future<Output = Ended> + Send {
     let mut client = Client {
         io,
         buf: BytesMut::new(),
-        out: Vec::new(),
         caps,
         first: true,
         conn,
         rt,
     };
     async move {
-        let draining = shutdown.clone();
-        // One wait for the drain signal for the connection's whole life
-        // (registering a waiter anew for every idle period costs a lock).
-        let mut stop = std::pin::pin!(shutdown.wait_for(|stop| *stop));
         loop {
             if client.buf.is_empty() {
                 // Idle: hold no buffers while waiting for the next request.
                 drop(std::mem::take(&mut client.buf));
-                client.out = Vec::new();
-                let read = first_bytes(&mut client.io);
-                tokio::select! {
-                    biased;
-                    got = read => match got {
-                        Ok(Some(bytes)) => client.buf = bytes,
-                        _ => return Ended::Closed,
-                    },
-                    _ = stop.as_mut() => return Ended::Closed,
+                match first_bytes(&mut client.io, &client.conn).await {
+                    Ok(Some(bytes)) => client.buf = bytes,
+                    _ => return Ended::Closed,
                 }
             }
             // One exchange's state is large; boxed, it is allocated while a
             // request is in flight and not kept by an idle connection.
             // Written into its box directly rather than moved there (a
             // copy of several KiB per request).
-            let exchange = Box::write(Box::new_uninit(), client.exchange(&draining));
+            let exchange = Box::write(Box::new_uninit(), client.exchange());
             match Box::into_pin(exchange).await {
                 Next::Request => {}
                 Next::Close => return Ended::Closed,
                 Next::Http2 => {
-                    let read = std::mem::take(&mut client.buf).freeze();
-                    return Ended::Http2(client.io, read);
+                    return Ended::Http2 {
+                        read: std::mem::take(&mut client.buf).freeze(),
+                        io: client.io,
+                        conn: client.conn,
+                        rt: client.rt,
+                    };
                 }
             }
         }
@@ -157,8 +163,6 @@ struct Client {
     io: ClientIo,
     /// Bytes read and not yet used; empty (no allocation) while idle.
     buf: BytesMut,
-    /// The response head being written; empty while idle.
-    out: Vec<u8>,
     caps: Caps,
     /// No request has been read yet (the HTTP/2 preface may come).
     first: bool,
@@ -178,13 +182,13 @@ enum Next {
 
 impl Client {
     /// Reads one request, runs the pipeline and writes the response.
-    async fn exchange(&mut self, shutdown: &watch::Receiver<bool>) -> Next {
+    async fn exchange(&mut self) -> Next {
         let head = match read_head(&mut self.io, &mut self.buf, self.caps, self.first).await {
             Ok(Some(Head::Request(head))) => head,
             Ok(Some(Head::Http2)) => return Next::Http2,
             Ok(None) => return Next::Close,
             Err(refusal) => {
-                refuse(&mut self.io, &mut self.out, refusal).await;
+                refuse(&mut self.io, refusal).await;
                 return Next::Close;
             }
         };
@@ -198,7 +202,7 @@ impl Client {
         let framing = match codec::body_framing(&headers, true) {
             Ok((framing, _)) => framing,
             Err(e) => {
-                refuse(&mut self.io, &mut self.out, Refusal::Framing(e)).await;
+                refuse(&mut self.io, Refusal::Framing(e)).await;
                 return Next::Close;
             }
         };
@@ -292,7 +296,7 @@ impl Client {
             // otherwise be read as the next request.
             keep_alive &= !body_unread;
         }
-        if *shutdown.borrow() {
+        if self.conn.activity.draining() {
             keep_alive = false;
         }
         self.respond(
@@ -317,10 +321,8 @@ impl Client {
         upgrade_to: Option<oneshot::Sender<Handoff>>,
     ) -> Next {
         let (parts, body) = response.into_parts();
-        let out = &mut self.out;
-        out.clear();
         // Sized once for a typical head, instead of growing step by step.
-        out.reserve(1024);
+        let out = &mut Vec::with_capacity(1024);
         if parts.status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(tx) = upgrade_to
         {
@@ -404,9 +406,16 @@ impl Client {
 }
 
 /// Waits for an idle connection's next bytes, reading them onto the stack
-/// and only then into a new buffer. `None` when the client closed.
-async fn first_bytes(io: &mut ClientIo) -> io::Result<Option<BytesMut>> {
-    std::future::poll_fn(|cx| {
+/// and only then into a new buffer. `None` when the client closed or the
+/// gateway drains.
+fn first_bytes<'a>(
+    io: &'a mut ClientIo,
+    conn: &'a Connection,
+) -> impl Future<Output = io::Result<Option<BytesMut>>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if conn.activity.draining() {
+            return Poll::Ready(Ok(None));
+        }
         let mut stack = [MaybeUninit::<u8>::uninit(); FIRST_READ];
         let mut read = ReadBuf::uninit(&mut stack);
         ready!(Pin::new(&mut **io).poll_read(cx, &mut read))?;
@@ -418,7 +427,6 @@ async fn first_bytes(io: &mut ClientIo) -> io::Result<Option<BytesMut>> {
         buf.extend_from_slice(got);
         Poll::Ready(Ok(Some(buf)))
     })
-    .await
 }
 
 /// Reads whatever the client sends next into `buf`; `Ok(0)` at its end.
@@ -481,7 +489,7 @@ async fn read_head(
         } else if let Some(head) = parse_head(buf, caps)? {
             return Ok(Some(Head::Request(head)));
         }
-        if buf.len() >= caps.head_bytes {
+        if buf.len() >= caps.head_bytes as usize {
             return Err(Refusal::TooLarge);
         }
         let n = std::future::poll_fn(|cx| poll_more(io, buf, cx))
@@ -498,10 +506,11 @@ async fn read_head(
 fn parse_head(buf: &mut BytesMut, caps: Caps) -> Result<Option<Parsed>, Refusal> {
     let mut stack = [MaybeUninit::<httparse::Header<'_>>::uninit(); STACK_FIELDS];
     let mut heap;
-    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if caps.fields <= STACK_FIELDS {
-        &mut stack[..caps.fields]
+    let wanted = caps.fields as usize;
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if wanted <= STACK_FIELDS {
+        &mut stack[..wanted]
     } else {
-        heap = vec![MaybeUninit::uninit(); caps.fields];
+        heap = vec![MaybeUninit::uninit(); wanted];
         &mut heap
     };
     let mut parsed = httparse::Request::new(&mut []);
@@ -536,7 +545,7 @@ fn parse_head(buf: &mut BytesMut, caps: Caps) -> Result<Option<Parsed>, Refusal>
 }
 
 /// Answers a refused request with problem+json and closes the connection.
-async fn refuse(io: &mut ClientIo, out: &mut Vec<u8>, refusal: Refusal) {
+async fn refuse(io: &mut ClientIo, refusal: Refusal) {
     let (status, detail) = match &refusal {
         Refusal::Io(e) => {
             tracing::debug!(error = %e, "reading a request head failed");
@@ -566,7 +575,7 @@ async fn refuse(io: &mut ClientIo, out: &mut Vec<u8>, refusal: Refusal) {
     resp.headers_mut()
         .insert(crate::proxy::headers::X_REQUEST_ID.clone(), id);
     let (parts, body) = resp.into_parts();
-    out.clear();
+    let out = &mut Vec::new();
     let len = body.size_hint().exact().unwrap_or(0);
     let outgoing = encode_head(
         out,

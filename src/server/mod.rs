@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod http1;
 pub mod proxy_protocol;
+pub mod registry;
 pub mod runtime;
 pub mod tls;
 
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -138,6 +140,7 @@ impl Gateway {
             tokio::spawn(crate::admin::serve(listener, inner.clone()));
         }
         tokio::spawn(dns_refresh_loop(inner.clone()));
+        tokio::spawn(sweep_loop(Arc::downgrade(&inner.runtime)));
         Ok(Gateway { inner })
     }
 
@@ -188,6 +191,7 @@ impl Gateway {
             }
         }
         let _ = self.inner.drain.send(true);
+        self.inner.runtime.connections.drain();
         let drained = async {
             loop {
                 let notified = self.inner.connections_closed.notified();
@@ -409,14 +413,15 @@ async fn accept_loop(
         let gauge = gauge.clone();
         inner.open_connections.fetch_add(1, Ordering::AcqRel);
         gauge.inc();
-        tokio::spawn(async move {
-            let drain = inner.drain.subscribe();
-            connection::serve(stream, client, plan, inner.runtime.clone(), drain).await;
+        // Combinators, not an async block: the block would keep `stream`,
+        // `client` and `plan` in every connection's task after handing them on.
+        let served = connection::serve(stream, client, plan, inner.runtime.clone());
+        tokio::spawn(served.map(move |()| {
             gauge.dec();
             if inner.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
                 inner.connections_closed.notify_waiters();
             }
-        });
+        }));
     }
 }
 
@@ -451,6 +456,30 @@ pub async fn serve_until_signal(gateway: Gateway) -> std::process::ExitCode {
         tracing::warn!("shutdown_timeout passed with connections still open; exiting");
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// Sweeps the open connections for idle ones, as often as the shortest
+/// `header_read_timeout` of the running listeners calls for (also while
+/// draining: a client may be sending a head slowly), until the runtime is
+/// gone.
+async fn sweep_loop(runtime: std::sync::Weak<Runtime>) {
+    loop {
+        let tick = {
+            let Some(runtime) = runtime.upgrade() else {
+                return;
+            };
+            runtime.connections.sweep();
+            let snapshot = runtime.snapshot.load();
+            let shortest = snapshot
+                .listeners
+                .iter()
+                .map(|l| l.limits.header_read_timeout)
+                .min()
+                .unwrap_or(Duration::from_secs(10));
+            registry::tick(shortest)
+        };
+        tokio::time::sleep(tick).await;
+    }
 }
 
 /// Resolves target names again, each on its `dns_refresh` schedule; when an

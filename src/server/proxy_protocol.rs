@@ -316,6 +316,15 @@ impl<S> Prefixed<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The wrapped stream alone when no prefix is left to serve.
+    pub fn into_unprefixed(self) -> Result<S, Self> {
+        if self.pos >= self.prefix.len() {
+            Ok(self.inner)
+        } else {
+            Err(self)
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {

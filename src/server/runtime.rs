@@ -14,6 +14,7 @@ use crate::config::load::{Loaded, load_file};
 use crate::config::{ConfigErrors, Snapshot};
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::{Metrics, ResultLabel};
+use crate::server::registry::Registry;
 use crate::upstream::dns::{self, Dns, ResolveFn, system_resolver};
 use crate::upstream::health::HealthChecks;
 use crate::upstream::{ClientCache, TargetState};
@@ -59,6 +60,8 @@ pub struct Runtime {
     check_only: bool,
     /// DNS answers for target names.
     pub dns: Dns,
+    /// Open HTTP client connections, for idle timeouts and the drain.
+    pub connections: Arc<Registry>,
     /// The configuration the current snapshot was compiled from, to compile
     /// it again when a DNS answer changes.
     loaded: Mutex<Option<Arc<Loaded>>>,
@@ -105,6 +108,7 @@ impl Runtime {
             reload_lock: tokio::sync::Mutex::new(()),
             check_only,
             dns: Dns::new(resolve),
+            connections: Arc::default(),
             loaded: Mutex::new(None),
         });
         // Unresolvable names are reported by compile, at their line.

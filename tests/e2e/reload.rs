@@ -596,6 +596,41 @@ async fn shutdown_within_closes_idle_keep_alive_connections_at_once() {
 }
 
 #[tokio::test]
+async fn shutdown_within_finishes_http2_streams_then_closes_the_connection() {
+    let slow = slow_backend(Duration::from_millis(600)).await;
+    let gw = TestGateway::start(&config(
+        &route("slow", "/slow", "s"),
+        &upstream("s", slow.addr),
+    ))
+    .await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (c, url) = (h2.clone(), gw.url("web", "/slow"));
+    let in_flight = tokio::spawn(async move {
+        let r = c.get(&url).send().await.unwrap();
+        (r.version(), r.status(), r.text().await.unwrap())
+    });
+    wait_seen(&slow, "/slow").await;
+
+    // The client keeps its HTTP/2 connection: only the drain ends it.
+    let started = Instant::now();
+    let drained = gw.gateway.shutdown_within(Duration::from_secs(5)).await;
+    assert!(drained, "the HTTP/2 connection kept shutdown waiting");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let (version, status, text) = in_flight.await.unwrap();
+    assert_eq!(version, http::Version::HTTP_2);
+    assert_eq!((status.as_u16(), text.as_str()), (200, "slow done"));
+}
+
+#[tokio::test]
 async fn shutdown_within_gives_up_at_the_deadline() {
     let slow = slow_backend(Duration::from_secs(30)).await;
     let gw = TestGateway::start(&config(
