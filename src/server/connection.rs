@@ -74,7 +74,7 @@ fn serve_plain(
 ) -> impl Future<Output = ()> + Send + use<> {
     let idle_limit = plan.limits.header_read_timeout;
     let conn = Connection::new(plan.name.clone(), client, destination, idle_limit);
-    serve_http(io, Arc::new(conn), plan.limits, rt, false)
+    serve_http(io, conn, plan.limits, rt, false)
 }
 
 /// Serves L4 and TLS connections whole; for a plain HTTP connection,
@@ -186,7 +186,7 @@ async fn serve_tls(
     };
     let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Box::new(tls_stream);
-    serve_http(io, Arc::new(conn), plan.limits, rt, alpn_h2).await;
+    serve_http(io, conn, plan.limits, rt, alpn_h2).await;
 }
 
 /// Serves HTTP on an accepted (and, for TLS, handshaken) connection:
@@ -199,19 +199,18 @@ async fn serve_tls(
 /// copy of its arguments next to the futures being polled.
 fn serve_http(
     io: ClientIo,
-    conn: Arc<Connection>,
+    conn: Connection,
     limits: Limits,
     rt: Arc<Runtime>,
     alpn_h2: bool,
 ) -> Watched<impl Future<Output = ()> + Send> {
-    let registered = rt.connections.register(&conn);
-    let watched = conn.clone();
+    let registered = rt.connections.register(conn);
+    let conn = registered.connection().clone();
     if alpn_h2 {
         let served = Box::pin(serve_h2(io, conn, h2_header_list(&limits), rt));
         return Watched {
             served: Either::Left(served),
-            conn: watched,
-            _registered: registered,
+            registered,
         };
     }
     // HTTP/1.1, and HTTP/2 if the client opens with the preface.
@@ -233,8 +232,7 @@ fn serve_http(
     });
     Watched {
         served: Either::Right(http1.map(drop)),
-        conn: watched,
-        _registered: registered,
+        registered,
     }
 }
 
@@ -251,8 +249,7 @@ pin_project_lite::pin_project! {
     struct Watched<S> {
         #[pin]
         served: S,
-        conn: Arc<Connection>,
-        _registered: Registered,
+        registered: Registered,
     }
 }
 
@@ -263,7 +260,8 @@ impl<S: Future<Output = ()>> Future for Watched<S> {
         let this = self.project();
         // Registers the task for the sweep and the drain before the service
         // looks at the drain flag.
-        let expired = this.conn.activity.poll_expired(cx).is_ready();
+        let activity = &this.registered.connection().activity;
+        let expired = activity.poll_expired(cx).is_ready();
         if this.served.poll(cx).is_ready() {
             return Poll::Ready(());
         }

@@ -45,6 +45,8 @@ pub struct Activity {
     signal: AtomicU8,
     /// The connection's task, woken when `signal` changes.
     waker: AtomicWaker,
+    /// Where the connection is registered: its registry and its key there.
+    place: Option<(Arc<Registry>, usize)>,
 }
 
 /// What the sweep should do with a connection.
@@ -77,6 +79,7 @@ impl Activity {
             multiplexed: AtomicBool::new(false),
             signal: AtomicU8::new(0),
             waker: AtomicWaker::new(),
+            place: None,
         }
     }
 
@@ -170,17 +173,17 @@ impl Registry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds `conn` until the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, conn: &Arc<Connection>) -> Registered {
+    /// Adds `conn` until the returned handle is dropped.
+    pub fn register(self: &Arc<Self>, mut conn: Connection) -> Registered {
         let mut state = self.state();
+        let entry = state.open.vacant_entry();
+        conn.activity.place = Some((self.clone(), entry.key()));
+        let conn = Arc::new(conn);
+        entry.insert(conn.clone());
         if state.draining {
             conn.activity.signal(DRAINING);
         }
-        let key = state.open.insert(conn.clone());
-        Registered {
-            registry: self.clone(),
-            key,
-        }
+        Registered(conn)
     }
 
     /// Signals every connection idle past its limit.
@@ -214,15 +217,23 @@ impl Registry {
     }
 }
 
-/// A connection's place in the [`Registry`]; leaves it when dropped.
-pub struct Registered {
-    registry: Arc<Registry>,
-    key: usize,
+/// A registered connection (one handle per connection, kept by the task
+/// that serves it); the connection leaves the [`Registry`] when it is
+/// dropped. One pointer: it is part of what every idle connection keeps.
+pub struct Registered(Arc<Connection>);
+
+impl Registered {
+    /// The connection.
+    pub fn connection(&self) -> &Arc<Connection> {
+        &self.0
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry.state().open.try_remove(self.key);
+        if let Some((registry, key)) = &self.0.activity.place {
+            registry.state().open.try_remove(*key);
+        }
     }
 }
 
@@ -237,9 +248,9 @@ pub fn tick(shortest: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    fn conn(limit: Duration) -> Arc<Connection> {
+    fn conn(limit: Duration) -> Connection {
         let addr = "127.0.0.1:1".parse().unwrap();
-        Arc::new(Connection::new("l".into(), addr, addr, limit))
+        Connection::new("l".into(), addr, addr, limit)
     }
 
     fn flags(c: &Connection) -> u8 {
@@ -250,58 +261,57 @@ mod tests {
     fn idle_connections_expire_and_busy_ones_do_not() {
         let limit = Duration::from_millis(40);
         let registry = Arc::new(Registry::default());
-        let c = conn(limit);
-        let _registered = registry.register(&c);
+        let registered = registry.register(conn(limit));
+        let c = registered.connection();
         registry.sweep();
-        assert_eq!(flags(&c), 0);
+        assert_eq!(flags(c), 0);
         std::thread::sleep(Duration::from_millis(60));
 
-        let busy = Busy::new(&c, false);
+        let busy = Busy::new(c, false);
         registry.sweep();
-        assert_eq!(flags(&c), 0, "a request is in flight");
+        assert_eq!(flags(c), 0, "a request is in flight");
         drop(busy);
         registry.sweep();
-        assert_eq!(flags(&c), 0, "idle again from now");
+        assert_eq!(flags(c), 0, "idle again from now");
         std::thread::sleep(Duration::from_millis(60));
         registry.sweep();
-        assert_eq!(flags(&c), EXPIRED);
+        assert_eq!(flags(c), EXPIRED);
 
-        let h2 = conn(limit);
-        let _h2 = registry.register(&h2);
-        drop(Busy::new(&h2, true));
+        let h2 = registry.register(conn(limit));
+        drop(Busy::new(h2.connection(), true));
         std::thread::sleep(Duration::from_millis(60));
         registry.sweep();
-        assert_eq!(flags(&h2), 0, "HTTP/2 connections are left alone");
+        assert_eq!(flags(h2.connection()), 0, "HTTP/2 connections are left alone");
     }
 
     #[test]
-    fn drain_reaches_open_and_later_connections_and_guards_leave() {
+    fn drain_reaches_open_and_later_connections_and_handles_leave() {
         let registry = Arc::new(Registry::default());
-        let before = conn(Duration::from_secs(10));
-        let registered = registry.register(&before);
-        assert!(!before.activity.draining());
+        let before = registry.register(conn(Duration::from_secs(10)));
+        assert!(!before.connection().activity.draining());
         registry.drain();
-        assert!(before.activity.draining());
-        let after = conn(Duration::from_secs(10));
-        let _later = registry.register(&after);
-        assert!(after.activity.draining());
+        assert!(before.connection().activity.draining());
+        let after = registry.register(conn(Duration::from_secs(10)));
+        assert!(after.connection().activity.draining());
         assert_eq!(registry.len(), 2);
-        drop(registered);
+        drop(before);
         assert_eq!(registry.len(), 1);
+        drop(after);
+        assert!(registry.is_empty());
     }
 
     #[test]
     fn a_signal_wakes_the_registered_task() {
         let registry = Arc::new(Registry::default());
-        let c = conn(Duration::ZERO);
-        let _registered = registry.register(&c);
+        let registered = registry.register(conn(Duration::ZERO));
+        let activity = &registered.connection().activity;
         let woken = Arc::new(AtomicBool::new(false));
         let waker = futures_util::task::waker(Arc::new(Flag(woken.clone())));
         let mut cx = Context::from_waker(&waker);
-        assert!(c.activity.poll_expired(&mut cx).is_pending());
+        assert!(activity.poll_expired(&mut cx).is_pending());
         registry.sweep();
         assert!(woken.load(Ordering::Acquire));
-        assert!(c.activity.poll_expired(&mut cx).is_ready());
+        assert!(activity.poll_expired(&mut cx).is_ready());
     }
 
     struct Flag(Arc<AtomicBool>);
