@@ -285,7 +285,11 @@ where
         .max_header_list_size(max_header_list);
     let watched = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        pipeline::handle(req.map(ClientBody::Http2), conn.clone(), rt.clone())
+        // hyper moves each stream's future several times on its way into a
+        // task of its own; boxed (and written into its box in place), a
+        // move is a pointer instead of the pipeline's several KiB.
+        let handling = pipeline::handle(req.map(ClientBody::Http2), conn.clone(), rt.clone());
+        Box::into_pin(Box::write(Box::new_uninit(), handling))
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
