@@ -171,8 +171,8 @@ async fn serve_tls(
         }
     };
     let client_cert = plan.client_subject_header.as_ref().map(|header| {
-        let subject = tls::client_subject(tls_stream.get_ref().1)
-            .and_then(|s| HeaderValue::try_from(s).ok());
+        let subject =
+            tls::client_subject(tls_stream.get_ref().1).and_then(|s| HeaderValue::try_from(s).ok());
         Box::new(ClientCert {
             header: header.clone(),
             subject,
@@ -219,12 +219,7 @@ fn serve_http(
     let http1 = http1::serve(io, conn, caps, rt).then(move |ended| {
         OptionFuture::from(match ended {
             Ended::Closed => None,
-            Ended::Http2 {
-                io,
-                read,
-                conn,
-                rt,
-            } => {
+            Ended::Http2 { io, read, conn, rt } => {
                 let io = Prefixed::new(read.to_vec(), io);
                 Some(Box::pin(serve_h2(io, conn, header_list, rt)))
             }

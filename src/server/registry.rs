@@ -281,7 +281,11 @@ mod tests {
         drop(Busy::new(h2.connection(), true));
         std::thread::sleep(Duration::from_millis(60));
         registry.sweep();
-        assert_eq!(flags(h2.connection()), 0, "HTTP/2 connections are left alone");
+        assert_eq!(
+            flags(h2.connection()),
+            0,
+            "HTTP/2 connections are left alone"
+        );
     }
 
     #[test]

@@ -223,6 +223,16 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A reqwest client that speaks HTTP/2 without TLS (prior knowledge, h2c).
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
 /// GET `url` and return status, headers and body text.
 pub async fn get(url: &str) -> (StatusCode, http::HeaderMap, String) {
     let r = client().get(url).send().await.unwrap();

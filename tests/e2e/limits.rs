@@ -156,12 +156,7 @@ async fn headers_far_over_max_header_size_give_431() {
 async fn headers_over_max_header_size_give_431_over_http2() {
     let backend = Backend::echo("app").await;
     let gw = gateway("    max_header_size: 4KiB", backend.addr).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     let resp = h2
         .get(gw.url("web", "/x"))
         .header("x-big", "b".repeat(5 * 1024))

@@ -62,6 +62,33 @@ async fn backend_of(url: &str) -> String {
     v["backend"].as_str().unwrap_or_default().to_string()
 }
 
+/// A gateway routing /slow to a backend that answers after `delay`, and a
+/// request to it in flight over HTTP/2 (version, status and body once it
+/// ends), on a connection the returned client keeps open.
+async fn http2_request_in_flight(
+    delay: Duration,
+) -> (
+    Backend,
+    TestGateway,
+    reqwest::Client,
+    tokio::task::JoinHandle<(http::Version, StatusCode, String)>,
+) {
+    let slow = slow_backend(delay).await;
+    let gw = TestGateway::start(&config(
+        &route("slow", "/slow", "s"),
+        &upstream("s", slow.addr),
+    ))
+    .await;
+    let h2 = h2c_client();
+    let (c, url) = (h2.clone(), gw.url("web", "/slow"));
+    let in_flight = tokio::spawn(async move {
+        let r = c.get(&url).send().await.unwrap();
+        (r.version(), r.status(), r.text().await.unwrap())
+    });
+    wait_seen(&slow, "/slow").await;
+    (slow, gw, h2, in_flight)
+}
+
 /// Polls until `backend` has seen a request for `path`.
 async fn wait_seen(backend: &Backend, path: &str) {
     let seen = eventually(Duration::from_secs(5), || {
@@ -240,24 +267,7 @@ async fn in_flight_request_completes_after_a_reload_removes_its_route() {
 
 #[tokio::test]
 async fn http2_stream_in_flight_finishes_on_the_old_configuration() {
-    let slow = slow_backend(Duration::from_millis(800)).await;
-    let gw = TestGateway::start(&config(
-        &route("slow", "/slow", "s"),
-        &upstream("s", slow.addr),
-    ))
-    .await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let (c, url) = (h2.clone(), gw.url("web", "/slow"));
-    let in_flight = tokio::spawn(async move {
-        let r = c.get(&url).send().await.unwrap();
-        (r.version(), r.status(), r.text().await.unwrap())
-    });
-    wait_seen(&slow, "/slow").await;
+    let (slow, gw, h2, in_flight) = http2_request_in_flight(Duration::from_millis(800)).await;
 
     gw.write_config(&config(
         &route("other", "/other", "s"),
@@ -597,24 +607,7 @@ async fn shutdown_within_closes_idle_keep_alive_connections_at_once() {
 
 #[tokio::test]
 async fn shutdown_within_finishes_http2_streams_then_closes_the_connection() {
-    let slow = slow_backend(Duration::from_millis(600)).await;
-    let gw = TestGateway::start(&config(
-        &route("slow", "/slow", "s"),
-        &upstream("s", slow.addr),
-    ))
-    .await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let (c, url) = (h2.clone(), gw.url("web", "/slow"));
-    let in_flight = tokio::spawn(async move {
-        let r = c.get(&url).send().await.unwrap();
-        (r.version(), r.status(), r.text().await.unwrap())
-    });
-    wait_seen(&slow, "/slow").await;
+    let (_slow, gw, _h2, in_flight) = http2_request_in_flight(Duration::from_millis(600)).await;
 
     // The client keeps its HTTP/2 connection: only the drain ends it.
     let started = Instant::now();

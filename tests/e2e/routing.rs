@@ -462,12 +462,7 @@ async fn http2_prior_knowledge_request_is_routed_like_http1() {
         ("other", "{ path_prefix: / }"),
     ])
     .await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let h2 = h2c_client();
     for (path, want) in [
         ("/api/x?v=2", "local-get"),
         ("/api/x", "local"),

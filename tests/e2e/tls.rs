@@ -5,12 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -589,4 +590,63 @@ async fn upstream_http2_over_tls_negotiates_h2_by_alpn() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(backend.handshakes()[0].alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(backend.seen()[0].version, http::Version::HTTP_2);
+}
+
+#[tokio::test]
+async fn an_idle_tls_keep_alive_connection_is_closed_after_header_read_timeout() {
+    let site = Site::new();
+    let backend = Backend::echo("app").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners:
+  - name: secure
+    address: 127.0.0.1:0
+    protocol: https
+    header_read_timeout: 600ms
+    tls:
+      certificates:{certs}
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [{backend}]
+"#,
+        certs = site.certificates_yaml(),
+        backend = backend.addr,
+    ))
+    .await;
+    let config = client_trusting(&site.ca, &[&rustls::version::TLS13]);
+    let mut tls = connect(gw.addr("secure"), config, "a.test").await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Kept alive, then idle: closed once header_read_timeout has passed.
+    let idle_from = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the idle TLS connection was still open after 5s"
+    );
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(500) && idle < Duration::from_secs(3),
+        "closed after {idle:?}"
+    );
 }
