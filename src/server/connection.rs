@@ -13,21 +13,16 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use futures_util::future::{Either, OptionFuture};
-use http::{HeaderValue, Request};
-use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use http::HeaderValue;
 use tokio::net::TcpStream;
 
 use super::http1::{self, ClientIo, Ended};
+use super::http2;
 use super::proxy_protocol::{self, Prefixed};
 use super::tls;
 use crate::config::snapshot::{Limits, ListenerPlan};
 use crate::l4::{self, L4Plan};
-use crate::proxy::body::ClientBody;
-use crate::proxy::pipeline::{self, ClientCert, Connection};
+use crate::proxy::pipeline::{ClientCert, Connection};
 use crate::server::registry::Registered;
 use crate::server::runtime::Runtime;
 
@@ -207,7 +202,7 @@ fn serve_http(
     let registered = rt.connections.register(conn);
     let conn = registered.connection().clone();
     if alpn_h2 {
-        let served = Box::pin(serve_h2(io, conn, h2_header_list(&limits), rt));
+        let served = Box::pin(http2::serve(io, conn, h2_header_list(&limits), rt));
         return Watched {
             served: Either::Left(served),
             registered,
@@ -221,7 +216,7 @@ fn serve_http(
             Ended::Closed => None,
             Ended::Http2 { io, read, conn, rt } => {
                 let io = Prefixed::new(read.to_vec(), io);
-                Some(Box::pin(serve_h2(io, conn, header_list, rt)))
+                Some(Box::pin(http2::serve(io, conn, header_list, rt)))
             }
         })
     });
@@ -265,48 +260,5 @@ impl<S: Future<Output = ()>> Future for Watched<S> {
             return Poll::Ready(());
         }
         Poll::Pending
-    }
-}
-
-/// Serves HTTP/2 with hyper until the client leaves, or finishes the
-/// streams in flight once the gateway drains.
-async fn serve_h2<I>(io: I, conn: Arc<Connection>, max_header_list: u32, rt: Arc<Runtime>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_list);
-    let watched = conn.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        // hyper moves each stream's future several times on its way into a
-        // task of its own; boxed (and written into its box in place), a
-        // move is a pointer instead of the pipeline's several KiB.
-        let handling = pipeline::handle(req.map(ClientBody::Http2), conn.clone(), rt.clone());
-        Box::into_pin(Box::write(Box::new_uninit(), handling))
-    });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    // The task is woken when the drain starts ([`Watched`] registers it).
-    let draining = std::future::poll_fn(|_| {
-        if watched.activity.draining() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    });
-    tokio::select! {
-        res = connection.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            return;
-        }
-        () = draining => {}
-    }
-    connection.as_mut().graceful_shutdown();
-    if let Err(e) = connection.await {
-        tracing::debug!(error = %e, "connection ended with an error while draining");
     }
 }

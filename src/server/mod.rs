@@ -7,6 +7,7 @@
 
 pub mod connection;
 pub mod http1;
+pub mod http2;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod runtime;

@@ -12,6 +12,7 @@ mod examples;
 mod forwarding;
 mod health;
 mod http1_wire;
+mod http2;
 mod l4;
 mod limits;
 mod policies;

@@ -1,0 +1,121 @@
+//! HTTP/2 toward clients: hyper's server (the h2 crate) for the framing,
+//! with every stream of a connection run inside the connection's own task.
+//!
+//! hyper hands each stream's future to an executor; the usual one spawns a
+//! tokio task per stream. Here the executor queues the futures and the
+//! connection's task polls them beside the connection: no task to create,
+//! register and free per request, and a stream whose response is ready has
+//! it written by the same poll instead of waking another task. (As in
+//! nginx and HAProxy, a connection's streams then share one core.)
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::proxy::body::ClientBody;
+use crate::proxy::pipeline::{self, Connection};
+use crate::server::runtime::Runtime;
+
+/// A stream's future (or an upgraded stream's pipe), boxed to be queued.
+type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor hyper is given: queues what it would spawn, for the
+/// connection's task to poll.
+#[derive(Clone, Default)]
+struct Streams(Arc<Mutex<Vec<StreamTask>>>);
+
+impl Streams {
+    /// What hyper has handed over since the last call.
+    fn take(&self) -> Vec<StreamTask> {
+        // A poisoned lock only means a panic elsewhere; the queue is intact.
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams {
+    fn execute(&self, fut: F) {
+        // A panic ends its own stream (reset when its future is dropped),
+        // not the connection's other streams, as it would in a task of its
+        // own.
+        let isolated = AssertUnwindSafe(fut).catch_unwind().map(|done| {
+            if done.is_err() {
+                tracing::error!("serving an HTTP/2 stream panicked; the stream was reset");
+            }
+        });
+        // hyper calls this while the connection is being polled, so the
+        // connection's task picks the stream up in the same poll.
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::pin(isolated));
+    }
+}
+
+/// Serves HTTP/2 on `io` until the client leaves, or finishes the streams in
+/// flight once the gateway drains. `max_header_list` is hyper's hard cap on
+/// a header list (above the limit the pipeline answers 431 for). The task
+/// must poll [`Activity::poll_expired`](crate::server::registry::Activity::poll_expired)
+/// to be woken by the drain.
+pub async fn serve<I>(io: I, conn: Arc<Connection>, max_header_list: u32, rt: Arc<Runtime>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let queued = Streams::default();
+    let mut builder = http2::Builder::new(queued.clone());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_list);
+    let watched = conn.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        // hyper moves each stream's future on its way to the executor;
+        // boxed (and written into its box in place), a move is a pointer
+        // instead of the pipeline's several KiB.
+        let handling = pipeline::handle(req.map(ClientBody::Http2), conn.clone(), rt.clone());
+        Box::into_pin(Box::write(Box::new_uninit(), handling))
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut streams = FuturesUnordered::new();
+    let (mut closed, mut draining) = (false, false);
+    std::future::poll_fn(|cx| {
+        if !draining && watched.activity.draining() {
+            draining = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        loop {
+            // Streams first: what they answer is written by the
+            // connection's poll right after.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if !closed && let Poll::Ready(ended) = connection.as_mut().poll(cx) {
+                closed = true;
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            let opened = queued.take();
+            if opened.is_empty() {
+                break;
+            }
+            streams.extend(opened);
+        }
+        // Streams still running when the connection has closed end on their
+        // own (their sends fail); they are polled to the end like tasks.
+        if closed && streams.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+}
