@@ -36,10 +36,11 @@ type StreamTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 struct Streams(Arc<Mutex<Vec<StreamTask>>>);
 
 impl Streams {
-    /// What hyper has handed over since the last call.
-    fn take(&self) -> Vec<StreamTask> {
+    /// Moves what hyper has handed over since the last call into `into`
+    /// (both vectors keep their capacity: no allocation per stream).
+    fn take_into(&self, into: &mut Vec<StreamTask>) {
         // A poisoned lock only means a panic elsewhere; the queue is intact.
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        into.append(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
     }
 }
 
@@ -87,6 +88,7 @@ where
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut streams = FuturesUnordered::new();
+    let mut opened = Vec::new();
     let (mut closed, mut draining) = (false, false);
     std::future::poll_fn(|cx| {
         if !draining && watched.activity.draining() {
@@ -103,11 +105,11 @@ where
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
-            let opened = queued.take();
+            queued.take_into(&mut opened);
             if opened.is_empty() {
                 break;
             }
-            streams.extend(opened);
+            streams.extend(opened.drain(..));
         }
         // Streams still running when the connection has closed end on their
         // own (their sends fail); they are polled to the end like tasks.
@@ -118,4 +120,32 @@ where
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+
+    #[test]
+    fn a_panicking_stream_ends_alone() {
+        let queued = Streams::default();
+        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = polled.clone();
+        queued.execute(async { panic!("a stream's bug") });
+        queued.execute(async move { seen.store(true, std::sync::atomic::Ordering::SeqCst) });
+        let mut opened = Vec::new();
+        queued.take_into(&mut opened);
+        assert_eq!(opened.len(), 2);
+        let mut streams: FuturesUnordered<StreamTask> = opened.drain(..).collect();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        // Both run to their end; the panic does not reach the connection.
+        let mut ended = 0;
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(&mut cx) {
+            ended += 1;
+        }
+        assert_eq!(ended, 2);
+        assert!(polled.load(std::sync::atomic::Ordering::SeqCst));
+    }
 }

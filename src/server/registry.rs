@@ -49,15 +49,6 @@ pub struct Activity {
     place: Option<(Arc<Registry>, usize)>,
 }
 
-/// What the sweep should do with a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub enum IdleCheck {
-    /// Idle for the whole limit: close the connection.
-    Expired,
-    /// Not yet.
-    Alive,
-}
-
 /// The clock the activity marks count from.
 fn epoch() -> Instant {
     static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
@@ -98,17 +89,17 @@ impl Activity {
         self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Whether the connection has been idle for its whole limit at `now_ms`.
-    fn check(&self, now_ms: u64) -> IdleCheck {
-        if self.multiplexed.load(Ordering::Relaxed) || self.busy.load(Ordering::Relaxed) > 0 {
-            return IdleCheck::Alive;
+    /// Whether the connection has been idle for its whole limit at `now_ms`
+    /// (and has not been told so already).
+    fn newly_expired(&self, now_ms: u64) -> bool {
+        if self.multiplexed.load(Ordering::Relaxed)
+            || self.busy.load(Ordering::Relaxed) > 0
+            || self.signal.load(Ordering::Relaxed) & EXPIRED != 0
+        {
+            return false;
         }
         let since = self.idle_since.load(Ordering::Relaxed);
-        if since.saturating_add(u64::from(self.limit_ms)) <= now_ms {
-            IdleCheck::Expired
-        } else {
-            IdleCheck::Alive
-        }
+        since.saturating_add(u64::from(self.limit_ms)) <= now_ms
     }
 
     fn signal(&self, flag: u8) {
@@ -191,7 +182,7 @@ impl Registry {
         let now = now_ms();
         let state = self.state();
         for (_, conn) in &state.open {
-            if conn.activity.check(now) == IdleCheck::Expired {
+            if conn.activity.newly_expired(now) {
                 conn.activity.signal(EXPIRED);
             }
         }
@@ -207,13 +198,9 @@ impl Registry {
     }
 
     /// How many connections are open.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.state().open.len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -301,7 +288,7 @@ mod tests {
         drop(before);
         assert_eq!(registry.len(), 1);
         drop(after);
-        assert!(registry.is_empty());
+        assert_eq!(registry.len(), 0);
     }
 
     #[test]

@@ -166,6 +166,27 @@ impl TestGateway {
         Self::start_named("portcullis.yaml", config).await
     }
 
+    /// A gateway with one listener `web` (plus the YAML lines `listener`,
+    /// indented as its fields, for limits) and one catch-all route to
+    /// `backend`: the smallest working configuration.
+    pub async fn in_front_of(backend: SocketAddr, listener: &str) -> TestGateway {
+        Self::start(&format!(
+            r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+{listener}
+routes:
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: ["{backend}"]
+"#
+        ))
+        .await
+    }
+
     /// As `start`, with the given file name (to pick YAML or TOML).
     pub async fn start_named(file: &str, config: &str) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();

@@ -17,21 +17,7 @@ async fn delayed(delay: Duration) -> (Backend, TestGateway) {
         Response::new(body(req.uri().path().to_owned()))
     })
     .await;
-    let gw = TestGateway::start(&format!(
-        r#"
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-routes:
-  - name: all
-    upstream: app
-upstreams:
-  - name: app
-    targets: ["{}"]
-"#,
-        backend.addr
-    ))
-    .await;
+    let gw = TestGateway::in_front_of(backend.addr, "").await;
     (backend, gw)
 }
 

@@ -13,26 +13,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::*;
 
-/// A gateway with one listener `web` whose extra YAML lines are `listener`
-/// (limits), and one catch-all route to `backend`.
-async fn gateway(listener: &str, backend: SocketAddr) -> TestGateway {
-    TestGateway::start(&format!(
-        r#"
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-{listener}
-routes:
-  - name: all
-    upstream: app
-upstreams:
-  - name: app
-    targets: ["{backend}"]
-"#
-    ))
-    .await
-}
-
 /// A backend that reads the whole request body before it answers with the
 /// number of bytes it received.
 async fn counting_backend() -> Backend {
@@ -106,7 +86,7 @@ fn chunked_post(chunks: usize, size: usize) -> Vec<u8> {
 #[tokio::test]
 async fn headers_over_max_header_size_give_431() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("    max_header_size: 4KiB", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_header_size: 4KiB").await;
     let big = format!("x-big: {}\r\n", "b".repeat(5 * 1024));
     let (status, headers, text) = exchange(gw.addr("web"), &get_with(&big)).await;
     assert_problem(status, &headers, &text, 431);
@@ -116,7 +96,7 @@ async fn headers_over_max_header_size_give_431() {
 #[tokio::test]
 async fn headers_within_max_header_size_pass() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("    max_header_size: 4KiB", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_header_size: 4KiB").await;
     let fits = format!("x-big: {}\r\n", "b".repeat(3 * 1024));
     let (status, _, text) = exchange(gw.addr("web"), &get_with(&fits)).await;
     assert_eq!(status, 200, "{text}");
@@ -126,7 +106,7 @@ async fn headers_within_max_header_size_pass() {
 #[tokio::test]
 async fn headers_over_the_default_64kib_give_431() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "").await;
     // Several headers that each fit, together past 64 KiB.
     let big: String = (0..5)
         .map(|i| format!("x-big{i}: {}\r\n", "b".repeat(14 * 1024)))
@@ -145,7 +125,7 @@ async fn headers_over_the_default_64kib_give_431() {
 async fn headers_far_over_max_header_size_give_431() {
     // Far past the limit the HTTP parser itself refuses the head.
     let backend = Backend::echo("app").await;
-    let gw = gateway("    max_header_size: 8KiB", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_header_size: 8KiB").await;
     let huge = format!("x-huge: {}\r\n", "h".repeat(256 * 1024));
     let response = raw(gw.addr("web"), &get_with(&huge), Duration::from_secs(5)).await;
     assert!(response.starts_with("HTTP/1.1 431 "), "{response:?}");
@@ -155,7 +135,7 @@ async fn headers_far_over_max_header_size_give_431() {
 #[tokio::test]
 async fn headers_over_max_header_size_give_431_over_http2() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("    max_header_size: 4KiB", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_header_size: 4KiB").await;
     let h2 = h2c_client();
     let resp = h2
         .get(gw.url("web", "/x"))
@@ -172,7 +152,7 @@ async fn headers_over_max_header_size_give_431_over_http2() {
 #[tokio::test]
 async fn more_headers_than_max_headers_give_431() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("    max_headers: 10", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_headers: 10").await;
     // Host and Connection count too: 2 + 9 = 11.
     let (status, headers, text) = exchange(gw.addr("web"), &get_with(&many_headers(9))).await;
     assert_problem(status, &headers, &text, 431);
@@ -184,7 +164,7 @@ async fn more_headers_than_max_headers_give_431() {
 #[tokio::test]
 async fn more_headers_than_the_default_100_give_431() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "").await;
     let (status, headers, text) = exchange(gw.addr("web"), &get_with(&many_headers(110))).await;
     assert_problem(status, &headers, &text, 431);
     let (status, _, text) = exchange(gw.addr("web"), &get_with(&many_headers(90))).await;
@@ -194,7 +174,7 @@ async fn more_headers_than_the_default_100_give_431() {
 #[tokio::test]
 async fn body_over_max_body_with_content_length_gives_413() {
     let backend = counting_backend().await;
-    let gw = gateway("    max_body: 1KiB", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_body: 1KiB").await;
     // Only the head is sent: the declared length alone is refused, without
     // waiting for the body.
     let request = b"POST /upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 4096\r\n\r\n";
@@ -206,7 +186,7 @@ async fn body_over_max_body_with_content_length_gives_413() {
 #[tokio::test]
 async fn body_within_max_body_is_forwarded_whole() {
     let backend = counting_backend().await;
-    let gw = gateway("    max_body: 1KiB", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_body: 1KiB").await;
     let mut request =
         b"POST /upload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 1024\r\n\r\n".to_vec();
     request.extend(std::iter::repeat_n(b'a', 1024));
@@ -219,7 +199,7 @@ async fn body_within_max_body_is_forwarded_whole() {
 #[tokio::test]
 async fn chunked_body_growing_past_max_body_gives_413() {
     let backend = counting_backend().await;
-    let gw = gateway("    max_body: 1KiB", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    max_body: 1KiB").await;
     // No length is declared: the limit is found while the body streams.
     let (status, headers, text) = exchange(gw.addr("web"), &chunked_post(6, 300)).await;
     assert_problem(status, &headers, &text, 413);
@@ -228,7 +208,7 @@ async fn chunked_body_growing_past_max_body_gives_413() {
 #[tokio::test]
 async fn garbage_request_line_gives_400() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "").await;
     for request in [
         &b"THIS IS NOT HTTP\r\n\r\n"[..],
         b"GET\r\n\r\n",
@@ -248,7 +228,7 @@ async fn garbage_request_line_gives_400() {
 #[tokio::test]
 async fn malformed_header_gives_400() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "").await;
     for request in [
         &b"GET / HTTP/1.1\r\nHost: x\r\nthis line has no colon\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nHost: x\r\nbad name: v\r\n\r\n",
@@ -268,7 +248,7 @@ async fn malformed_header_gives_400() {
 #[tokio::test]
 async fn two_host_headers_or_none_in_http11_give_400() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "").await;
     for request in [
         &b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
@@ -326,7 +306,7 @@ async fn time_until_closed(
 /// 1s and returns the request URIs the backend saw.
 async fn slow_head_is_cut_off(first: &[u8]) -> Vec<String> {
     let backend = Backend::echo("app").await;
-    let gw = gateway("    header_read_timeout: 1s", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    header_read_timeout: 1s").await;
     let elapsed = time_until_closed(
         gw.addr("web"),
         first,
@@ -351,7 +331,7 @@ async fn client_sending_headers_too_slowly_is_disconnected_after_header_read_tim
 #[tokio::test]
 async fn client_sending_nothing_is_disconnected_after_header_read_timeout() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("    header_read_timeout: 1s", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    header_read_timeout: 1s").await;
     let elapsed = time_until_closed(gw.addr("web"), b"", b"", Duration::from_secs(6))
         .await
         .expect("the silent client was still connected after 6s");
@@ -375,7 +355,7 @@ async fn a_request_in_flight_longer_than_header_read_timeout_is_not_cut_off() {
         Response::new(body("late but fine"))
     })
     .await;
-    let gw = gateway("    header_read_timeout: 500ms", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    header_read_timeout: 500ms").await;
     let (status, _, text) = get(&gw.url("web", "/")).await;
     assert_eq!((status.as_u16(), text.as_str()), (200, "late but fine"));
 }
@@ -383,7 +363,7 @@ async fn a_request_in_flight_longer_than_header_read_timeout_is_not_cut_off() {
 #[tokio::test]
 async fn client_sending_headers_in_time_is_served() {
     let backend = Backend::echo("app").await;
-    let gw = gateway("    header_read_timeout: 2s", backend.addr).await;
+    let gw = TestGateway::in_front_of(backend.addr, "    header_read_timeout: 2s").await;
     let stream = tokio::net::TcpStream::connect(gw.addr("web"))
         .await
         .unwrap();

@@ -5,21 +5,7 @@ use crate::common::*;
 #[tokio::test]
 async fn minimal_config_proxies_a_request() {
     let backend = Backend::echo("only").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-routes:
-  - name: all
-    upstream: app
-upstreams:
-  - name: app
-    targets: [{}]
-"#,
-        backend.addr
-    ))
-    .await;
+    let gw = TestGateway::in_front_of(backend.addr, "").await;
     let (status, headers, text) = get(&gw.url("web", "/hello?x=1")).await;
     assert_eq!(status, 200, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();

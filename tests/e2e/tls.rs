@@ -55,12 +55,24 @@ impl Site {
 /// `tls_extra`, one per line at the tls indentation) that forwards everything
 /// to `backend`.
 async fn https_gateway(site: &Site, tls_extra: &str, backend: SocketAddr) -> TestGateway {
+    https_gateway_with(site, "", tls_extra, backend).await
+}
+
+/// As [`https_gateway`], with `listener` as YAML lines of the listener's
+/// own fields (limits).
+async fn https_gateway_with(
+    site: &Site,
+    listener: &str,
+    tls_extra: &str,
+    backend: SocketAddr,
+) -> TestGateway {
     TestGateway::start(&format!(
         r#"
 listeners:
   - name: secure
     address: 127.0.0.1:0
     protocol: https
+{listener}
     tls:
       certificates:{certs}
 {tls_extra}
@@ -596,26 +608,7 @@ async fn upstream_http2_over_tls_negotiates_h2_by_alpn() {
 async fn an_idle_tls_keep_alive_connection_is_closed_after_header_read_timeout() {
     let site = Site::new();
     let backend = Backend::echo("app").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-listeners:
-  - name: secure
-    address: 127.0.0.1:0
-    protocol: https
-    header_read_timeout: 600ms
-    tls:
-      certificates:{certs}
-routes:
-  - name: all
-    upstream: app
-upstreams:
-  - name: app
-    targets: [{backend}]
-"#,
-        certs = site.certificates_yaml(),
-        backend = backend.addr,
-    ))
-    .await;
+    let gw = https_gateway_with(&site, "    header_read_timeout: 600ms", "", backend.addr).await;
     let config = client_trusting(&site.ca, &[&rustls::version::TLS13]);
     let mut tls = connect(gw.addr("secure"), config, "a.test").await.unwrap();
     tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
