@@ -126,19 +126,25 @@ pub async fn forward(
     let (policy, replay) = match plan {
         Plan::Retry(policy, bytes) => (policy, bytes),
         Plan::Once(body) => {
+            // One attempt, written out here rather than as an async helper:
+            // each level of async call moves its callee's whole future again.
+            let Some((index, lease)) = upstream.select(&pick, &[]) else {
+                return fail(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no healthy upstream target is available",
+                );
+            };
             let req = Request::from_parts(parts, body);
-            return send_once(
+            let outcome = exchange(upstream, index, &path_and_query, req, peers).await;
+            return relay(
                 ctx,
                 upstream,
-                &pick,
-                &path_and_query,
-                req,
-                peers,
+                index,
+                outcome,
                 client_upgrade,
-                admitted,
+                Guards(lease, admitted),
                 body_stats,
-            )
-            .await;
+            );
         }
     };
 
@@ -190,42 +196,6 @@ pub async fn forward(
     }
 }
 
-/// The single attempt for requests that cannot be retried (streamed bodies,
-/// upgrades, non-idempotent methods, or no `retries`).
-#[allow(clippy::too_many_arguments)]
-async fn send_once(
-    ctx: &RequestCtx,
-    upstream: &Upstream,
-    pick: &PickContext,
-    path_and_query: &PathAndQuery,
-    request: Request<Body>,
-    peers: Peers,
-    client_upgrade: Option<ClientUpgrade>,
-    admitted: Option<Admitted>,
-    body_stats: &BodyStats,
-) -> Forwarded {
-    let Some((index, lease)) = upstream.select(pick, &[]) else {
-        return Forwarded {
-            response: problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no healthy upstream target is available",
-                ctx.request_id_str(),
-            ),
-            target: None,
-        };
-    };
-    let outcome = exchange(upstream, index, path_and_query, request, peers).await;
-    relay(
-        ctx,
-        upstream,
-        index,
-        outcome,
-        client_upgrade,
-        Guards(lease, admitted),
-        body_stats,
-    )
-}
-
 /// Sends one attempt to `targets[index]` and waits for the response head,
 /// recording latency and the outcome for outlier detection.
 async fn exchange(
@@ -238,13 +208,15 @@ async fn exchange(
     let target = &upstream.targets[index];
     *req.uri_mut() = Uri::from(path_and_query.clone());
     let sent = Instant::now();
-    let result = tokio::time::timeout(
-        upstream.response_header_timeout,
-        upstream
-            .client
-            .send(&target.authority, &target.state.pool, req, Some(peers)),
-    )
-    .await;
+    // Pinned here and timed through a reference: the send's future is
+    // moved into this one once, not into the timeout and then again.
+    let sending = std::pin::pin!(upstream.client.send(
+        &target.authority,
+        &target.state.pool,
+        req,
+        Some(peers)
+    ));
+    let result = tokio::time::timeout(upstream.response_header_timeout, sending).await;
     let elapsed = sent.elapsed();
     upstream.duration.observe(elapsed.as_secs_f64());
     let outcome = match result {

@@ -32,7 +32,7 @@ use super::context::RequestCtx;
 use super::forward::{self, Forwarded};
 use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
 use super::problem::problem;
-use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan, RouteEntry};
+use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan};
 use crate::observe::metrics::{RequestLabels, empty_label};
 use crate::observe::record::{LogFields, Record, RecordedBody};
 use crate::policy::Flow;
@@ -93,17 +93,21 @@ impl Connection {
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle(
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
     conn: Arc<Connection>,
     rt: Arc<Runtime>,
 ) -> Result<Response<Body>, Infallible> {
     // accept
     let started = Instant::now();
     let snapshot = rt.snapshot.load_full();
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
+    let mut request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
     };
+    // HTTP/2's header compression would index every id, unique as it is,
+    // and then search all the ids it holds for each response; marked
+    // sensitive, the id is sent literally ("never indexed") instead.
+    request_id.set_sensitive(true);
     let mut ctx = RequestCtx {
         request_id,
         client: conn.client,
@@ -159,7 +163,6 @@ pub async fn handle(
     // route: dot segments go first, and the cleaned path is also what static
     // files and the upstream see, so `/public/../admin` cannot be routed as
     // /admin and then read differently by the backend.
-    let mut req = req;
     if normalize_request_path(&mut req).is_err() {
         let resp = problem(
             StatusCode::BAD_REQUEST,
@@ -217,19 +220,13 @@ pub async fn handle(
             }
         }
         Action::Forward(upstream) => {
-            forward_to(&ctx, &conn, &route, upstream, req, &body_stats, &mut record).await
+            let forwarded = forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
+            note_upstream(&mut record, upstream, forwarded)
         }
         Action::Split(split) => {
-            forward_to(
-                &ctx,
-                &conn,
-                &route,
-                split.pick(),
-                req,
-                &body_stats,
-                &mut record,
-            )
-            .await
+            let upstream = split.pick();
+            let forwarded = forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
+            note_upstream(&mut record, upstream, forwarded)
         }
     };
 
@@ -243,23 +240,15 @@ pub async fn handle(
     Ok(finish(resp, &ctx, record))
 }
 
-/// Forwards to `upstream` and notes the upstream and target for the log.
-async fn forward_to(
-    ctx: &RequestCtx,
-    conn: &Connection,
-    route: &RouteEntry,
-    upstream: &Arc<Upstream>,
-    req: Request<Body>,
-    body_stats: &BodyStats,
-    record: &mut Record,
-) -> Response<Body> {
-    let Forwarded { response, target } =
-        forward::forward(ctx, conn, route, upstream, req, body_stats).await;
+/// Notes the upstream and target for the log and hands back the response.
+/// (Not an async wrapper around [`forward::forward`]: every level of async
+/// call moves its callee's whole future, several KiB here, once more.)
+fn note_upstream(record: &mut Record, upstream: &Upstream, forwarded: Forwarded) -> Response<Body> {
     record.labels.upstream = upstream.name.clone();
     if let Some(log) = record.log.as_mut() {
-        log.target = target;
+        log.target = forwarded.target;
     }
-    response
+    forwarded.response
 }
 
 /// Stamps the request id on the response and arranges for the request to be

@@ -8,6 +8,7 @@
 //! it written by the same poll instead of waking another task. (As in
 //! nginx and HAProxy, a connection's streams then share one core.)
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -16,14 +17,14 @@ use std::task::Poll;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use http::Request;
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy::body::ClientBody;
+use crate::proxy::body::{Body, ClientBody};
 use crate::proxy::pipeline::{self, Connection};
 use crate::server::runtime::Runtime;
 
@@ -80,10 +81,11 @@ where
     let watched = conn.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         // hyper moves each stream's future on its way to the executor;
-        // boxed (and written into its box in place), a move is a pointer
-        // instead of the pipeline's several KiB.
-        let handling = pipeline::handle(req.map(ClientBody::Http2), conn.clone(), rt.clone());
-        Box::into_pin(Box::write(Box::new_uninit(), handling))
+        // boxed, a move is a pointer instead of the pipeline's several KiB.
+        Box::into_pin(Box::write(
+            Box::new_uninit(),
+            handling(req.map(ClientBody::Http2), conn.clone(), rt.clone()),
+        ))
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -120,6 +122,19 @@ where
         }
     })
     .await;
+}
+
+/// The pipeline's future for one stream, made by a call of its own: with
+/// the call kept out of line, the compiler builds the future straight into
+/// the box the caller writes it to, instead of building it on the stack and
+/// copying its several KiB there (once per request, measured).
+#[inline(never)]
+fn handling(
+    req: Request<ClientBody>,
+    conn: Arc<Connection>,
+    rt: Arc<Runtime>,
+) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
+    pipeline::handle(req, conn, rt)
 }
 
 #[cfg(test)]
