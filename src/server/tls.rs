@@ -195,6 +195,16 @@ pub fn server_config(settings: &ServerTlsSettings<'_>) -> Result<Arc<ServerConfi
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     // Server order wins in rustls, so h2 is chosen whenever the client offers it.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption by stateless tickets (keys rotated every 6 hours, new keys
+    // with every load of the configuration, so a reload also ends sessions
+    // verified against an old client_ca): any number of clients can resume,
+    // not only as many as a session cache holds.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    // One ticket per handshake, as Go's TLS (Traefik, Caddy) sends: a client
+    // reconnecting uses one and gets the next. rustls's default of two costs
+    // every OpenSSL client a second session object per connection (OpenSSL
+    // servers send one on resumption).
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 

@@ -643,3 +643,143 @@ async fn an_idle_tls_keep_alive_connection_is_closed_after_header_read_timeout()
         "closed after {idle:?}"
     );
 }
+
+/// A client session store that counts the TLS 1.3 tickets it is given.
+#[derive(Debug)]
+struct CountingTickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingTickets {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+/// One request on a new TLS connection (read to the end, so that the
+/// tickets sent after the handshake arrive); how the handshake went.
+async fn one_request(addr: SocketAddr, config: ClientConfig) -> rustls::HandshakeKind {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = connect(addr, config, "a.test").await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    kind
+}
+
+#[tokio::test]
+async fn a_client_resumes_with_the_one_ticket_each_handshake_gives_until_a_reload() {
+    let site = Site::new();
+    let backend = Backend::echo("app").await;
+    let gw = https_gateway(&site, "", backend.addr).await;
+    let addr = gw.addr("secure");
+    let store = Arc::new(CountingTickets {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        tickets: Default::default(),
+    });
+    let mut config = client_trusting(&site.ca, &[&rustls::version::TLS13]);
+    config.resumption = rustls::client::Resumption::store(store.clone());
+    let tickets = || store.tickets.load(std::sync::atomic::Ordering::SeqCst);
+
+    assert_eq!(
+        one_request(addr, config.clone()).await,
+        rustls::HandshakeKind::Full
+    );
+    assert_eq!(tickets(), 1, "one ticket per handshake");
+    // Each resumption uses the ticket it holds and gets the next.
+    for n in 2..=3 {
+        assert_eq!(
+            one_request(addr, config.clone()).await,
+            rustls::HandshakeKind::Resumed
+        );
+        assert_eq!(tickets(), n);
+    }
+    // A reload makes new ticket keys: sessions verified under the old
+    // configuration (an old client_ca, say) do not carry over.
+    gw.gateway.reload().await.unwrap();
+    assert_eq!(
+        one_request(addr, config.clone()).await,
+        rustls::HandshakeKind::Full
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_mtls_session_still_forwards_the_verified_subject() {
+    let site = Site::new();
+    let clients = TestCa::new("client CA");
+    let alice = clients.client("alice", "alice", "Acme");
+    let backend = Backend::echo("app").await;
+    let gw = https_gateway(
+        &site,
+        &client_auth_yaml(&clients, "required", ""),
+        backend.addr,
+    )
+    .await;
+    let (chain, key) = alice.chain_and_key();
+    let config = ClientConfig::builder_with_provider(tls_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(site.ca.roots())
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let addr = gw.addr("secure");
+    assert_eq!(
+        one_request(addr, config.clone()).await,
+        rustls::HandshakeKind::Full
+    );
+    assert_eq!(
+        one_request(addr, config).await,
+        rustls::HandshakeKind::Resumed
+    );
+    let subjects: Vec<_> = backend
+        .seen()
+        .iter()
+        .map(|s| s.headers.get("x-client-subject").cloned())
+        .collect();
+    assert_eq!(subjects.len(), 2);
+    assert!(
+        subjects
+            .iter()
+            .all(|s| s.as_ref().is_some_and(|v| v == "CN=alice,O=Acme")),
+        "{subjects:?}"
+    );
+}
