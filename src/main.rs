@@ -70,9 +70,18 @@ fn init_logging() {
         .init();
 }
 
+/// Task polls between two looks for new I/O events while tasks are queued
+/// (tokio's default is 61). A request's poll is short (about 10 µs), so a
+/// busy worker finishes the batch it has before fetching the next one rather
+/// than breaking into it every 61 polls, which lowered wrk's p99 at 64
+/// keep-alive connections by about 8% (1.80-1.87 to 1.63-1.75 ms) at the same
+/// throughput; new events wait at most about 128 x 10 µs behind a full queue.
+const EVENT_INTERVAL: u32 = 128;
+
 fn with_runtime(f: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .event_interval(EVENT_INTERVAL)
         .build()
     {
         Ok(rt) => rt.block_on(f),
