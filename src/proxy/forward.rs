@@ -126,8 +126,8 @@ pub async fn forward(
     let (policy, replay) = match plan {
         Plan::Retry(policy, bytes) => (policy, bytes),
         Plan::Once(body) => {
-            // One attempt, written out here rather than as an async helper:
-            // each level of async call moves its callee's whole future again.
+            // One attempt, written out here rather than as an async helper,
+            // which would take (and move) the request once more.
             let Some((index, lease)) = upstream.select(&pick, &[]) else {
                 return fail(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -241,8 +241,8 @@ pub async fn handle(
 }
 
 /// Notes the upstream and target for the log and hands back the response.
-/// (Not an async wrapper around [`forward::forward`]: every level of async
-/// call moves its callee's whole future, several KiB here, once more.)
+/// (Not an async wrapper around [`forward::forward`], which would take and
+/// move the request once more.)
 fn note_upstream(record: &mut Record, upstream: &Upstream, forwarded: Forwarded) -> Response<Body> {
     record.labels.upstream = upstream.name.clone();
     if let Some(log) = record.log.as_mut() {

@@ -368,13 +368,13 @@ pub struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    /// Starts `portcullis run -c config` with `RUST_LOG=info`.
+    /// Starts `portcullis run -c config` with the default log filter.
     pub fn spawn(config: &Path) -> GatewayProcess {
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["run", "-c"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -783,3 +783,70 @@ async fn a_resumed_mtls_session_still_forwards_the_verified_subject() {
         "{subjects:?}"
     );
 }
+
+/// A TLS ClientHello (no usable cipher suite, so the handshake fails at
+/// once) whose SNI extension names the IP address `127.0.0.1`, as clients of
+/// `https://127.0.0.1/` send.
+fn client_hello_with_ip_sni() -> Vec<u8> {
+    let name = b"127.0.0.1";
+    let mut sni = vec![0, 0]; // extension type server_name
+    let list_len = 3 + name.len();
+    sni.extend_from_slice(&((list_len + 2) as u16).to_be_bytes());
+    sni.extend_from_slice(&(list_len as u16).to_be_bytes());
+    sni.push(0); // host_name
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name);
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[7; 32]); // random
+    hello.push(0); // no session id
+    hello.extend_from_slice(&[0, 2, 0x00, 0x2f]); // one TLS 1.2 suite
+    hello.extend_from_slice(&[1, 0]); // no compression
+    hello.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    hello.extend_from_slice(&sni);
+    let mut handshake = vec![1, 0];
+    handshake.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[tokio::test]
+async fn clients_sending_an_ip_address_as_sni_do_not_fill_the_log() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let site = Site::new();
+    let backend = Backend::echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "listeners:\n  - name: secure\n    address: 127.0.0.1:{port}\n    protocol: https\n    tls:\n      certificates:{}\nroutes:\n  - name: all\n    upstream: app\nupstreams:\n  - name: app\n    targets: [\"{}\"]\n",
+            site.certificates_yaml(),
+            backend.addr
+        ),
+    )
+    .unwrap();
+    let p = GatewayProcess::spawn(&file);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_accepting(addr, Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&client_hello_with_ip_sni()).await.unwrap();
+        // The gateway answers with an alert and closes: the hello was read.
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+            .await
+            .expect("the gateway closes the connection")
+            .ok();
+        assert_eq!(answer.first(), Some(&0x15), "an alert: {answer:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = p.stderr();
+    assert!(
+        !log.contains("SNI"),
+        "the log has a line per client:\n{log}"
+    );
+}
