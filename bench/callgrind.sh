@@ -8,9 +8,12 @@
 #   bash bench/callgrind.sh                     # portcullis, release build
 #   bash bench/callgrind.sh nginx haproxy portcullis
 #   REQUESTS=50000 bash bench/callgrind.sh      # more requests (default 20000)
+#   SCENARIO=4 bash bench/callgrind.sh          # scenario 4's request instead:
+#                                               # HTTP/2 over TLS, 4 conns x 32 streams
 #
 # Environment: PORTCULLIS_BIN, BACKEND_BIN (skip the cargo build),
-# BENCH_PORT_BASE (default 18500), REQUESTS, WARMUP (default 2000).
+# BENCH_PORT_BASE (default 18500), REQUESTS, WARMUP (default 2000), SCENARIO
+# (1 or 4, default 1).
 # The callgrind output files stay in the printed directory for
 # callgrind_annotate.
 set -euo pipefail
@@ -20,6 +23,8 @@ ROOT=$(dirname "$BENCH_DIR")
 PORT_BASE=${BENCH_PORT_BASE:-18500}
 REQUESTS=${REQUESTS:-20000}
 WARMUP=${WARMUP:-2000}
+SCENARIO=${SCENARIO:-1}
+[[ $SCENARIO == 1 || $SCENARIO == 4 ]] || { echo "callgrind.sh: SCENARIO is 1 or 4" >&2; exit 2; }
 PROXIES=("$@")
 [ ${#PROXIES[@]} -gt 0 ] || PROXIES=(portcullis)
 
@@ -118,13 +123,18 @@ for proxy in "${PROXIES[@]}"; do
   pid=$!
   PIDS+=("$pid")
   wait_port "$http" || { cat "$dir/stdout.log" >&2; die "$proxy did not start"; }
+  wait_port "$https" || { cat "$dir/stdout.log" >&2; die "$proxy did not start"; }
   got=$(curl -s -o /dev/null -w '%{http_code}' -H ':authority: api.example.com' "http://127.0.0.1:$http/v1/users/42")
   [ "$got" = 200 ] || die "$proxy answered $got"
-  h2load --h1 -n "$WARMUP" -c 64 -H ':authority: api.example.com' "http://127.0.0.1:$http/v1/users/42" >/dev/null
+  if [ "$SCENARIO" = 4 ]; then
+    load=(-c 4 -m 32) url="https://127.0.0.1:$https/v1/users/42"
+  else
+    load=(--h1 -c 64) url="http://127.0.0.1:$http/v1/users/42"
+  fi
+  h2load "${load[@]}" -n "$WARMUP" -H ':authority: api.example.com' "$url" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   callgrind_control -i on "$pid" >/dev/null 2>&1
-  h2load --h1 -n "$REQUESTS" -c 64 -H ':authority: api.example.com' "http://127.0.0.1:$http/v1/users/42" \
-    >"$dir/h2load.log"
+  h2load "${load[@]}" -n "$REQUESTS" -H ':authority: api.example.com' "$url" >"$dir/h2load.log"
   grep -q "succeeded, 0 failed" "$dir/h2load.log" || grep -q "$REQUESTS succeeded" "$dir/h2load.log" ||
     { cat "$dir/h2load.log" >&2; die "$proxy: not every request succeeded"; }
   callgrind_control -i off "$pid" >/dev/null 2>&1
