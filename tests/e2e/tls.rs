@@ -351,67 +351,73 @@ async fn https_listener_forwards_x_forwarded_proto_https() {
 }
 
 /// `client_auth: MODE` against a separate CA that signs client certificates.
-fn client_auth_yaml(clients: &TestCa, mode: &str, extra: &str) -> String {
-    format!(
-        "client_ca: \"{}\"\nclient_auth: {mode}\n{extra}",
-        clients.cert_path.display()
-    )
+/// An https gateway that asks for client certificates (`client_auth: mode`,
+/// more `tls` keys in `extra`) signed by a client CA of its own, in front of
+/// an echo backend; alice holds a certificate from that CA.
+struct Mtls {
+    site: Site,
+    /// Kept for its files, which the gateway reads again on a reload.
+    _clients: TestCa,
+    alice: TestCert,
+    backend: Backend,
+    gw: TestGateway,
+}
+
+impl Mtls {
+    async fn start(mode: &str, extra: &str) -> Mtls {
+        let site = Site::new();
+        let clients = TestCa::new("client CA");
+        let alice = clients.client("alice", "alice", "Acme");
+        let backend = Backend::echo("app").await;
+        let tls = format!(
+            "client_ca: \"{}\"\nclient_auth: {mode}\n{extra}",
+            clients.cert_path.display()
+        );
+        let gw = https_gateway(&site, &tls, backend.addr).await;
+        Mtls {
+            site,
+            _clients: clients,
+            alice,
+            backend,
+            gw,
+        }
+    }
+
+    /// A client of `https://a.test/` on the gateway presenting `cert`, and that URL.
+    fn client(&self, cert: Option<&TestCert>) -> (reqwest::Client, String) {
+        let addr = self.gw.addr("secure");
+        (
+            https_client(&self.site.ca, &[("a.test", addr)], cert),
+            format!("https://a.test:{}/", addr.port()),
+        )
+    }
 }
 
 #[tokio::test]
 async fn client_auth_required_refuses_a_client_without_a_certificate() {
-    let site = Site::new();
-    let clients = TestCa::new("client CA");
-    let backend = Backend::echo("app").await;
-    let gw = https_gateway(
-        &site,
-        &client_auth_yaml(&clients, "required", ""),
-        backend.addr,
-    )
-    .await;
-    let addr = gw.addr("secure");
-    let anonymous = https_client(&site.ca, &[("a.test", addr)], None);
-    let result = anonymous
-        .get(format!("https://a.test:{}/", addr.port()))
-        .send()
-        .await;
+    let m = Mtls::start("required", "").await;
+    let (anonymous, url) = m.client(None);
+    let result = anonymous.get(&url).send().await;
     assert!(result.is_err(), "anonymous client was served: {result:?}");
 
     // A certificate from a CA other than client_ca is no better than none.
-    let stranger = site.ca.client("mallory", "mallory", "Evil");
-    let other = https_client(&site.ca, &[("a.test", addr)], Some(&stranger));
-    let result = other
-        .get(format!("https://a.test:{}/", addr.port()))
-        .send()
-        .await;
+    let stranger = m.site.ca.client("mallory", "mallory", "Evil");
+    let (other, url) = m.client(Some(&stranger));
+    let result = other.get(&url).send().await;
     assert!(
         result.is_err(),
         "client signed by another CA was served: {result:?}"
     );
-    assert!(backend.seen().is_empty());
+    assert!(m.backend.seen().is_empty());
 }
 
 #[tokio::test]
 async fn client_auth_required_forwards_the_verified_subject_in_x_client_subject() {
-    let site = Site::new();
-    let clients = TestCa::new("client CA");
-    let alice = clients.client("alice", "alice", "Acme");
-    let backend = Backend::echo("app").await;
-    let gw = https_gateway(
-        &site,
-        &client_auth_yaml(&clients, "required", ""),
-        backend.addr,
-    )
-    .await;
-    let addr = gw.addr("secure");
-    let client = https_client(&site.ca, &[("a.test", addr)], Some(&alice));
-    let resp = client
-        .get(format!("https://a.test:{}/", addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let m = Mtls::start("required", "").await;
+    let (client, url) = m.client(Some(&m.alice));
+    let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let seen = backend.seen();
+    let seen = m.backend.seen();
     assert_eq!(
         seen[0]
             .headers
@@ -423,46 +429,27 @@ async fn client_auth_required_forwards_the_verified_subject_in_x_client_subject(
 
 #[tokio::test]
 async fn client_subject_header_name_is_configurable() {
-    let site = Site::new();
-    let clients = TestCa::new("client CA");
-    let alice = clients.client("alice", "alice", "Acme");
-    let backend = Backend::echo("app").await;
-    let tls = client_auth_yaml(&clients, "required", "client_subject_header: x-ssl-subject");
-    let gw = https_gateway(&site, &tls, backend.addr).await;
-    let addr = gw.addr("secure");
-    let client = https_client(&site.ca, &[("a.test", addr)], Some(&alice));
-    let resp = client
-        .get(format!("https://a.test:{}/", addr.port()))
-        .send()
-        .await
-        .unwrap();
+    let m = Mtls::start("required", "client_subject_header: x-ssl-subject").await;
+    let (client, url) = m.client(Some(&m.alice));
+    let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let seen = backend.seen();
+    let seen = m.backend.seen();
     assert_eq!(seen[0].headers["x-ssl-subject"], "CN=alice,O=Acme");
     assert!(!seen[0].headers.contains_key("x-client-subject"));
 }
 
 #[tokio::test]
 async fn client_auth_optional_lets_anonymous_clients_in_and_strips_a_forged_subject() {
-    let site = Site::new();
-    let clients = TestCa::new("client CA");
-    let backend = Backend::echo("app").await;
-    let gw = https_gateway(
-        &site,
-        &client_auth_yaml(&clients, "optional", ""),
-        backend.addr,
-    )
-    .await;
-    let addr = gw.addr("secure");
-    let anonymous = https_client(&site.ca, &[("a.test", addr)], None);
+    let m = Mtls::start("optional", "").await;
+    let (anonymous, url) = m.client(None);
     let resp = anonymous
-        .get(format!("https://a.test:{}/", addr.port()))
+        .get(&url)
         .header("x-client-subject", "CN=admin,O=Acme")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let seen = backend.seen();
+    let seen = m.backend.seen();
     assert_eq!(seen.len(), 1);
     assert!(
         !seen[0].headers.contains_key("x-client-subject"),
@@ -473,26 +460,16 @@ async fn client_auth_optional_lets_anonymous_clients_in_and_strips_a_forged_subj
 
 #[tokio::test]
 async fn forged_subject_is_replaced_by_the_verified_one() {
-    let site = Site::new();
-    let clients = TestCa::new("client CA");
-    let alice = clients.client("alice", "alice", "Acme");
-    let backend = Backend::echo("app").await;
-    let gw = https_gateway(
-        &site,
-        &client_auth_yaml(&clients, "optional", ""),
-        backend.addr,
-    )
-    .await;
-    let addr = gw.addr("secure");
-    let client = https_client(&site.ca, &[("a.test", addr)], Some(&alice));
+    let m = Mtls::start("optional", "").await;
+    let (client, url) = m.client(Some(&m.alice));
     let resp = client
-        .get(format!("https://a.test:{}/", addr.port()))
+        .get(&url)
         .header("x-client-subject", "CN=admin,O=Acme")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let seen = backend.seen();
+    let seen = m.backend.seen();
     let values: Vec<_> = seen[0].headers.get_all("x-client-subject").iter().collect();
     assert_eq!(values, ["CN=alice,O=Acme"]);
 }
@@ -744,24 +721,15 @@ async fn a_client_resumes_with_the_one_ticket_each_handshake_gives_until_a_reloa
 
 #[tokio::test]
 async fn a_resumed_mtls_session_still_forwards_the_verified_subject() {
-    let site = Site::new();
-    let clients = TestCa::new("client CA");
-    let alice = clients.client("alice", "alice", "Acme");
-    let backend = Backend::echo("app").await;
-    let gw = https_gateway(
-        &site,
-        &client_auth_yaml(&clients, "required", ""),
-        backend.addr,
-    )
-    .await;
-    let (chain, key) = alice.chain_and_key();
+    let m = Mtls::start("required", "").await;
+    let (chain, key) = m.alice.chain_and_key();
     let config = ClientConfig::builder_with_provider(tls_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(site.ca.roots())
+        .with_root_certificates(m.site.ca.roots())
         .with_client_auth_cert(chain, key)
         .unwrap();
-    let addr = gw.addr("secure");
+    let addr = m.gw.addr("secure");
     assert_eq!(
         one_request(addr, config.clone()).await,
         rustls::HandshakeKind::Full
@@ -770,7 +738,8 @@ async fn a_resumed_mtls_session_still_forwards_the_verified_subject() {
         one_request(addr, config).await,
         rustls::HandshakeKind::Resumed
     );
-    let subjects: Vec<_> = backend
+    let subjects: Vec<_> = m
+        .backend
         .seen()
         .iter()
         .map(|s| s.headers.get("x-client-subject").cloned())
