@@ -208,8 +208,8 @@ async fn exchange(
     let target = &upstream.targets[index];
     *req.uri_mut() = Uri::from(path_and_query.clone());
     let sent = Instant::now();
-    // Pinned here and timed through a reference: the send's future is
-    // moved into this one once, not into the timeout and then again.
+    // Timed through a pinned reference: the send's future (about 1.9 KiB)
+    // is not handed to the timeout by value.
     let sending = std::pin::pin!(upstream.client.send(
         &target.authority,
         &target.state.pool,
