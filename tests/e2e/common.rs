@@ -170,6 +170,16 @@ impl TestGateway {
     /// indented as its fields, for limits) and one catch-all route to
     /// `backend`: the smallest working configuration.
     pub async fn in_front_of(backend: SocketAddr, listener: &str) -> TestGateway {
+        Self::in_front_of_with_routes(backend, listener, "").await
+    }
+
+    /// As [`TestGateway::in_front_of`], with `routes` (YAML list items)
+    /// tried before the catch-all.
+    pub async fn in_front_of_with_routes(
+        backend: SocketAddr,
+        listener: &str,
+        routes: &str,
+    ) -> TestGateway {
         Self::start(&format!(
             r#"
 listeners:
@@ -177,7 +187,7 @@ listeners:
     address: 127.0.0.1:0
 {listener}
 routes:
-  - name: all
+{routes}  - name: all
     upstream: app
 upstreams:
   - name: app
@@ -271,6 +281,23 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends `request` on an open connection and asserts that the answer (the
+/// first read of it) starts with `HTTP/1.1 200`; the connection stays open.
+pub async fn answered_200<S>(io: &mut S, request: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(request).await.unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = io.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 /// Asserts a problem+json answer with `status` and returns its JSON.

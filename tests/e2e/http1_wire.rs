@@ -31,24 +31,9 @@ const READ_WAIT: Duration = Duration::from_secs(5);
 /// limits), a route `/direct` that answers `direct answer` itself, and a
 /// catch-all route to `backend`.
 async fn gateway(listener: &str, backend: SocketAddr) -> TestGateway {
-    TestGateway::start(&format!(
-        r#"
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-{listener}
-routes:
-  - name: direct
-    match: {{ path: /direct }}
-    respond: {{ body: direct answer }}
-  - name: all
-    upstream: app
-upstreams:
-  - name: app
-    targets: ["{backend}"]
-"#
-    ))
-    .await
+    let direct =
+        "  - name: direct\n    match: { path: /direct }\n    respond: { body: direct answer }\n";
+    TestGateway::in_front_of_with_routes(backend, listener, direct).await
 }
 
 /// A backend that reads the whole request body and answers with it; the

@@ -582,19 +582,7 @@ async fn shutdown_within_closes_idle_keep_alive_connections_at_once() {
     let mut idle = tokio::net::TcpStream::connect(gw.addr("web"))
         .await
         .unwrap();
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 4096];
-        let n = idle.read(&mut buf).await.unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
-    }
+    answered_200(&mut idle, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let started = Instant::now();
     let drained = gw.gateway.shutdown_within(Duration::from_secs(5)).await;
     assert!(drained, "an idle connection kept shutdown waiting");
