@@ -574,6 +574,127 @@ pub struct UpstreamTls {
 pub enum PolicyDef {
     /// Allow and deny lists of CIDRs.
     IpFilter(IpFilterDef),
+    /// Requests per key per period.
+    RateLimit(RateLimitDef),
+    /// Bearer tokens (JWT) verified against a secret or a key set.
+    Jwt(JwtDef),
+}
+
+/// `type: rate_limit`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitDef {
+    /// What requests are counted by: `client_ip`, `consumer`, `header:NAME`
+    /// or `jwt:CLAIM`.
+    #[serde(default = "default_rate_limit_key")]
+    pub key: String,
+    /// Requests allowed per `per`.
+    pub limit: u32,
+    /// The period `limit` is counted over.
+    pub per: Dur,
+    /// Requests allowed at once (default: `limit`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Where counters live.
+    #[serde(default)]
+    pub store: RateLimitStore,
+    /// What to do when the store cannot answer.
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+}
+
+fn default_rate_limit_key() -> String {
+    "client_ip".to_string()
+}
+
+/// Where a rate limit keeps its counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitStore {
+    /// In this process.
+    #[default]
+    Local,
+    /// In Redis, shared by every instance.
+    Redis,
+}
+
+/// Whether requests pass when a shared store fails.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Let the request through (availability first).
+    #[default]
+    Allow,
+    /// Refuse it with 503.
+    Deny,
+}
+
+/// `type: jwt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtDef {
+    /// Shared secret for HS256/384/512 tokens.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// A JSON Web Key Set file (read at each configuration load).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// A JSON Web Key Set fetched over HTTP(S) and refreshed.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// How often `jwks_url` is fetched again.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: Dur,
+    /// PEM bundle of CAs for an https `jwks_url` (default: the Mozilla roots).
+    #[serde(default)]
+    pub jwks_ca: Option<PathBuf>,
+    /// Accepted `iss` values; empty accepts any.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub issuer: Vec<String>,
+    /// Accepted `aud` values; empty accepts any.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Claims the token must carry, with their values.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, String>,
+    /// Claims copied into request headers for the upstream.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Whether a token without `exp` is refused.
+    #[serde(default = "yes")]
+    pub require_expiry: bool,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_jwt_leeway")]
+    pub leeway: Dur,
+    /// Whether the Authorization header goes on to the upstream.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
+}
+
+fn default_jwks_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+fn default_jwt_leeway() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Accepts `x` or `[x, y]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `type: ip_filter`.

@@ -69,6 +69,26 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// Labels of `portcullis_rate_limited_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// Policy name.
+    pub policy: Arc<str>,
+}
+
+/// Labels of `portcullis_auth_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// Policy name.
+    pub policy: Arc<str>,
+    /// Why the credential was refused (`missing`, `expired`, ...).
+    pub reason: &'static str,
+}
+
 /// A histogram family whose histograms share the latency buckets.
 pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -91,6 +111,10 @@ pub struct Metrics {
     pub retries: Family<UpstreamLabel, Counter>,
     /// `portcullis_circuit_open_total{upstream}`.
     pub circuit_open: Family<UpstreamLabel, Counter>,
+    /// `portcullis_rate_limited_total{route,policy}`.
+    pub rate_limited: Family<PolicyLabels, Counter>,
+    /// `portcullis_auth_failures_total{route,policy,reason}`.
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -131,6 +155,18 @@ impl Metrics {
             "Requests refused by an upstream's circuit breaker",
             circuit_open.clone(),
         );
+        let rate_limited = Family::<PolicyLabels, Counter>::default();
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate_limit policy",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Requests refused by an authentication policy, by reason",
+            auth_failures.clone(),
+        );
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -162,6 +198,8 @@ impl Metrics {
             config_reloads,
             retries,
             circuit_open,
+            rate_limited,
+            auth_failures,
         }
     }
 

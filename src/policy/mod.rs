@@ -7,7 +7,11 @@
 //! line in [`build`].
 
 pub mod ip_filter;
+pub mod jwks;
+pub mod jwt;
+pub mod rate_limit;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -16,6 +20,7 @@ use http::{Request, Response};
 use crate::config::model::PolicyDef;
 use crate::proxy::body::Body;
 use crate::proxy::context::RequestCtx;
+use crate::server::runtime::Runtime;
 
 /// The request phases, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -79,10 +84,23 @@ pub struct NamedPolicy {
     pub policy: Arc<dyn Policy>,
 }
 
-/// Compiles one policy definition; errors are messages for the config file.
-pub fn build(def: &PolicyDef) -> Result<Arc<dyn Policy>, Vec<(String, String)>> {
+/// What building a policy may need besides its definition.
+pub struct BuildEnv<'a> {
+    /// The policy's name in the `policies` map.
+    pub name: &'a str,
+    /// State that outlives snapshots (counters, key sets, metrics).
+    pub runtime: &'a Runtime,
+    /// The configuration file's directory, for relative file paths.
+    pub base: &'a Path,
+}
+
+/// Compiles one policy definition; errors are (field, message) pairs for
+/// the config file, the field relative to the policy.
+pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(String, String)>> {
     match def {
         PolicyDef::IpFilter(d) => Ok(Arc::new(ip_filter::IpFilter::build(d)?)),
+        PolicyDef::RateLimit(d) => Ok(Arc::new(rate_limit::RateLimit::build(d, env)?)),
+        PolicyDef::Jwt(d) => Ok(Arc::new(jwt::Jwt::build(d, env)?)),
     }
 }
 

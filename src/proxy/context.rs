@@ -20,6 +20,17 @@ pub struct RequestCtx {
     pub route: Option<Arc<str>>,
     /// Whether the client connection is TLS.
     pub tls: bool,
+    /// Who the client is, once an authentication policy has said so.
+    pub identity: Option<Box<Identity>>,
+}
+
+/// An authenticated client.
+#[derive(Debug, Default)]
+pub struct Identity {
+    /// The consumer's name (a JWT's `sub`).
+    pub consumer: Option<String>,
+    /// The verified token's claims, when a `jwt` policy authenticated the request.
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl RequestCtx {

@@ -115,6 +115,7 @@ pub async fn handle(
         listener: conn.listener.clone(),
         route: None,
         tls: conn.tls,
+        identity: None,
     };
     let body_stats = Arc::new(BodyStats::default());
     let log = snapshot.access_log.as_ref().map(|sink| LogFields {

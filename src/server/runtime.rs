@@ -14,6 +14,8 @@ use crate::config::load::{Loaded, load_file};
 use crate::config::{ConfigErrors, Snapshot};
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::{Metrics, ResultLabel};
+use crate::policy::jwks::RemoteKeySets;
+use crate::policy::rate_limit::CounterRegistry;
 use crate::server::registry::Registry;
 use crate::upstream::dns::{self, Dns, ResolveFn, system_resolver};
 use crate::upstream::health::HealthChecks;
@@ -62,6 +64,10 @@ pub struct Runtime {
     pub dns: Dns,
     /// Open HTTP client connections, for idle timeouts and the drain.
     pub connections: Arc<Registry>,
+    /// Rate-limit counters by policy name, kept across reloads.
+    pub rate_limits: CounterRegistry,
+    /// JSON Web Key Sets fetched by URL, shared by the policies that name them.
+    pub key_sets: RemoteKeySets,
     /// The configuration the current snapshot was compiled from, to compile
     /// it again when a DNS answer changes.
     loaded: Mutex<Option<Arc<Loaded>>>,
@@ -109,6 +115,8 @@ impl Runtime {
             check_only,
             dns: Dns::new(resolve),
             connections: Arc::default(),
+            rate_limits: CounterRegistry::default(),
+            key_sets: RemoteKeySets::default(),
             loaded: Mutex::new(None),
         });
         // Unresolvable names are reported by compile, at their line.
@@ -236,6 +244,12 @@ impl Runtime {
                 .get(upstream.as_str())
                 .is_some_and(|u| u.targets.iter().any(|t| &*t.address == address))
         });
+    }
+
+    /// Whether this runtime only checks a file (`portcullis check`): nothing
+    /// is opened or fetched.
+    pub fn check_only(&self) -> bool {
+        self.check_only
     }
 
     /// The access-log writer for `destination`, opened once and shared. In

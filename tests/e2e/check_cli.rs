@@ -629,3 +629,55 @@ observability:
     let (line, _, _) = c.error_with("cannot open the access log");
     assert_eq!(line, 8);
 }
+
+#[test]
+fn check_reports_jwt_and_rate_limit_mistakes_at_their_lines_and_not_again_where_used() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    policies: [auth, limit]
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+policies:
+  auth:
+    type: jwt
+    secret: short
+    forward_claims: { sub: \"x user\" }
+  limit:
+    type: rate_limit
+    key: ip
+    limit: 10
+    per: 1m
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let errors = out.errors();
+    let lines: Vec<u32> = errors.iter().map(|(l, _, _)| *l).collect();
+    assert_eq!(lines, vec![14, 15, 18], "stderr:\n{}", out.stderr);
+    assert!(errors[0].2.contains("at least 32"), "{}", out.stderr);
+    assert!(
+        errors[2].2.contains("use client_ip, consumer"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("not defined"), "{}", out.stderr);
+}
+
+#[test]
+fn check_does_not_fetch_a_jwks_url() {
+    // Nothing listens there: checking must neither wait for it nor fail.
+    let out = check(
+        "portcullis.yaml",
+        &format!(
+            "{MINIMAL}policies:\n  auth: {{ type: jwt, jwks_url: 'http://127.0.0.1:9/keys' }}\n"
+        ),
+    );
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+}

@@ -37,6 +37,7 @@ pub fn compile(path: &Path, loaded: &Loaded, runtime: &Runtime) -> Result<Snapsh
         diag: Diagnostics::new(path, loaded.source.as_ref()),
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         runtime,
+        broken_policies: HashSet::new(),
     };
     let snapshot = c.snapshot(path, &loaded.config, &loaded.text);
     if c.diag.is_empty() {
@@ -50,6 +51,9 @@ struct Compiler<'a> {
     diag: Diagnostics<'a>,
     base: std::path::PathBuf,
     runtime: &'a Runtime,
+    /// Policies defined but in error: already reported where they are
+    /// defined, so not again as undefined where they are used.
+    broken_policies: HashSet<String>,
 }
 
 /// Turns a dotted sub-path from a component ("allow.1") into a document path.
@@ -166,7 +170,12 @@ impl Compiler<'_> {
         let mut out = HashMap::new();
         for (name, def) in &cfg.policies {
             let at = DocPath::root().key("policies").key(name);
-            match policy::build(def) {
+            let env = policy::BuildEnv {
+                name,
+                runtime: self.runtime,
+                base: &self.base,
+            };
+            match policy::build(def, &env) {
                 Ok(p) => {
                     out.insert(
                         name.clone(),
@@ -177,6 +186,7 @@ impl Compiler<'_> {
                     );
                 }
                 Err(errors) => {
+                    self.broken_policies.insert(name.clone());
                     for (field, message) in errors {
                         self.diag.error(
                             &sub_path(&at, &field),
@@ -200,6 +210,7 @@ impl Compiler<'_> {
         for (i, name) in names.iter().enumerate() {
             match known.get(name) {
                 Some(p) => out.push(p.clone()),
+                None if self.broken_policies.contains(name) => {}
                 None => {
                     let mut names: Vec<&str> = known.keys().map(String::as_str).collect();
                     names.sort_unstable();

@@ -1,0 +1,439 @@
+//! The keys a `jwt` policy verifies signatures with: a shared secret, a JSON
+//! Web Key Set file, or a key set fetched by URL and refreshed in the
+//! background.
+//!
+//! A key carries the algorithms it may verify, fixed when the set is read
+//! (a JWK's `alg`, else every algorithm of its key type and curve), so a
+//! token can never choose to have an RSA public key used as an HMAC secret.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// One verification key.
+#[derive(Debug)]
+pub struct Key {
+    /// The JWK's `kid`, matched against the token header's.
+    pub kid: Option<String>,
+    /// The algorithms this key may verify.
+    pub algorithms: Vec<Algorithm>,
+    /// The key itself.
+    pub decoding: DecodingKey,
+}
+
+/// The keys one policy trusts at a moment.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    /// Keys in the order the set lists them.
+    pub keys: Vec<Key>,
+}
+
+const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+impl KeySet {
+    /// A set of one HMAC secret (HS256, HS384, HS512).
+    pub fn secret(secret: &[u8]) -> KeySet {
+        KeySet {
+            keys: vec![Key {
+                kid: None,
+                algorithms: HMAC.to_vec(),
+                decoding: DecodingKey::from_secret(secret),
+            }],
+        }
+    }
+
+    /// Parses a JWKS document. Keys meant for encryption (`use: enc`) are
+    /// left out; a key this version cannot use is an error, so that a
+    /// rotation never silently drops the key tokens are signed with.
+    pub fn from_jwks(json: &str) -> Result<KeySet, String> {
+        let set: JwkSet =
+            serde_json::from_str(json).map_err(|e| format!("not a JSON Web Key Set ({e})"))?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for (i, jwk) in set.keys.iter().enumerate() {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let which = || match &jwk.common.key_id {
+                Some(kid) => format!("key `{kid}`"),
+                None => format!("key {i}"),
+            };
+            let by_type: Vec<Algorithm> = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => RSA.to_vec(),
+                AlgorithmParameters::OctetKey(_) => HMAC.to_vec(),
+                AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                    EllipticCurve::P256 => vec![Algorithm::ES256],
+                    EllipticCurve::P384 => vec![Algorithm::ES384],
+                    ref other => {
+                        return Err(format!("{}: curve {other:?} is not supported", which()));
+                    }
+                },
+                AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+                _ => return Err(format!("{}: key type not supported", which())),
+            };
+            let algorithms = match &jwk.common.key_algorithm {
+                None => by_type,
+                Some(alg) => match alg.to_string().parse::<Algorithm>() {
+                    Ok(a) if by_type.contains(&a) => vec![a],
+                    _ => {
+                        return Err(format!(
+                            "{}: `alg` {alg} does not fit its key type",
+                            which()
+                        ));
+                    }
+                },
+            };
+            let decoding = DecodingKey::from_jwk(jwk).map_err(|e| format!("{}: {e}", which()))?;
+            keys.push(Key {
+                kid: jwk.common.key_id.clone(),
+                algorithms,
+                decoding,
+            });
+        }
+        if keys.is_empty() {
+            return Err("the key set holds no signing keys".into());
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// The keys that may verify a token signed with `alg` under `kid`: the
+    /// key with that `kid`, or, for a token without one, every key that
+    /// takes the algorithm.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a Key> + 'a {
+        self.keys.iter().filter(move |k| {
+            k.algorithms.contains(&alg)
+                && match kid {
+                    Some(kid) => k.kid.as_deref() == Some(kid),
+                    None => true,
+                }
+        })
+    }
+
+    /// Whether some key has this `kid`.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+/// How a remote key set is fetched.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RemoteSpec {
+    /// The `jwks_url`.
+    pub url: String,
+    /// The `jwks_ca` file, if any.
+    pub ca: Option<PathBuf>,
+    /// How often the set is fetched again.
+    pub refresh: Duration,
+}
+
+/// A key set fetched by URL; the newest good answer is kept.
+pub struct RemoteKeySet {
+    spec: RemoteSpec,
+    current: ArcSwapOption<KeySet>,
+    /// Wakes the fetch loop early (a token named a key the set lacks).
+    wake: Notify,
+    /// Milliseconds since `epoch` of the last early wake, to space them.
+    last_wake_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// A token naming an unknown key fetches the set again at most this often,
+/// so a client sending made-up `kid`s cannot turn into a flood of fetches.
+const MIN_EARLY_FETCH: Duration = Duration::from_secs(10);
+/// How long one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest key set document accepted.
+const MAX_JWKS_BYTES: usize = 1 << 20;
+
+impl RemoteKeySet {
+    /// The keys of the last good fetch (None until one succeeded).
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    /// Asks for an early fetch, at most once per [`MIN_EARLY_FETCH`].
+    pub fn fetch_soon(&self) {
+        // Offset by the spacing, so the very first early fetch is allowed.
+        let now = (self.epoch.elapsed() + MIN_EARLY_FETCH).as_millis() as u64;
+        let last = self.last_wake_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < MIN_EARLY_FETCH.as_millis() as u64 {
+            return;
+        }
+        if self
+            .last_wake_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Fetches the set now and then every `refresh` (sooner after a
+    /// failure), for as long as some policy holds it.
+    fn run(this: Weak<RemoteKeySet>, tls: Option<Arc<ClientConfig>>) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let mut retry = Duration::from_secs(1);
+            // Each turn holds the set only while it fetches and sleeps; once
+            // no policy holds it either, the next turn ends the loop.
+            while let Some(set) = this.upgrade() {
+                let outcome = match fetch(&set.spec.url, tls.clone()).await {
+                    Ok(text) => KeySet::from_jwks(&text).map_err(|e| format!("refused: {e}")),
+                    Err(e) => Err(format!("fetch failed: {e}")),
+                };
+                let wait = match outcome {
+                    Ok(keys) => {
+                        set.current.store(Some(Arc::new(keys)));
+                        retry = Duration::from_secs(1);
+                        set.spec.refresh
+                    }
+                    Err(e) => {
+                        tracing::warn!(url = %set.spec.url, "JWKS {e}; trying again in {retry:?}");
+                        let wait = retry;
+                        retry = (retry * 2).min(set.spec.refresh);
+                        wait
+                    }
+                };
+                let _ = tokio::time::timeout(wait, set.wake.notified()).await;
+            }
+        });
+    }
+}
+
+/// Remote key sets by spec, shared by every policy naming the same URL and
+/// kept across reloads while some policy uses them.
+#[derive(Default)]
+pub struct RemoteKeySets {
+    by_spec: Mutex<HashMap<RemoteSpec, Weak<RemoteKeySet>>>,
+}
+
+impl RemoteKeySets {
+    /// The set for `spec`, started (fetching) when new unless `check_only`.
+    pub fn get(
+        &self,
+        spec: RemoteSpec,
+        tls: Option<Arc<ClientConfig>>,
+        check_only: bool,
+    ) -> Arc<RemoteKeySet> {
+        let mut by_spec = match self.by_spec.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        by_spec.retain(|_, w| w.strong_count() > 0);
+        if let Some(kept) = by_spec.get(&spec).and_then(Weak::upgrade) {
+            return kept;
+        }
+        let set = Arc::new(RemoteKeySet {
+            spec: spec.clone(),
+            current: ArcSwapOption::empty(),
+            wake: Notify::new(),
+            last_wake_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        });
+        by_spec.insert(spec, Arc::downgrade(&set));
+        if !check_only {
+            RemoteKeySet::run(Arc::downgrade(&set), tls);
+        }
+        set
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The URL cannot be fetched as written.
+    #[error("`{0}` is not an http:// or https:// URL with a host")]
+    BadUrl(String),
+    /// Connecting, TLS or HTTP failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// HTTP failed.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    /// The server answered something other than 200.
+    #[error("the server answered {0}")]
+    Status(StatusCode),
+    /// The document is too large or not text.
+    #[error("the answer is not a key set of at most 1 MiB of UTF-8")]
+    Body,
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Checks that `url` can be fetched (http or https with a host).
+pub fn check_url(url: &str) -> Result<(), FetchError> {
+    parse_url(url).map(|_| ())
+}
+
+fn parse_url(url: &str) -> Result<(Uri, bool, String, u16), FetchError> {
+    let bad = || FetchError::BadUrl(url.to_string());
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(bad()),
+    };
+    let host = uri.host().ok_or_else(bad)?.to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    Ok((uri, https, host, port))
+}
+
+/// GETs `url` and returns its body.
+pub async fn fetch(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<String, FetchError> {
+    match tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url, tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Timeout(FETCH_TIMEOUT)),
+    }
+}
+
+async fn fetch_inner(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<String, FetchError> {
+    let (uri, https, host, port) = parse_url(url)?;
+    // Brackets belong to the URL form of an IPv6 address, not the address.
+    let bare = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let tcp = TcpStream::connect((bare.as_str(), port)).await?;
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
+    let req = Request::get(path)
+        .header(header::HOST, authority)
+        .header(header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| FetchError::BadUrl(url.to_string()))?;
+    let resp = if https {
+        let config = match tls {
+            Some(c) => c,
+            None => crate::server::tls::upstream_client_config(None, None)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        };
+        let name = ServerName::try_from(bare).map_err(|_| FetchError::BadUrl(url.to_string()))?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        send(TokioIo::new(stream), req).await?
+    } else {
+        send(TokioIo::new(tcp), req).await?
+    };
+    if resp.status() != StatusCode::OK {
+        return Err(FetchError::Status(resp.status()));
+    }
+    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|_| FetchError::Body)?
+        .to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|_| FetchError::Body)
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    req: Request<Empty<Bytes>>,
+) -> Result<http::Response<hyper::body::Incoming>, FetchError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender.send_request(req).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSA_N: &str = "u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw";
+
+    #[test]
+    fn a_secret_verifies_hmac_only() {
+        let set = KeySet::secret(b"0123456789abcdef0123456789abcdef");
+        assert_eq!(set.candidates(None, Algorithm::HS256).count(), 1);
+        assert_eq!(set.candidates(None, Algorithm::RS256).count(), 0);
+    }
+
+    #[test]
+    fn jwk_alg_narrows_and_kid_selects() {
+        let json = format!(
+            r#"{{"keys":[
+                {{"kty":"RSA","kid":"a","alg":"RS256","n":"{RSA_N}","e":"AQAB"}},
+                {{"kty":"RSA","kid":"b","n":"{RSA_N}","e":"AQAB"}},
+                {{"kty":"RSA","kid":"enc","use":"enc","n":"{RSA_N}","e":"AQAB"}}
+            ]}}"#
+        );
+        let set = KeySet::from_jwks(&json).unwrap();
+        assert_eq!(set.keys.len(), 2, "the encryption key is left out");
+        assert_eq!(set.candidates(Some("a"), Algorithm::RS256).count(), 1);
+        assert_eq!(set.candidates(Some("a"), Algorithm::PS256).count(), 0);
+        assert_eq!(set.candidates(Some("b"), Algorithm::PS256).count(), 1);
+        // An RSA key is never an HMAC secret, whatever the token says.
+        assert_eq!(set.candidates(Some("b"), Algorithm::HS256).count(), 0);
+        assert_eq!(set.candidates(None, Algorithm::RS256).count(), 2);
+        assert!(set.has_kid("b") && !set.has_kid("enc"));
+    }
+
+    #[test]
+    fn unusable_sets_say_why() {
+        assert!(
+            KeySet::from_jwks("{")
+                .unwrap_err()
+                .contains("not a JSON Web Key Set")
+        );
+        assert!(
+            KeySet::from_jwks(r#"{"keys":[]}"#)
+                .unwrap_err()
+                .contains("no signing keys")
+        );
+        let wrong_alg = format!(
+            r#"{{"keys":[{{"kty":"RSA","kid":"a","alg":"ES256","n":"{RSA_N}","e":"AQAB"}}]}}"#
+        );
+        assert!(
+            KeySet::from_jwks(&wrong_alg)
+                .unwrap_err()
+                .contains("key `a`")
+        );
+    }
+
+    #[test]
+    fn only_http_and_https_urls_with_a_host_are_fetched() {
+        assert!(check_url("https://idp.example.com/.well-known/jwks.json").is_ok());
+        assert!(check_url("http://127.0.0.1:9000/keys").is_ok());
+        for bad in [
+            "ftp://x/keys",
+            "/keys",
+            "idp.example.com/keys",
+            "https:///keys",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! `rate_limit`: at most `limit` requests per `per` for each key (a client
+//! address, a consumer, a header's value or a token claim), `burst` of them
+//! at once; past it, 429 with `Retry-After`.
+//!
+//! The counting is GCRA (governor): each key earns one request every
+//! `per / limit` and may save up `burst` of them, so a client that keeps to
+//! the rate is never refused and one that bursts is refused only until its
+//! next request is due, not for the rest of a fixed window.
+//!
+//! Keys are hashed to 64 bits with a per-process random key, so a client
+//! can neither make the table allocate per request nor aim a collision at
+//! another client's counter. The counters belong to the policy's name and
+//! outlive reloads that keep its settings.
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use rustc_hash::FxBuildHasher;
+
+use super::{BuildEnv, Flow, Phase, Policy};
+use crate::config::model::{RateLimitDef, RateLimitStore};
+use crate::observe::metrics::PolicyLabels;
+use crate::proxy::body::Body;
+use crate::proxy::context::RequestCtx;
+use crate::proxy::problem::problem;
+
+/// What requests are counted by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The authenticated consumer.
+    Consumer,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A claim of the verified JWT.
+    Claim(String),
+}
+
+impl LimitKey {
+    /// Parses `client_ip`, `consumer`, `header:NAME` or `jwt:CLAIM`.
+    pub fn parse(text: &str) -> Result<LimitKey, String> {
+        let bad = || {
+            format!(
+                "`{text}` is not a rate-limit key; use client_ip, consumer, header:NAME or jwt:CLAIM"
+            )
+        };
+        match text.split_once(':') {
+            None if text == "client_ip" => Ok(LimitKey::ClientIp),
+            None if text == "consumer" => Ok(LimitKey::Consumer),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .map(LimitKey::Header)
+                .map_err(|_| bad()),
+            Some(("jwt", claim)) if !claim.is_empty() => Ok(LimitKey::Claim(claim.to_string())),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The key's 64-bit hash for this request. A request without the value
+    /// (no such header, no consumer) is counted by its client address, so
+    /// leaving a header out is not a way around the limit.
+    fn hash<B>(&self, hasher: &RandomState, ctx: &RequestCtx, req: &Request<B>) -> u64 {
+        let identity = ctx.identity.as_deref();
+        let value: Option<&[u8]> = match self {
+            LimitKey::ClientIp => None,
+            LimitKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
+            LimitKey::Consumer => identity
+                .and_then(|i| i.consumer.as_deref())
+                .map(str::as_bytes),
+            LimitKey::Claim(claim) => match identity.and_then(|i| i.claims.get(claim)) {
+                Some(serde_json::Value::String(s)) => Some(s.as_bytes()),
+                // Numbers and the like: rare enough to format.
+                Some(other) => return hasher.hash_one((1u8, other.to_string().as_bytes())),
+                None => None,
+            },
+        };
+        match value {
+            // The tags keep a header whose value spells an address apart
+            // from that address.
+            Some(v) => hasher.hash_one((1u8, v)),
+            None => hasher.hash_one((0u8, client_ip(ctx.client.ip()))),
+        }
+    }
+}
+
+/// An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
+fn client_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+type Limiter = RateLimiter<u64, DashMapStateStore<u64, FxBuildHasher>, DefaultClock>;
+
+/// The settings that decide whether counters can be kept across a reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    key: LimitKey,
+    limit: NonZeroU32,
+    per: Duration,
+    burst: NonZeroU32,
+}
+
+/// Counters of one policy, in this process.
+pub struct LocalCounters {
+    settings: Settings,
+    limiter: Limiter,
+    hasher: RandomState,
+}
+
+impl LocalCounters {
+    fn new(settings: Settings) -> Option<LocalCounters> {
+        let quota =
+            Quota::with_period(settings.per / settings.limit.get())?.allow_burst(settings.burst);
+        Some(LocalCounters {
+            limiter: RateLimiter::dashmap_with_hasher(quota, FxBuildHasher),
+            hasher: RandomState::new(),
+            settings,
+        })
+    }
+
+    /// How long until the request is allowed (zero: allowed now).
+    fn check(&self, key: u64) -> Duration {
+        match self.limiter.check_key(&key) {
+            Ok(()) => Duration::ZERO,
+            Err(not_until) => not_until.wait_time_from(DefaultClock::default().now()),
+        }
+    }
+
+    /// Forgets keys whose counters have refilled, every `every`, for as
+    /// long as a policy uses these counters.
+    fn sweep_while_used(counters: Weak<LocalCounters>, every: Duration) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(c) = counters.upgrade() else { return };
+                c.limiter.retain_recent();
+                c.limiter.shrink_to_fit();
+            }
+        });
+    }
+}
+
+/// A compiled `rate_limit` policy.
+pub struct RateLimit {
+    name: Arc<str>,
+    counters: Arc<LocalCounters>,
+    /// `limit` as a header value, for the 429.
+    limit_header: HeaderValue,
+    refused: Family<PolicyLabels, Counter>,
+}
+
+impl RateLimit {
+    /// Checks the settings and finds (or makes) this policy's counters.
+    pub fn build(def: &RateLimitDef, env: &BuildEnv) -> Result<RateLimit, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let key = LimitKey::parse(&def.key)
+            .map_err(|e| errors.push(("key".to_string(), e)))
+            .ok();
+        let limit = NonZeroU32::new(def.limit);
+        if limit.is_none() {
+            errors.push((
+                "limit".into(),
+                "`limit` must be at least 1 (to refuse everything, use an ip_filter)".into(),
+            ));
+        }
+        let burst = match def.burst {
+            None => limit,
+            Some(b) => {
+                let burst = NonZeroU32::new(b);
+                if burst.is_none() {
+                    errors.push(("burst".into(), "`burst` must be at least 1".into()));
+                }
+                burst
+            }
+        };
+        if let Some(limit) = limit
+            && def.per.0 / limit.get() < Duration::from_micros(1)
+        {
+            errors.push((
+                "per".into(),
+                format!(
+                    "{} requests per {:?} is more than one per microsecond; use a longer `per`",
+                    limit, def.per.0
+                ),
+            ));
+        }
+        if def.store == RateLimitStore::Redis {
+            errors.push((
+                "store".into(),
+                "the redis store is not available in this version; use `store: local`".into(),
+            ));
+        }
+        let (Some(key), Some(limit), Some(burst), true) = (key, limit, burst, errors.is_empty())
+        else {
+            return Err(errors);
+        };
+        let settings = Settings {
+            key,
+            limit,
+            per: def.per.0,
+            burst,
+        };
+        let sweep_every = settings
+            .per
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let counters = env
+            .runtime
+            .rate_limits
+            .find_or_make(env.name, settings, LocalCounters::new)
+            .ok_or_else(|| vec![("per".to_string(), "`per` must not be zero".to_string())])?;
+        if counters.fresh {
+            LocalCounters::sweep_while_used(Arc::downgrade(&counters.counters), sweep_every);
+        }
+        Ok(RateLimit {
+            name: Arc::from(env.name),
+            limit_header: HeaderValue::from(def.limit),
+            counters: counters.counters,
+            refused: env.runtime.metrics.rate_limited.clone(),
+        })
+    }
+
+    fn refuse(&self, ctx: &RequestCtx, wait: Duration) -> Flow {
+        if let Some(route) = &ctx.route {
+            self.refused
+                .get_or_create(&PolicyLabels {
+                    route: route.clone(),
+                    policy: self.name.clone(),
+                })
+                .inc();
+        }
+        // Whole seconds, rounded up: a client that waits that long is let in.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut resp = problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests; retry after the time in Retry-After",
+            ctx.request_id_str(),
+        );
+        let headers = resp.headers_mut();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        headers.insert(RATELIMIT_LIMIT, self.limit_header.clone());
+        headers.insert(RATELIMIT_REMAINING, HeaderValue::from_static("0"));
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(secs));
+        Flow::Respond(resp)
+    }
+}
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+impl Policy for RateLimit {
+    fn phase(&self) -> Phase {
+        Phase::RateLimit
+    }
+
+    fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request<Body>) -> Flow {
+        let c = &self.counters;
+        let key = c.settings.key.hash(&c.hasher, ctx, req);
+        match c.check(key) {
+            Duration::ZERO => Flow::Continue,
+            wait => self.refuse(ctx, wait),
+        }
+    }
+}
+
+/// Counters found for a policy: `fresh` when made now rather than kept.
+pub struct Found {
+    /// The counters.
+    pub counters: Arc<LocalCounters>,
+    /// Whether they were made for this load.
+    pub fresh: bool,
+}
+
+/// Rate-limit counters by policy name, kept while some snapshot uses them.
+#[derive(Default)]
+pub struct CounterRegistry {
+    by_name: std::sync::Mutex<std::collections::HashMap<String, Weak<LocalCounters>>>,
+}
+
+impl CounterRegistry {
+    /// The counters `name` had under the same settings, or new ones.
+    fn find_or_make(
+        &self,
+        name: &str,
+        settings: Settings,
+        make: impl FnOnce(Settings) -> Option<LocalCounters>,
+    ) -> Option<Found> {
+        let mut by_name = match self.by_name.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        by_name.retain(|_, w| w.strong_count() > 0);
+        if let Some(kept) = by_name.get(name).and_then(Weak::upgrade)
+            && kept.settings == settings
+        {
+            return Some(Found {
+                counters: kept,
+                fresh: false,
+            });
+        }
+        let counters = Arc::new(make(settings)?);
+        by_name.insert(name.to_string(), Arc::downgrade(&counters));
+        Some(Found {
+            counters,
+            fresh: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::context::Identity;
+
+    fn settings(limit: u32, per: Duration, burst: u32) -> Settings {
+        Settings {
+            key: LimitKey::ClientIp,
+            limit: NonZeroU32::new(limit).unwrap(),
+            per,
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    fn ctx(ip: &str) -> RequestCtx {
+        RequestCtx {
+            request_id: HeaderValue::from_static("id"),
+            client: (ip.parse::<IpAddr>().unwrap(), 4000).into(),
+            started: std::time::Instant::now(),
+            listener: Arc::from("l"),
+            route: Some(Arc::from("r")),
+            tls: false,
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn keys_parse_and_bad_ones_say_what_is_allowed() {
+        assert_eq!(LimitKey::parse("client_ip"), Ok(LimitKey::ClientIp));
+        assert_eq!(LimitKey::parse("consumer"), Ok(LimitKey::Consumer));
+        assert_eq!(
+            LimitKey::parse("header:X-User"),
+            Ok(LimitKey::Header(HeaderName::from_static("x-user")))
+        );
+        assert_eq!(
+            LimitKey::parse("jwt:tenant"),
+            Ok(LimitKey::Claim("tenant".into()))
+        );
+        for bad in ["ip", "header:", "header:bad name", "jwt:", "cookie:x"] {
+            let err = LimitKey::parse(bad).unwrap_err();
+            assert!(err.contains("client_ip, consumer"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn burst_is_allowed_at_once_then_one_per_interval() {
+        let c = LocalCounters::new(settings(2, Duration::from_secs(3600), 3)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(c.check(7), Duration::ZERO);
+        }
+        let wait = c.check(7);
+        // One request is earned every 30 minutes.
+        assert!(
+            wait > Duration::from_secs(1790) && wait <= Duration::from_secs(1800),
+            "{wait:?}"
+        );
+        // Other keys have their own counters.
+        assert_eq!(c.check(8), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_missing_value_counts_by_client_address() {
+        let hasher = RandomState::new();
+        let req = Request::new(());
+        let header = LimitKey::Header(HeaderName::from_static("x-user"));
+        let a = ctx("10.0.0.1");
+        assert_eq!(
+            header.hash(&hasher, &a, &req),
+            LimitKey::ClientIp.hash(&hasher, &a, &req)
+        );
+        assert_eq!(
+            LimitKey::Consumer.hash(&hasher, &a, &req),
+            LimitKey::ClientIp.hash(&hasher, &a, &req)
+        );
+        assert_ne!(
+            LimitKey::ClientIp.hash(&hasher, &a, &req),
+            LimitKey::ClientIp.hash(&hasher, &ctx("10.0.0.2"), &req)
+        );
+        // A header that spells the address is still another key.
+        let spelled = Request::builder()
+            .header("x-user", "10.0.0.1")
+            .body(())
+            .unwrap();
+        assert_ne!(
+            header.hash(&hasher, &a, &spelled),
+            LimitKey::ClientIp.hash(&hasher, &a, &req)
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_share_the_ipv4_counter() {
+        let hasher = RandomState::new();
+        let req = Request::new(());
+        assert_eq!(
+            LimitKey::ClientIp.hash(&hasher, &ctx("::ffff:10.0.0.1"), &req),
+            LimitKey::ClientIp.hash(&hasher, &ctx("10.0.0.1"), &req)
+        );
+    }
+
+    #[test]
+    fn consumer_and_claim_keys_read_the_identity() {
+        let hasher = RandomState::new();
+        let req = Request::new(());
+        let mut alice = ctx("10.0.0.1");
+        let mut claims = serde_json::Map::new();
+        claims.insert("tenant".into(), "acme".into());
+        claims.insert("level".into(), 3.into());
+        alice.identity = Some(Box::new(Identity {
+            consumer: Some("alice".into()),
+            claims,
+        }));
+        let mut bob = ctx("10.0.0.1");
+        bob.identity = Some(Box::new(Identity {
+            consumer: Some("bob".into()),
+            claims: serde_json::Map::new(),
+        }));
+        let consumer = LimitKey::Consumer;
+        assert_ne!(
+            consumer.hash(&hasher, &alice, &req),
+            consumer.hash(&hasher, &bob, &req)
+        );
+        let tenant = LimitKey::Claim("tenant".into());
+        assert_ne!(
+            tenant.hash(&hasher, &alice, &req),
+            tenant.hash(&hasher, &bob, &req)
+        );
+        // Bob has no tenant claim: counted by address.
+        assert_eq!(
+            tenant.hash(&hasher, &bob, &req),
+            LimitKey::ClientIp.hash(&hasher, &bob, &req)
+        );
+        let level = LimitKey::Claim("level".into());
+        assert_ne!(
+            level.hash(&hasher, &alice, &req),
+            LimitKey::ClientIp.hash(&hasher, &alice, &req)
+        );
+    }
+
+    #[test]
+    fn counters_are_kept_for_the_same_settings_only() {
+        let registry = CounterRegistry::default();
+        let s = settings(5, Duration::from_secs(60), 5);
+        let first = registry
+            .find_or_make("per-user", s.clone(), LocalCounters::new)
+            .unwrap();
+        assert!(first.fresh);
+        let again = registry
+            .find_or_make("per-user", s.clone(), LocalCounters::new)
+            .unwrap();
+        assert!(!again.fresh);
+        assert!(Arc::ptr_eq(&first.counters, &again.counters));
+        let changed = registry
+            .find_or_make(
+                "per-user",
+                settings(6, Duration::from_secs(60), 6),
+                LocalCounters::new,
+            )
+            .unwrap();
+        assert!(changed.fresh);
+        drop((first, again, changed));
+        // Once no policy holds them, they go.
+        let after = registry
+            .find_or_make("per-user", s, LocalCounters::new)
+            .unwrap();
+        assert!(after.fresh);
+    }
+}
