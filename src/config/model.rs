@@ -669,6 +669,13 @@ pub struct JwtDef {
     /// Whether the Authorization header goes on to the upstream.
     #[serde(default = "yes")]
     pub forward_token: bool,
+    /// How many verified tokens are remembered (0: verify every request).
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
+}
+
+fn default_token_cache_size() -> usize {
+    4096
 }
 
 fn default_jwks_refresh() -> Dur {

@@ -40,6 +40,14 @@ pub struct Key {
 pub struct KeySet {
     /// Keys in the order the set lists them.
     pub keys: Vec<Key>,
+    /// Unique to this set in the process: what a verified token is
+    /// remembered under, so a new set does not honour the old one's tokens.
+    pub generation: u64,
+}
+
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
@@ -61,6 +69,7 @@ impl KeySet {
                 algorithms: HMAC.to_vec(),
                 decoding: DecodingKey::from_secret(secret),
             }],
+            generation: next_generation(),
         }
     }
 
@@ -114,7 +123,10 @@ impl KeySet {
         if keys.is_empty() {
             return Err("the key set holds no signing keys".into());
         }
-        Ok(KeySet { keys })
+        Ok(KeySet {
+            keys,
+            generation: next_generation(),
+        })
     }
 
     /// The keys that may verify a token signed with `alg` under `kid`: the

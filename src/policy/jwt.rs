@@ -19,6 +19,7 @@ use prometheus_client::metrics::family::Family;
 use serde_json::{Map, Value};
 
 use super::jwks::{self, KeySet, RemoteKeySet, RemoteSpec};
+use super::token_cache::{TokenCache, Verified};
 use super::{BuildEnv, Flow, Phase, Policy};
 use crate::config::model::JwtDef;
 use crate::observe::metrics::AuthFailureLabels;
@@ -50,6 +51,9 @@ pub struct Jwt {
     required: Vec<RequiredClaim>,
     forward: Vec<(String, HeaderName)>,
     forward_token: bool,
+    /// Seconds of clock skew allowed on `exp`.
+    leeway: u64,
+    cache: Option<TokenCache>,
     failures: Family<AuthFailureLabels, Counter>,
 }
 
@@ -206,6 +210,8 @@ impl Jwt {
             required,
             forward,
             forward_token: def.forward_token,
+            leeway: def.leeway.0.as_secs(),
+            cache: TokenCache::new(def.token_cache_size),
             failures: env.runtime.metrics.auth_failures.clone(),
         })
     }
@@ -308,15 +314,53 @@ impl Jwt {
         v
     }
 
-    /// Verifies `token` and returns its claims.
-    fn verify(&self, token: &str) -> Result<Map<String, Value>, Refusal> {
+    /// What `token` grants: from the cache, or verified now (and cached).
+    fn verified(&self, token: &str) -> Result<Arc<Verified>, Refusal> {
+        let fetched;
+        let keys: &KeySet = match &self.keys {
+            Keys::Fixed(set) => set,
+            Keys::Remote(remote) => {
+                fetched = remote.current().ok_or(Refusal::KeysUnavailable)?;
+                &fetched
+            }
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(hit) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(token, keys.generation, now))
+        {
+            return Ok(hit);
+        }
+        let claims = self.verify(token, keys)?;
+        if !self.grants(&claims) {
+            return Err(Refusal::Claims);
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f.max(0.0) as u64)));
+        let verified = Arc::new(Verified {
+            consumer: claims.get("sub").and_then(Value::as_str).map(Arc::from),
+            forwarded: self
+                .forward
+                .iter()
+                .map(|(claim, _)| claims.get(claim).and_then(header_value))
+                .collect(),
+            expires: exp.map(|e| e.saturating_add(self.leeway)),
+            generation: keys.generation,
+            claims: Arc::new(claims),
+        });
+        if let Some(cache) = &self.cache {
+            cache.insert(token, verified.clone(), now);
+        }
+        Ok(verified)
+    }
+
+    /// Checks `token`'s signature and registered claims against `keys`.
+    fn verify(&self, token: &str, keys: &KeySet) -> Result<Map<String, Value>, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(Refusal::Algorithm);
-        };
-        let keys = match &self.keys {
-            Keys::Fixed(set) => set.clone(),
-            Keys::Remote(remote) => remote.current().ok_or(Refusal::KeysUnavailable)?,
         };
         let kid = header.kid.as_deref();
         let mut refusal = Refusal::UnknownKey;
@@ -426,27 +470,23 @@ impl Policy for Jwt {
         let Some(token) = bearer(req) else {
             return self.refuse(ctx, Refusal::Missing);
         };
-        let claims = match self.verify(token) {
-            Ok(claims) => claims,
+        let verified = match self.verified(token) {
+            Ok(v) => v,
             Err(refusal) => return self.refuse(ctx, refusal),
         };
-        if !self.grants(&claims) {
-            return self.refuse(ctx, Refusal::Claims);
-        }
         let headers = req.headers_mut();
-        for (claim, name) in &self.forward {
-            if let Some(value) = claims.get(claim).and_then(header_value) {
-                headers.insert(name.clone(), value);
+        for ((_, name), value) in self.forward.iter().zip(&verified.forwarded) {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value.clone());
             }
         }
         if !self.forward_token {
             headers.remove(header::AUTHORIZATION);
         }
-        let consumer = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        ctx.identity = Some(Box::new(Identity { consumer, claims }));
+        ctx.identity = Some(Box::new(Identity {
+            consumer: verified.consumer.clone(),
+            claims: verified.claims.clone(),
+        }));
         Flow::Continue
     }
 }

@@ -10,6 +10,7 @@ pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
 pub mod rate_limit;
+pub mod token_cache;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -432,12 +432,12 @@ mod tests {
         claims.insert("level".into(), 3.into());
         alice.identity = Some(Box::new(Identity {
             consumer: Some("alice".into()),
-            claims,
+            claims: Arc::new(claims),
         }));
         let mut bob = ctx("10.0.0.1");
         bob.identity = Some(Box::new(Identity {
             consumer: Some("bob".into()),
-            claims: serde_json::Map::new(),
+            claims: Arc::default(),
         }));
         let consumer = LimitKey::Consumer;
         assert_ne!(

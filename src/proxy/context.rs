@@ -28,9 +28,9 @@ pub struct RequestCtx {
 #[derive(Debug, Default)]
 pub struct Identity {
     /// The consumer's name (a JWT's `sub`).
-    pub consumer: Option<String>,
+    pub consumer: Option<Arc<str>>,
     /// The verified token's claims, when a `jwt` policy authenticated the request.
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl RequestCtx {

@@ -408,3 +408,70 @@ async fn rate_limits_by_consumer_and_by_claim_count_each_subject_apart() {
         assert_eq!(get_with(&url, &bob).await.0, 200, "{key}");
     }
 }
+
+#[tokio::test]
+async fn a_remembered_token_still_expires_on_time() {
+    let backend = Backend::echo("app").await;
+    let gw = gateway(backend.addr, &secret_policy(", leeway: 0s"), None).await;
+    let url = gw.url("web", "/");
+    let mut claims = good_claims("erin");
+    claims["exp"] = json!(now() + 2);
+    let token = hs256(SECRET, claims);
+    assert_eq!(get_with(&url, &token).await.0, 200);
+    assert_eq!(get_with(&url, &token).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let got = assert_401(
+        &get_with(&url, &token).await,
+        "Bearer error=\"invalid_token\"",
+    );
+    assert!(got.contains("expired"), "{got}");
+}
+
+#[tokio::test]
+async fn a_remembered_token_is_refused_once_its_key_is_rotated_out() {
+    let backend = Backend::echo("app").await;
+    let old = EcKey::new("old");
+    let new = EcKey::new("new");
+    let served = Arc::new(Mutex::new(jwks(&[&old])));
+    let idp = key_server(served.clone()).await;
+    let gw = gateway(
+        backend.addr,
+        &format!(
+            "{{ type: jwt, jwks_url: 'http://{}/jwks', jwks_refresh: 1h }}",
+            idp.addr
+        ),
+        None,
+    )
+    .await;
+    let url = gw.url("web", "/");
+    let claims = json!({ "sub": "frank", "exp": now() + 600 });
+    let old_token = old.sign(claims.clone());
+    let mut passed = false;
+    for _ in 0..100 {
+        if get_with(&url, &old_token).await.0 == 200 {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(passed, "the key set was never fetched");
+
+    // The issuer drops the old key; a token under the new one makes the
+    // gateway fetch the set again.
+    *served.lock().unwrap() = jwks(&[&new]);
+    let new_token = new.sign(claims);
+    let mut rotated = false;
+    for _ in 0..100 {
+        if get_with(&url, &new_token).await.0 == 200 {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rotated, "the new key set was never fetched");
+    let got = assert_401(
+        &get_with(&url, &old_token).await,
+        "Bearer error=\"invalid_token\"",
+    );
+    assert!(got.contains("key this service does not know"), "{got}");
+}
