@@ -53,6 +53,8 @@ impl Env {
             name: "bench",
             runtime: &self.runtime,
             base: self.dir.path(),
+            redis: None,
+            redis_in_error: false,
         };
         match policy::build(&def, &env) {
             Ok(p) => p,

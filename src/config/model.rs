@@ -38,6 +38,9 @@ pub struct Config {
     /// Logs, metrics and traces.
     #[serde(default)]
     pub observability: Observability,
+    /// Shared stores (Redis, for rate limits shared by every instance).
+    #[serde(default)]
+    pub stores: Stores,
 }
 
 fn default_shutdown_timeout() -> Dur {
@@ -578,6 +581,37 @@ pub enum PolicyDef {
     RateLimit(RateLimitDef),
     /// Bearer tokens (JWT) verified against a secret or a key set.
     Jwt(JwtDef),
+}
+
+/// The `stores` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stores {
+    /// The Redis server `store: redis` rate limits count in.
+    #[serde(default)]
+    pub redis: Option<RedisStoreDef>,
+}
+
+/// `stores.redis`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStoreDef {
+    /// `redis://[USER:PASSWORD@]HOST:PORT[/DB]` or `unix:///PATH`.
+    pub url: String,
+    /// How long a request waits for Redis before `on_store_error` applies.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: Dur,
+    /// Prepended to every key portcullis writes.
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_timeout() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+
+fn default_redis_prefix() -> String {
+    "portcullis:".to_string()
 }
 
 /// `type: rate_limit`.

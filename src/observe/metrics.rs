@@ -78,6 +78,13 @@ pub struct PolicyLabels {
     pub policy: Arc<str>,
 }
 
+/// A single `policy` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// Policy name.
+    pub policy: Arc<str>,
+}
+
 /// Labels of `portcullis_auth_failures_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthFailureLabels {
@@ -115,6 +122,8 @@ pub struct Metrics {
     pub rate_limited: Family<PolicyLabels, Counter>,
     /// `portcullis_auth_failures_total{route,policy,reason}`.
     pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// `portcullis_rate_limit_store_errors_total{policy}`.
+    pub rate_limit_store_errors: Family<PolicyLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -167,6 +176,12 @@ impl Metrics {
             "Requests refused by an authentication policy, by reason",
             auth_failures.clone(),
         );
+        let rate_limit_store_errors = Family::<PolicyLabel, Counter>::default();
+        registry.register(
+            "rate_limit_store_errors",
+            "Rate-limit checks the shared store could not answer (on_store_error applied)",
+            rate_limit_store_errors.clone(),
+        );
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -200,6 +215,7 @@ impl Metrics {
             circuit_open,
             rate_limited,
             auth_failures,
+            rate_limit_store_errors,
         }
     }
 

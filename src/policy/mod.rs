@@ -10,6 +10,7 @@ pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
 pub mod rate_limit;
+pub mod redis_store;
 pub mod token_cache;
 
 use std::path::Path;
@@ -93,6 +94,18 @@ pub struct BuildEnv<'a> {
     pub runtime: &'a Runtime,
     /// The configuration file's directory, for relative file paths.
     pub base: &'a Path,
+    /// The `stores.redis` server, when the file has one.
+    pub redis: Option<&'a SharedStore>,
+    /// Whether `stores.redis` is there but in error (reported at its line).
+    pub redis_in_error: bool,
+}
+
+/// A shared store as policies use it.
+pub struct SharedStore {
+    /// The connection.
+    pub store: Arc<redis_store::RedisStore>,
+    /// Prepended to every key.
+    pub key_prefix: String,
 }
 
 /// Compiles one policy definition; errors are (field, message) pairs for

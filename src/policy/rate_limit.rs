@@ -26,9 +26,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use rustc_hash::FxBuildHasher;
 
+use futures_util::future::BoxFuture;
+use sha2::{Digest, Sha256};
+
+use super::redis_store::RedisStore;
 use super::{BuildEnv, Flow, Phase, Policy};
-use crate::config::model::{RateLimitDef, RateLimitStore};
-use crate::observe::metrics::PolicyLabels;
+use crate::config::model::{OnStoreError, RateLimitDef, RateLimitStore};
+use crate::observe::metrics::{PolicyLabel, PolicyLabels};
 use crate::proxy::body::Body;
 use crate::proxy::context::RequestCtx;
 use crate::proxy::problem::problem;
@@ -65,12 +69,12 @@ impl LimitKey {
         }
     }
 
-    /// The key's 64-bit hash for this request. A request without the value
-    /// (no such header, no consumer) is counted by its client address, so
+    /// What this request is counted by. A request without the value (no
+    /// such header, no consumer) is counted by its client address, so
     /// leaving a header out is not a way around the limit.
-    fn hash<B>(&self, hasher: &RandomState, ctx: &RequestCtx, req: &Request<B>) -> u64 {
+    fn value<'a, B>(&self, ctx: &'a RequestCtx, req: &'a Request<B>) -> KeyValue<'a> {
         let identity = ctx.identity.as_deref();
-        let value: Option<&[u8]> = match self {
+        let given = match self {
             LimitKey::ClientIp => None,
             LimitKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
             LimitKey::Consumer => identity
@@ -79,17 +83,62 @@ impl LimitKey {
             LimitKey::Claim(claim) => match identity.and_then(|i| i.claims.get(claim)) {
                 Some(serde_json::Value::String(s)) => Some(s.as_bytes()),
                 // Numbers and the like: rare enough to format.
-                Some(other) => return hasher.hash_one((1u8, other.to_string().as_bytes())),
+                Some(other) => return KeyValue::Formatted(other.to_string()),
                 None => None,
             },
         };
-        match value {
-            // The tags keep a header whose value spells an address apart
-            // from that address.
-            Some(v) => hasher.hash_one((1u8, v)),
-            None => hasher.hash_one((0u8, client_ip(ctx.client.ip()))),
+        match given {
+            Some(v) => KeyValue::Given(v),
+            None => KeyValue::Client(client_ip(ctx.client.ip())),
         }
     }
+
+    /// The key's 64-bit hash for this request, for local counters.
+    fn hash<B>(&self, hasher: &RandomState, ctx: &RequestCtx, req: &Request<B>) -> u64 {
+        // The tags keep a header whose value spells an address apart from
+        // that address.
+        match self.value(ctx, req) {
+            KeyValue::Given(v) => hasher.hash_one((1u8, v)),
+            KeyValue::Formatted(s) => hasher.hash_one((1u8, s.as_bytes())),
+            KeyValue::Client(ip) => hasher.hash_one((0u8, ip)),
+        }
+    }
+
+    /// The key's name in a shared store: the same in every instance (a
+    /// SHA-256 digest, so that neither its length nor a collision is up to
+    /// the client), hex-encoded.
+    fn shared_name<B>(&self, ctx: &RequestCtx, req: &Request<B>) -> String {
+        let mut digest = Sha256::new();
+        match self.value(ctx, req) {
+            KeyValue::Given(v) => {
+                digest.update([1u8]);
+                digest.update(v);
+            }
+            KeyValue::Formatted(s) => {
+                digest.update([1u8]);
+                digest.update(s.as_bytes());
+            }
+            KeyValue::Client(IpAddr::V4(ip)) => {
+                digest.update([0u8, 4]);
+                digest.update(ip.octets());
+            }
+            KeyValue::Client(IpAddr::V6(ip)) => {
+                digest.update([0u8, 6]);
+                digest.update(ip.octets());
+            }
+        }
+        hex::encode(&digest.finalize()[..16])
+    }
+}
+
+/// The value a request is counted by.
+enum KeyValue<'a> {
+    /// As the request carries it.
+    Given(&'a [u8]),
+    /// A claim that is not a string, as JSON text.
+    Formatted(String),
+    /// The client address, when the request lacks the value.
+    Client(IpAddr),
 }
 
 /// An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
@@ -156,10 +205,30 @@ impl LocalCounters {
     }
 }
 
+/// Where a policy counts.
+enum Counters {
+    /// In this process.
+    Local(Arc<LocalCounters>),
+    /// In Redis, shared by every instance.
+    Shared(SharedCounters),
+}
+
+/// Counters in a shared store.
+struct SharedCounters {
+    key: LimitKey,
+    store: Arc<RedisStore>,
+    /// `{key_prefix}rl:{policy}:`, before each key's digest.
+    prefix: String,
+    interval: Duration,
+    burst: u32,
+    on_error: OnStoreError,
+    errors: Counter,
+}
+
 /// A compiled `rate_limit` policy.
 pub struct RateLimit {
     name: Arc<str>,
-    counters: Arc<LocalCounters>,
+    counters: Counters,
     /// `limit` as a header value, for the 429.
     limit_header: HeaderValue,
     refused: Family<PolicyLabels, Counter>,
@@ -200,16 +269,49 @@ impl RateLimit {
                 ),
             ));
         }
-        if def.store == RateLimitStore::Redis {
-            errors.push((
-                "store".into(),
-                "the redis store is not available in this version; use `store: local`".into(),
-            ));
-        }
+        let shared = match (def.store, env.redis) {
+            (RateLimitStore::Local, _) => None,
+            (RateLimitStore::Redis, Some(store)) => Some(store),
+            // Reported where `stores.redis` is; the policy cannot be built.
+            (RateLimitStore::Redis, None) if env.redis_in_error => return Err(errors),
+            (RateLimitStore::Redis, None) => {
+                errors.push((
+                    "store".into(),
+                    "`store: redis` needs a top-level `stores: { redis: { url: redis://HOST:PORT } }`"
+                        .into(),
+                ));
+                None
+            }
+        };
         let (Some(key), Some(limit), Some(burst), true) = (key, limit, burst, errors.is_empty())
         else {
             return Err(errors);
         };
+        let name: Arc<str> = Arc::from(env.name);
+        let limit_header = HeaderValue::from(def.limit);
+        let refused = env.runtime.metrics.rate_limited.clone();
+        if let Some(shared) = shared {
+            return Ok(RateLimit {
+                counters: Counters::Shared(SharedCounters {
+                    key,
+                    store: shared.store.clone(),
+                    prefix: format!("{}rl:{}:", shared.key_prefix, env.name),
+                    interval: def.per.0 / limit.get(),
+                    burst: burst.get(),
+                    on_error: def.on_store_error,
+                    errors: env
+                        .runtime
+                        .metrics
+                        .rate_limit_store_errors
+                        .get_or_create_owned(&PolicyLabel {
+                            policy: name.clone(),
+                        }),
+                }),
+                name,
+                limit_header,
+                refused,
+            });
+        }
         let settings = Settings {
             key,
             limit,
@@ -228,10 +330,10 @@ impl RateLimit {
             LocalCounters::sweep_while_used(Arc::downgrade(&counters.counters), sweep_every);
         }
         Ok(RateLimit {
-            name: Arc::from(env.name),
-            limit_header: HeaderValue::from(def.limit),
-            counters: counters.counters,
-            refused: env.runtime.metrics.rate_limited.clone(),
+            name,
+            limit_header,
+            counters: Counters::Local(counters.counters),
+            refused,
         })
     }
 
@@ -270,12 +372,44 @@ impl Policy for RateLimit {
     }
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request<Body>) -> Flow {
-        let c = &self.counters;
+        let Counters::Local(c) = &self.counters else {
+            // Shared counters answer in `on_request_async`.
+            return Flow::Continue;
+        };
         let key = c.settings.key.hash(&c.hasher, ctx, req);
         match c.check(key) {
             Duration::ZERO => Flow::Continue,
             wait => self.refuse(ctx, wait),
         }
+    }
+
+    fn on_request_async<'a>(
+        &'a self,
+        ctx: &'a mut RequestCtx,
+        req: &'a mut Request<Body>,
+    ) -> Option<BoxFuture<'a, Flow>> {
+        let Counters::Shared(c) = &self.counters else {
+            return None;
+        };
+        let key = format!("{}{}", c.prefix, c.key.shared_name(ctx, req));
+        Some(Box::pin(async move {
+            match c.store.check(&key, c.interval, c.burst).await {
+                Ok(Duration::ZERO) => Flow::Continue,
+                Ok(wait) => self.refuse(ctx, wait),
+                Err(e) => {
+                    c.errors.inc();
+                    tracing::debug!(policy = %self.name, "rate-limit store: {e}");
+                    match c.on_error {
+                        OnStoreError::Allow => Flow::Continue,
+                        OnStoreError::Deny => Flow::Respond(problem(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the rate-limit store is unavailable; try again shortly",
+                            ctx.request_id_str(),
+                        )),
+                    }
+                }
+            }
+        }))
     }
 }
 

@@ -16,6 +16,7 @@ use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::{Metrics, ResultLabel};
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
+use crate::policy::redis_store::RedisStores;
 use crate::server::registry::Registry;
 use crate::upstream::dns::{self, Dns, ResolveFn, system_resolver};
 use crate::upstream::health::HealthChecks;
@@ -68,6 +69,8 @@ pub struct Runtime {
     pub rate_limits: CounterRegistry,
     /// JSON Web Key Sets fetched by URL, shared by the policies that name them.
     pub key_sets: RemoteKeySets,
+    /// Redis connections by URL, kept across reloads.
+    pub redis_stores: RedisStores,
     /// The configuration the current snapshot was compiled from, to compile
     /// it again when a DNS answer changes.
     loaded: Mutex<Option<Arc<Loaded>>>,
@@ -117,6 +120,7 @@ impl Runtime {
             connections: Arc::default(),
             rate_limits: CounterRegistry::default(),
             key_sets: RemoteKeySets::default(),
+            redis_stores: RedisStores::default(),
             loaded: Mutex::new(None),
         });
         // Unresolvable names are reported by compile, at their line.

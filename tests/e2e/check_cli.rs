@@ -671,6 +671,27 @@ policies:
 }
 
 #[test]
+fn check_reports_a_redis_store_without_a_stores_section_and_a_bad_redis_url() {
+    let policy = "policies:\n  limit: { type: rate_limit, store: redis, limit: 5, per: 1s }\n";
+    let out = check("portcullis.yaml", &format!("{MINIMAL}{policy}"));
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert_eq!(errors[0].0, 11, "{}", out.stderr);
+    assert!(errors[0].2.contains("stores: { redis"), "{}", out.stderr);
+
+    let out = check(
+        "portcullis.yaml",
+        &format!("{MINIMAL}{policy}stores:\n  redis: {{ url: 'http://cache:6379' }}\n"),
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert_eq!(errors[0].0, 13, "{}", out.stderr);
+    assert!(errors[0].2.contains("redis://HOST:PORT"), "{}", out.stderr);
+}
+
+#[test]
 fn check_does_not_fetch_a_jwks_url() {
     // Nothing listens there: checking must neither wait for it nor fail.
     let out = check(

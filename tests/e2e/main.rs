@@ -22,6 +22,7 @@ mod rate_limit;
 mod reload;
 mod resilience;
 mod routing;
+mod shared_rate_limit;
 mod smoke;
 mod splits;
 mod static_files;

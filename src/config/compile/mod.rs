@@ -115,7 +115,8 @@ impl Compiler<'_> {
         self.unique_names("upstreams", cfg.upstreams.iter().map(|u| u.name.as_str()));
 
         let upstreams = self.upstreams(cfg);
-        let policies = self.policies(cfg);
+        let redis = self.redis(cfg);
+        let policies = self.policies(cfg, redis.as_ref());
         let routes = self.routes(cfg, &upstreams, &policies);
         let listeners = self.listeners(cfg, &routes, &policies, &upstreams);
 
@@ -166,7 +167,29 @@ impl Compiler<'_> {
 }
 
 impl Compiler<'_> {
-    fn policies(&mut self, cfg: &Config) -> HashMap<String, NamedPolicy> {
+    fn redis(&mut self, cfg: &Config) -> Option<policy::SharedStore> {
+        let def = cfg.stores.redis.as_ref()?;
+        match self.runtime.redis_stores.get(&def.url, def.timeout.0) {
+            Ok(store) => Some(policy::SharedStore {
+                store,
+                key_prefix: def.key_prefix.clone(),
+            }),
+            Err(e) => {
+                self.diag.error(
+                    &DocPath::root().key("stores").key("redis").key("url"),
+                    e.to_string(),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn policies(
+        &mut self,
+        cfg: &Config,
+        redis: Option<&policy::SharedStore>,
+    ) -> HashMap<String, NamedPolicy> {
         let mut out = HashMap::new();
         for (name, def) in &cfg.policies {
             let at = DocPath::root().key("policies").key(name);
@@ -174,6 +197,8 @@ impl Compiler<'_> {
                 name,
                 runtime: self.runtime,
                 base: &self.base,
+                redis,
+                redis_in_error: redis.is_none() && cfg.stores.redis.is_some(),
             };
             match policy::build(def, &env) {
                 Ok(p) => {

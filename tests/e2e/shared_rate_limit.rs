@@ -1,0 +1,239 @@
+//! `rate_limit` with `store: redis`: one budget for every gateway instance
+//! that names the same Redis, and what happens when Redis is down, slow, or
+//! comes back. Each test starts its own `redis-server` on a free port.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A `redis-server` on a free loopback port, without persistence, stopped
+/// when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        Self::start_on(free_port()).await
+    }
+
+    async fn start_on(port: u16) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (.ci/run installs it)");
+        wait_accepting(([127, 0, 0, 1], port).into(), Duration::from_secs(10)).await;
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a redis command over RESP by hand and returns the raw answer.
+    async fn command(&self, args: &[&str]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A gateway with an admin listener, one route to `backend` and the policy
+/// `limit` (`policy`, a YAML flow mapping) counting in Redis at `url`.
+async fn gateway(backend: SocketAddr, url: &str, policy: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: web
+    address: "127.0.0.1:0"
+routes:
+  - name: all
+    policies: [limit]
+    upstream: app
+upstreams:
+  - name: app
+    targets: ["{backend}"]
+stores:
+  redis: {{ url: "{url}", timeout: 200ms }}
+policies:
+  limit: {policy}
+"#
+    ))
+    .await
+}
+
+async fn status(url: &str) -> u16 {
+    client().get(url).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_share_one_budget() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo("app").await;
+    let policy = "{ type: rate_limit, store: redis, limit: 3, per: 1h }";
+    let a = gateway(backend.addr, &redis.url(), policy).await;
+    let b = gateway(backend.addr, &redis.url(), policy).await;
+    assert_eq!(status(&a.url("web", "/")).await, 200);
+    assert_eq!(status(&b.url("web", "/")).await, 200);
+    assert_eq!(status(&a.url("web", "/")).await, 200);
+    let (code, headers, text) = get(&b.url("web", "/")).await;
+    assert_problem(code, &headers, &text, 429);
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    // One request is earned every 20 minutes.
+    assert!((1190..=1200).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(status(&a.url("web", "/")).await, 429);
+    assert_eq!(backend.seen().len(), 3);
+
+    // One key in Redis, under the prefix and the policy's name, expiring
+    // once the budget would have refilled.
+    let keys = redis.command(&["KEYS", "portcullis:rl:limit:*"]).await;
+    assert!(keys.starts_with("*1\r\n"), "{keys}");
+    let key = keys.lines().nth(2).unwrap().to_string();
+    let ttl: i64 = redis.command(&["PTTL", &key]).await[1..]
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 3_600_000, "PTTL {ttl}");
+}
+
+#[tokio::test]
+async fn keys_are_the_same_value_in_every_instance_but_apart_per_value() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo("app").await;
+    let policy = "{ type: rate_limit, store: redis, key: 'header:x-api-key', limit: 1, per: 1h }";
+    let a = gateway(backend.addr, &redis.url(), policy).await;
+    let b = gateway(backend.addr, &redis.url(), policy).await;
+    let send = |gw: &TestGateway, key: &str| {
+        client()
+            .get(gw.url("web", "/"))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(send(&a, "k1").await.unwrap().status(), 200);
+    assert_eq!(send(&b, "k1").await.unwrap().status(), 429);
+    assert_eq!(send(&b, "k2").await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn with_redis_down_requests_pass_by_default_and_are_counted_as_store_errors() {
+    let backend = Backend::echo("app").await;
+    let dead = dead_addr().await;
+    let gw = gateway(
+        backend.addr,
+        &format!("redis://{dead}"),
+        "{ type: rate_limit, store: redis, limit: 1, per: 1h }",
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(status(&gw.url("web", "/")).await, 200);
+    }
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(r#"portcullis_rate_limit_store_errors_total{policy="limit"} 3"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_on_store_error_deny_a_dead_redis_means_503() {
+    let backend = Backend::echo("app").await;
+    let dead = dead_addr().await;
+    let gw = gateway(
+        backend.addr,
+        &format!("redis://{dead}"),
+        "{ type: rate_limit, store: redis, on_store_error: deny, limit: 1, per: 1h }",
+    )
+    .await;
+    let (code, headers, text) = get(&gw.url("web", "/")).await;
+    assert_problem(code, &headers, &text, 503);
+    assert!(backend.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_costs_the_timeout_not_a_hang() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo("app").await;
+    let gw = gateway(
+        backend.addr,
+        &redis.url(),
+        "{ type: rate_limit, store: redis, limit: 100, per: 1s }",
+    )
+    .await;
+    assert_eq!(status(&gw.url("web", "/")).await, 200);
+    // Redis holds every client's commands for 3 s.
+    assert!(
+        redis
+            .command(&["CLIENT", "PAUSE", "3000"])
+            .await
+            .starts_with("+OK")
+    );
+    let started = Instant::now();
+    assert_eq!(status(&gw.url("web", "/")).await, 200);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+}
+
+#[tokio::test]
+async fn counting_resumes_when_redis_comes_back() {
+    let mut redis = Redis::start().await;
+    let port = redis.port;
+    let backend = Backend::echo("app").await;
+    let gw = gateway(
+        backend.addr,
+        &redis.url(),
+        "{ type: rate_limit, store: redis, limit: 1, per: 1h }",
+    )
+    .await;
+    let url = gw.url("web", "/");
+    assert_eq!(status(&url).await, 200);
+    assert_eq!(status(&url).await, 429);
+    redis.stop();
+    // Without Redis, requests pass (on_store_error: allow).
+    assert_eq!(status(&url).await, 200);
+    // A fresh Redis on the same port holds no counters: one request passes,
+    // then the limit holds again once the gateway has reconnected.
+    let _redis = Redis::start_on(port).await;
+    let mut limited = false;
+    for _ in 0..100 {
+        if status(&url).await == 429 {
+            limited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(limited, "the gateway never counted in Redis again");
+}
