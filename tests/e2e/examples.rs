@@ -204,3 +204,114 @@ async fn load_balancer_example_runs_as_written() {
     names.sort();
     assert_eq!(names, ["app", "app-canary", "app-sticky", "db"], "{v}");
 }
+
+/// A token from examples/mint-token.py, the way the example's comments say.
+fn minted_token(sub: &str, scope: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mint-token.py");
+    let out = std::process::Command::new("python3")
+        .args([script, sub, "--scope", scope])
+        .output()
+        .expect("python3 must be installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test]
+async fn api_gateway_example_runs_as_written() {
+    let orders = Backend::echo("orders").await;
+    let catalog = Backend::echo("catalog").await;
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    let text = std::fs::read_to_string(format!("{root}/api-gateway.yaml")).unwrap();
+    let swaps: HashMap<u16, String> = [
+        (3000, orders.addr.to_string()),
+        (3001, catalog.addr.to_string()),
+        (8080, "127.0.0.1:0".to_string()),
+        (9901, "127.0.0.1:0".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    let gw = TestGateway::start(&swap_addresses(&text, &swaps)).await;
+    let client = client();
+    let url = |path: &str| gw.url("api", path);
+
+    // Orders: no token, 401; a token without the scope, 403; with it, 200
+    // and the user's identity upstream in place of the client's own.
+    let r = client.get(url("/v1/orders/42")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let bob = minted_token("bob", "profile");
+    let r = client
+        .get(url("/v1/orders/42"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let alice = minted_token("alice", "orders:read");
+    let r = client
+        .get(url("/v1/orders/42"))
+        .bearer_auth(&alice)
+        .header("x-user-id", "admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(orders.seen()[0].headers["x-user-id"], "alice");
+
+    // Per user: a burst of 10 (one used above), then 429; another user
+    // still gets through.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = client
+            .get(url("/v1/orders"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(*statuses.last().unwrap(), 429, "{statuses:?}");
+    let carol = minted_token("carol", "orders:read");
+    let r = client
+        .get(url("/v1/orders"))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Catalogue: public, 20 at once per address, then 429.
+    let mut passed = 0;
+    for _ in 0..40 {
+        if client
+            .get(url("/v1/catalog/books"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            passed += 1;
+        }
+    }
+    // 20 at once, plus whatever the 10/s refill added during the loop.
+    assert!((20..40).contains(&passed), "{passed} of 40");
+
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
+    for line in [
+        r#"portcullis_auth_failures_total{route="orders",policy="jwt-auth",reason="missing"} 1"#,
+        r#"portcullis_auth_failures_total{route="orders",policy="jwt-auth",reason="claims"} 1"#,
+        r#"portcullis_rate_limited_total{route="orders",policy="per-user"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
