@@ -185,15 +185,17 @@ check_ports_free() {
 }
 
 # Ports: the backend, then each proxy's plain and TLS port; "10k" instances
-# (scenario 8) sit 10 above their proxy's.
+# (scenario 8) sit 10 above their proxy's, scenario 9's gateway instance 20
+# above portcullis's, with its admin listener at 330.
 declare -A HTTP_PORT=([direct]=$((PORT_BASE + 80)) [nginx]=$((PORT_BASE + 100))
   [haproxy]=$((PORT_BASE + 200)) [portcullis]=$((PORT_BASE + 300))
   [nginx10k]=$((PORT_BASE + 110)) [haproxy10k]=$((PORT_BASE + 210))
-  [portcullis10k]=$((PORT_BASE + 310)))
+  [portcullis10k]=$((PORT_BASE + 310)) [portcullisgw]=$((PORT_BASE + 320)))
 declare -A TLS_PORT=([direct]=$((PORT_BASE + 443)) [nginx]=$((PORT_BASE + 101))
   [haproxy]=$((PORT_BASE + 201)) [portcullis]=$((PORT_BASE + 301))
   [nginx10k]=$((PORT_BASE + 111)) [haproxy10k]=$((PORT_BASE + 211))
-  [portcullis10k]=$((PORT_BASE + 311)))
+  [portcullis10k]=$((PORT_BASE + 311)) [portcullisgw]=$((PORT_BASE + 321)))
+ADMIN_PORT=$((PORT_BASE + 330))
 declare -A PID=()
 PROXIES=(nginx haproxy portcullis)
 
@@ -207,7 +209,8 @@ start_backend() {
   wait_port "${TLS_PORT[direct]}"
 }
 
-# start_proxy NAME [10k]: render its configuration and start it pinned.
+# start_proxy NAME [10k|gw]: render its configuration and start it pinned.
+# "gw" (portcullis only) is bench/portcullis-gateway.yaml, for scenario 9.
 start_proxy() {
   local proxy=$1 variant=${2:-} inst=$1${2:-}
   local dir=$RUN_DIR/$inst
@@ -232,9 +235,15 @@ start_proxy() {
       taskset -c "$PROXY_CPUS" haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout.log" 2>&1 &
       ;;
     portcullis)
-      local extra=()
-      [ -z "$variant" ] || extra=(--extra "EXTRA_ROUTES=$RUN_DIR/routes/portcullis-extra.yaml")
-      py render "$BENCH_DIR/portcullis.yaml" "$dir/portcullis.yaml" "${common[@]}" ${extra[@]+"${extra[@]}"}
+      local extra=() template=$BENCH_DIR/portcullis.yaml
+      case $variant in
+        10k) extra=(--extra "EXTRA_ROUTES=$RUN_DIR/routes/portcullis-extra.yaml") ;;
+        gw)
+          template=$BENCH_DIR/portcullis-gateway.yaml
+          extra=("ADMIN_PORT=$ADMIN_PORT" "JWKS=$RUN_DIR/jwt/jwks.json")
+          ;;
+      esac
+      py render "$template" "$dir/portcullis.yaml" "${common[@]}" ${extra[@]+"${extra[@]}"}
       TOKIO_WORKER_THREADS=$WORKERS taskset -c "$PROXY_CPUS" "$PORTCULLIS_BIN" run \
         -c "$dir/portcullis.yaml" >"$dir/stdout.log" 2>&1 &
       ;;
@@ -262,6 +271,11 @@ check_target() {
 # ------------------------------------------------------------------ measuring
 
 RUNS_FILE=""
+# MEASURE_HOOK, when set, names a function called as "HOOK before TARGET" just
+# before each attempt's readings and "HOOK after TARGET" once the last attempt
+# is read; "after" may put record options in HOOK_REC.
+MEASURE_HOOK=""
+HOOK_REC=()
 # measure SCENARIO TARGET RUN TOOL [record options --] COMMAND...
 # Runs COMMAND on the load CPUs and records it with the CPU time (user +
 # system, /proc) that TARGET's processes spent meanwhile.
@@ -276,6 +290,7 @@ measure() {
   local before after t0 t1 foreign attempt
   for attempt in 1 2 3; do
     py quiet "$QUIET_MAX_WAIT" >/dev/null
+    [ -z "$MEASURE_HOOK" ] || "$MEASURE_HOOK" before "$target"
     t0=$(py ticks $$)
     before=$(py cpu "$pid")
     if ! taskset -c "$LOAD_CPUS" "$@" >"$out" 2>&1; then
@@ -290,6 +305,9 @@ measure() {
     [ "$foreign" -gt "$FOREIGN_MAX" ] && [ "$attempt" -lt 3 ] || break
     log "$target: other processes took $foreign% of the CPUs during the measurement; measuring again"
   done
+  HOOK_REC=()
+  [ -z "$MEASURE_HOOK" ] || "$MEASURE_HOOK" after "$target"
+  rec+=(${HOOK_REC[@]+"${HOOK_REC[@]}"})
   py record --out "$RUNS_FILE" --scenario "$scenario" --target "$target" --run "$run" \
     --tool "$tool" --output "$out" --cpu-before "$before" --cpu-after "$after" \
     --set "foreign_pct=$foreign" --set "attempts=$attempt" ${rec[@]+"${rec[@]}"} ||
@@ -328,6 +346,12 @@ gen_8() { # the 10,000-route instances get a request for one of the filler route
       "http://127.0.0.1:${HTTP_PORT[$1]}/p99/api/items") ;;
     *) gen_1 "$@" ;;
   esac
+}
+# Scenario 9: both instances get the same requests, each with one of the 100
+# users' tokens in turn (the features-off instance does not look at it).
+gen_9() {
+  CMD=(wrk --latency -s "$LIB/wrk_jwt.lua" -t"$LOAD_THREADS" -c64 -d"$2s" -H "Host: api.example.com"
+    "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH" -- "$RUN_DIR/jwt/tokens.txt")
 }
 
 # The order of targets rotates between runs so that none always goes first.
@@ -408,6 +432,65 @@ scenario_6_one() { # proxy run
     --set "connections=$open" --set "errors=$failed" --set "rss_kib_per_conn=$per"
 }
 
+GW_LOG="" # scenario 9's access log
+# Scenario 9: the gateway instance must verify tokens, refuse requests
+# without one or without the scope, serve metrics and write its access log;
+# the features-off instance must answer the same token-carrying request alike.
+check_gateway() {
+  local token no_scope t got i
+  token=$(head -1 "$RUN_DIR/jwt/tokens.txt")
+  no_scope=$(cat "$RUN_DIR/jwt/token-no-scope.txt")
+  for t in portcullis portcullisgw; do
+    got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -H 'Host: api.example.com' \
+      -H "Authorization: Bearer $token" "http://127.0.0.1:${HTTP_PORT[$t]}$URL_PATH")
+    [ "$got" = "200 100" ] || die "$t: a request with a token answered '$got', expected '200 100'"
+  done
+  got=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.example.com' \
+    "http://127.0.0.1:${HTTP_PORT[portcullisgw]}$URL_PATH")
+  [ "$got" = 401 ] || die "portcullisgw: a request without a token answered '$got', expected 401"
+  got=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.example.com' \
+    -H "Authorization: Bearer $no_scope" "http://127.0.0.1:${HTTP_PORT[portcullisgw]}$URL_PATH")
+  [ "$got" = 403 ] || die "portcullisgw: a token without the scope answered '$got', expected 403"
+  got=$(curl -s -o "$RUN_DIR/portcullisgw/metrics-before.txt" -w '%{http_code}' \
+    "http://127.0.0.1:$ADMIN_PORT/metrics")
+  if [ "$got" != 200 ] || ! grep -q '^portcullis_requests_total' "$RUN_DIR/portcullisgw/metrics-before.txt"; then
+    die "portcullisgw: /metrics on the admin port answered '$got' without portcullis_requests_total"
+  fi
+  # The log's writer thread writes queued lines out every 20 ms.
+  for i in $(seq 20); do
+    grep -q '"status":401' "$GW_LOG" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep '"status":401' "$GW_LOG" 2>/dev/null | grep -q '"route":"api-users"' ||
+    die "portcullisgw: the access log $GW_LOG has no line for the refused request"
+}
+
+rate_limited() { # requests the gateway instance has refused with 429 so far
+  curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk '/^portcullis_rate_limited_total/ { n += $NF } END { print n + 0 }'
+}
+
+# The access log is emptied before each measurement of the gateway instance
+# (a 10-s run writes some 200 MB) and counted after it: lines the writer
+# dropped because it fell behind would show as fewer lines than requests.
+scenario_9_hook() { # before|after TARGET
+  [ "$2" = portcullisgw ] || return 0
+  case $1 in
+    before) : >"$GW_LOG" ;;
+    after)
+      local size prev=-1 i
+      for i in $(seq 30); do # until the writer has caught up
+        size=$(stat -c %s "$GW_LOG")
+        [ "$size" != "$prev" ] || break
+        prev=$size
+        sleep 0.3
+      done
+      HOOK_REC=(--set "log_bytes=$size" --set "log_lines=$(wc -l <"$GW_LOG")"
+        --set "rate_limited=$(rate_limited)")
+      ;;
+  esac
+}
+
 # ------------------------------------------------------------------ main
 
 install_missing
@@ -424,7 +507,7 @@ mkdir -p "$RUN_DIR/out" "$RUN_DIR/routes" "$BENCH_DIR/results"
 RUNS_FILE=$RUN_DIR/runs.jsonl
 : >"$RUNS_FILE"
 
-check_ports_free "${HTTP_PORT[@]}" "${TLS_PORT[@]}"
+check_ports_free "${HTTP_PORT[@]}" "${TLS_PORT[@]}" "$ADMIN_PORT"
 
 # A fresh ECDSA P-256 certificate for every TLS scenario.
 CERT=$RUN_DIR/cert.pem KEY=$RUN_DIR/key.pem PEM=$RUN_DIR/haproxy.pem
@@ -507,7 +590,23 @@ if want 6; then
   done
 fi
 if want 9; then
-  log "scenario 9: not yet: needs jwt and rate_limit policies"
+  log "scenario 9: gateway features on (JWT, rate limit, metrics, access log) beside the same route without them"
+  mkdir -p "$RUN_DIR/jwt"
+  py jwt "$RUN_DIR/jwt" 100
+  GW_LOG=$RUN_DIR/portcullisgw/access.log
+  start_proxy portcullis gw
+  wait_port "$ADMIN_PORT"
+  check_gateway
+  log "scenario 9: the gateway instance writes its access log to $GW_LOG (emptied before each measurement)"
+  MEASURE_HOOK=scenario_9_hook
+  run_scenario 9 gen_9 wrk portcullis portcullisgw
+  MEASURE_HOOK=""
+  log "scenario 9: the last measurement's access log: $(stat -c %s "$GW_LOG") bytes;" \
+    "requests refused by the rate limit: $(rate_limited)"
+  stop_pid "${PID[portcullisgw]}"
+  # Keep a sample for BENCH_KEEP_RUN_DIR, not hundreds of MB.
+  head -n 100 "$GW_LOG" >"$RUN_DIR/portcullisgw/access-head.log"
+  rm -f "$GW_LOG"
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -8,6 +8,12 @@ Subcommands:
       Write the scenario-8 filler routes for every proxy (COUNT routes over
       100 hosts): nginx-extra.conf, haproxy-extra.cfg, routes-exact.map,
       routes-prefix.map, portcullis-extra.yaml.
+  jwt OUT_DIR COUNT
+      Scenario 9's credentials, made with openssl: an RSA 2048 key
+      (jwt-key.pem), its public half as a JSON Web Key Set (jwks.json, kid
+      "bench"), COUNT RS256 tokens for users user-1..user-COUNT (tokens.txt,
+      one a line) and one token without the required scope
+      (token-no-scope.txt).
   cpu PID...
       Print user+system CPU ticks of these processes and all their
       descendants (/proc/PID/stat utime+stime; threads are included).
@@ -33,11 +39,14 @@ Subcommands:
       Parse one load-generator run, add the CPU figures, append a JSON line.
 """
 
+import base64
 import json
 import math
 import os
 import re
+import subprocess
 import sys
+import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -141,6 +150,55 @@ def routes(args):
                 f"    match: {{ hosts: [{host}], {key}: {path} }}\n"
                 "    upstream: app\n"
             )
+
+
+# ---------------------------------------------------------------- JWT
+
+# What bench/portcullis-gateway.yaml's "auth" policy accepts.
+JWT_ISSUER = "https://idp.example.com"
+JWT_AUDIENCE = "orders-api"
+JWT_SCOPE = "users:read"
+
+
+def _b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _openssl(*args, data=None):
+    return subprocess.run(["openssl", *args], input=data, capture_output=True, check=True).stdout
+
+
+def _b64json(obj):
+    return _b64url(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def _sign(key, claims):
+    header = {"alg": "RS256", "typ": "JWT", "kid": "bench"}
+    signing_input = f"{_b64json(header)}.{_b64json(claims)}"
+    sig = _openssl("dgst", "-sha256", "-sign", key, data=signing_input.encode())
+    return f"{signing_input}.{_b64url(sig)}"
+
+
+def jwt(args):
+    out_dir, count = args[0], int(args[1])
+    key = os.path.join(out_dir, "jwt-key.pem")
+    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key)
+    modulus = _openssl("rsa", "-in", key, "-noout", "-modulus").decode().strip()
+    n = bytes.fromhex(modulus.split("=", 1)[1])
+    text = _openssl("rsa", "-in", key, "-noout", "-text").decode()
+    e = int(re.search(r"publicExponent: (\d+)", text).group(1))
+    jwk = {"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig",
+           "n": _b64url(n), "e": _b64url(e.to_bytes((e.bit_length() + 7) // 8, "big"))}
+    with open(os.path.join(out_dir, "jwks.json"), "w") as f:
+        json.dump({"keys": [jwk]}, f, indent=2)
+    now = int(time.time())
+    base = {"iss": JWT_ISSUER, "aud": JWT_AUDIENCE, "iat": now, "exp": now + 86400}
+    with open(os.path.join(out_dir, "tokens.txt"), "w") as f:
+        for i in range(1, count + 1):
+            f.write(_sign(key, {**base, "sub": f"user-{i}", "scope": JWT_SCOPE}) + "\n")
+    # Valid in every way but the scope: portcullis must answer 403.
+    with open(os.path.join(out_dir, "token-no-scope.txt"), "w") as f:
+        f.write(_sign(key, {**base, "sub": "user-0", "scope": "users:write"}) + "\n")
 
 
 # ---------------------------------------------------------------- /proc
@@ -435,6 +493,7 @@ def main():
     {
         "render": render,
         "routes": routes,
+        "jwt": jwt,
         "cpu": cpu,
         "rss": rss,
         "threads": threads,

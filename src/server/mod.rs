@@ -202,7 +202,14 @@ impl Gateway {
                 notified.await;
             }
         };
-        tokio::time::timeout(timeout, drained).await.is_ok()
+        let finished = tokio::time::timeout(timeout, drained).await.is_ok();
+        // The writer drains on a timer; the last lines must not wait for it.
+        let runtime = self.inner.runtime.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            runtime.flush_access_logs(Duration::from_secs(2));
+        })
+        .await;
+        finished
     }
 }
 

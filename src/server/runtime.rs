@@ -250,6 +250,20 @@ impl Runtime {
         });
     }
 
+    /// Writes out every access-log line queued so far (at shutdown),
+    /// waiting at most `within` for each log.
+    pub fn flush_access_logs(&self, within: Duration) {
+        let logs: Vec<Arc<AccessLog>> = match self.access_logs.lock() {
+            Ok(l) => l.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        };
+        for log in logs {
+            if !log.flush(within) {
+                tracing::warn!("the access log could not be written out in {within:?}");
+            }
+        }
+    }
+
     /// Whether this runtime only checks a file (`portcullis check`): nothing
     /// is opened or fetched.
     pub fn check_only(&self) -> bool {

@@ -265,3 +265,29 @@ async fn access_log_follows_a_reload_to_a_new_file() {
         "the old file still receives lines: {first:?}"
     );
 }
+
+#[tokio::test]
+async fn the_last_lines_are_written_when_the_process_stops() {
+    let app = Backend::echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("access.log");
+    let text = config(app.addr, &log.display().to_string())
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let file = dir.path().join("portcullis.yaml");
+    std::fs::write(&file, text).unwrap();
+    let mut p = GatewayProcess::spawn(&file);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_accepting(addr, Duration::from_secs(5)).await;
+    for i in 0..50 {
+        let (status, _, _) = get(&format!("http://{addr}/api/{i}")).await;
+        assert_eq!(status, 200);
+    }
+    // At once: the writer's next timed turn has not come yet.
+    p.signal("TERM");
+    let exit = p.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", p.stderr());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.lines().count(), 50, "{text}");
+    assert!(text.contains("/api/49"), "{text}");
+}
