@@ -34,7 +34,7 @@ pub enum Destination {
 /// A handle that queues lines for the writer thread.
 pub struct AccessLog {
     destination: Destination,
-    sender: SyncSender<String>,
+    sender: SyncSender<Vec<u8>>,
     dropped: AtomicU64,
     writer: std::thread::Thread,
     flushes: Arc<Flushes>,
@@ -103,8 +103,8 @@ impl AccessLog {
         &self.destination
     }
 
-    /// Queues one line (without its newline); never blocks.
-    pub fn write(&self, line: String) {
+    /// Queues one line (UTF-8, without its newline); never blocks.
+    pub fn write(&self, line: Vec<u8>) {
         match self.sender.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
@@ -119,7 +119,7 @@ impl AccessLog {
     }
 }
 
-fn write_lines(receiver: Receiver<String>, writer: Box<dyn Write + Send>, flushes: &Flushes) {
+fn write_lines(receiver: Receiver<Vec<u8>>, writer: Box<dyn Write + Send>, flushes: &Flushes) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, writer);
     loop {
         // Flush requests made before this turn's drain are answered by it.
@@ -129,7 +129,7 @@ fn write_lines(receiver: Receiver<String>, writer: Box<dyn Write + Send>, flushe
         loop {
             match receiver.try_recv() {
                 Ok(line) => {
-                    if out.write_all(line.as_bytes()).is_err() || out.write_all(b"\n").is_err() {
+                    if out.write_all(&line).is_err() || out.write_all(b"\n").is_err() {
                         return;
                     }
                     wrote = true;
@@ -169,7 +169,7 @@ mod tests {
         let path = dir.path().join("access.log");
         let log = AccessLog::open(Destination::File(path.clone())).unwrap();
         for i in 0..1000 {
-            log.write(format!("{{\"n\":{i}}}"));
+            log.write(format!("{{\"n\":{i}}}").into());
         }
         assert!(log.flush(Duration::from_secs(5)));
         let text = std::fs::read_to_string(&path).unwrap();

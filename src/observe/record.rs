@@ -84,92 +84,194 @@ impl Record {
 }
 
 impl LogFields {
-    /// The JSON line, fields in the documented order. Written by hand into
-    /// one buffer: building a `serde_json::Value` first cost a dozen
-    /// allocations per request (and sorted the keys).
+    /// The JSON line, fields in the documented order, as UTF-8 bytes.
+    /// Written by hand into one buffer, without `fmt`: building a
+    /// `serde_json::Value` first cost a dozen allocations per request (and
+    /// sorted the keys), and `fmt`'s machinery cost more than the rest of
+    /// the line.
     fn line(
         &self,
         labels: &RequestLabels,
         status: StatusCode,
         bytes_out: u64,
         elapsed: std::time::Duration,
-    ) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::with_capacity(320 + self.path.len());
-        out.push_str("{\"time\":\"");
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(320 + self.path.len());
+        out.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_millis(&mut out, SystemTime::now());
-        out.push_str("\",\"request_id\":");
+        out.extend_from_slice(b"\",\"request_id\":");
         json_str(&mut out, self.request_id.to_str().unwrap_or("-"));
-        // Writing into a String cannot fail.
-        let _ = write!(out, ",\"client\":\"{}\"", self.client);
-        out.push_str(",\"listener\":");
+        out.extend_from_slice(b",\"client\":\"");
+        push_socket_addr(&mut out, self.client);
+        out.extend_from_slice(b"\",\"listener\":");
         json_str(&mut out, &labels.listener);
-        out.push_str(",\"method\":");
+        out.extend_from_slice(b",\"method\":");
         json_str(&mut out, self.method.as_str());
-        out.push_str(",\"host\":");
+        out.extend_from_slice(b",\"host\":");
         json_str(&mut out, &self.host);
-        out.push_str(",\"path\":");
+        out.extend_from_slice(b",\"path\":");
         json_str(&mut out, &self.path);
-        let _ = write!(out, ",\"status\":{}", status.as_u16());
-        out.push_str(",\"route\":");
+        out.extend_from_slice(b",\"status\":");
+        push_digits(&mut out, u64::from(status.as_u16()), 1);
+        out.extend_from_slice(b",\"route\":");
         json_str(&mut out, &labels.route);
-        out.push_str(",\"upstream\":");
+        out.extend_from_slice(b",\"upstream\":");
         json_str(&mut out, &labels.upstream);
-        out.push_str(",\"target\":");
+        out.extend_from_slice(b",\"target\":");
         match &self.target {
             Some(t) => json_str(&mut out, t),
-            None => out.push_str("null"),
+            None => out.extend_from_slice(b"null"),
         }
-        let micros = elapsed.as_micros();
-        let _ = write!(
-            out,
-            ",\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{}.{:03}}}",
-            self.body.bytes.load(Ordering::Relaxed),
-            bytes_out,
-            micros / 1000,
-            micros % 1000,
-        );
+        out.extend_from_slice(b",\"bytes_in\":");
+        push_digits(&mut out, self.body.bytes.load(Ordering::Relaxed), 1);
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_digits(&mut out, bytes_out, 1);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_digits(&mut out, micros / 1000, 1);
+        out.push(b'.');
+        push_digits(&mut out, micros % 1000, 3);
+        out.push(b'}');
         out
     }
 }
 
-/// Appends `s` as a JSON string: quoted, with `"`, `\` and control
-/// characters escaped.
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    let mut rest = s;
-    while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c < ' ') {
-        out.push_str(&rest[..at]);
-        let c = rest[at..].chars().next().unwrap_or(' ');
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            other => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "\\u{:04x}", other as u32);
+/// Appends `n` in decimal, zero-padded to `width` digits (at most 20).
+fn push_digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = at.min(buf.len().saturating_sub(width));
+    out.extend_from_slice(&buf[start..]);
+}
+
+/// Appends `addr` as `IP:port` (`[IPv6]:port`).
+fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_digits(out, u64::from(octet), 1);
             }
         }
-        rest = &rest[at + c.len_utf8()..];
+        SocketAddr::V6(v6) => {
+            use std::io::Write as _;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, "[{}]", v6.ip());
+        }
     }
-    out.push_str(rest);
-    out.push('"');
+    out.push(b':');
+    push_digits(out, u64::from(addr.port()), 1);
+}
+
+/// Whether `s` holds a byte a JSON string must escape (`"`, `\`, or a
+/// control character). Eight bytes at a time (the bit tricks are "has a
+/// byte less than n" and "has a zero byte" from Bit Twiddling Hacks):
+/// nearly every value needs no escape, and this is most of the line's cost.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let less_than = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let hit = less_than(x, b' ')
+            | zero_byte(x ^ (ONES * u64::from(b'"')))
+            | zero_byte(x ^ (ONES * u64::from(b'\\')));
+        if hit != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < b' ' || b == b'"' || b == b'\\')
+}
+
+/// Appends `s` as a JSON string: quoted, with `"`, `\` and control
+/// characters escaped.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    if !needs_escape(s.as_bytes()) {
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    for b in s.bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            c if c < b' ' => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 15)]);
+            }
+            // Bytes of multi-byte characters pass through unchanged.
+            other => out.push(other),
+        }
+    }
+    out.push(b'"');
 }
 
 /// Formats `t` as RFC 3339 in UTC with milliseconds (`2026-11-23T08:16:38.123Z`).
 pub fn rfc3339_millis(t: SystemTime) -> String {
-    let mut out = String::with_capacity(24);
+    let mut out = Vec::with_capacity(24);
     push_rfc3339_millis(&mut out, t);
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Appends `t` as [`rfc3339_millis`] does.
-fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
-    use std::fmt::Write as _;
+/// Appends `t` as [`rfc3339_millis`] does. The date and time up to the
+/// second are worked out once per second per thread and copied after.
+fn push_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
     let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    let (cached, mut text) = SECOND.get();
+    if cached != secs {
+        let mut fresh = Vec::with_capacity(20);
+        push_date_time(&mut fresh, secs);
+        match <[u8; 19]>::try_from(fresh.as_slice()) {
+            Ok(fixed) => {
+                text = fixed;
+                SECOND.set((secs, text));
+            }
+            // Past the year 9999: not worth keeping.
+            Err(_) => text.fill(b'?'),
+        }
+        if text[0] == b'?' {
+            out.extend_from_slice(&fresh);
+            out.push(b'.');
+            push_digits(out, u64::from(since.subsec_millis()), 3);
+            out.push(b'Z');
+            return;
+        }
+    }
+    out.extend_from_slice(&text);
+    out.push(b'.');
+    push_digits(out, u64::from(since.subsec_millis()), 3);
+    out.push(b'Z');
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS` for `secs` since 1970.
+fn push_date_time(out: &mut Vec<u8>, secs: u64) {
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -181,15 +283,18 @@ fn push_rfc3339_millis(out: &mut String, t: SystemTime) {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    // Writing into a String cannot fail.
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    );
+    let fields = [
+        (year.max(0) as u64, 4, '-'),
+        (month as u64, 2, '-'),
+        (day as u64, 2, 'T'),
+        (rem / 3600, 2, ':'),
+        (rem % 3600 / 60, 2, ':'),
+    ];
+    for (value, width, after) in fields {
+        push_digits(out, value, width);
+        out.push(after as u8);
+    }
+    push_digits(out, rem % 60, 2);
 }
 
 /// A response body that records the request when it ends or is dropped.
@@ -266,11 +371,50 @@ mod tests {
 
     #[test]
     fn json_strings_escape_quotes_backslashes_and_control_characters() {
-        let mut out = String::new();
+        let mut out = Vec::new();
         json_str(&mut out, "a\"b\\c\nd\u{1}é");
-        assert_eq!(out, r#""a\"b\\c\nd\u0001é""#);
-        let back: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            r#""a\"b\\c\nd\u0001é""#
+        );
+        let back: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn the_escape_check_finds_every_byte_that_needs_one_wherever_it_is() {
+        for len in 0..40 {
+            let plain = "a".repeat(len);
+            assert!(!needs_escape(plain.as_bytes()));
+            assert!(!needs_escape("é€ aZ~".repeat(len).as_bytes()));
+            for at in 0..len {
+                for bad in [b'"', b'\\', 0u8, b'\n', 0x1f] {
+                    let mut s = plain.clone().into_bytes();
+                    s[at] = bad;
+                    assert!(needs_escape(&s), "{bad:#x} at {at} of {len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn digits_and_addresses_are_written_as_fmt_would() {
+        for (n, width) in [(0, 1), (7, 3), (42, 2), (1234, 2), (u64::MAX, 1), (5, 4)] {
+            let mut out = Vec::new();
+            push_digits(&mut out, n, width);
+            assert_eq!(out, format!("{n:0width$}").into_bytes());
+        }
+        for addr in [
+            "10.0.0.1:80",
+            "255.255.255.255:65535",
+            "[2001:db8::1]:443",
+            "[::ffff:10.0.0.1]:8",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut out = Vec::new();
+            push_socket_addr(&mut out, addr);
+            assert_eq!(out, addr.to_string().into_bytes());
+        }
     }
 
     #[test]
@@ -280,5 +424,10 @@ mod tests {
         assert_eq!(rfc3339_millis(t), "2026-11-23T08:36:38.123Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+        // The same second again (from the per-second cache), another millisecond.
+        let later = leap + Duration::from_millis(999);
+        assert_eq!(rfc3339_millis(later), "2000-02-29T00:00:00.999Z");
+        let far = UNIX_EPOCH + Duration::from_secs(253_402_300_800); // 10000-01-01
+        assert_eq!(rfc3339_millis(far), "10000-01-01T00:00:00.000Z");
     }
 }
