@@ -77,62 +77,64 @@ impl Record {
             }
         }
         if let Some(log) = self.log {
-            let line = log.line(&labels, status, bytes_out, elapsed);
-            log.sink.write(line);
+            log.sink
+                .append(|out| log.write_line(out, &labels, status, bytes_out, elapsed));
         }
     }
 }
 
 impl LogFields {
-    /// The JSON line, fields in the documented order, as UTF-8 bytes.
-    /// Written by hand into one buffer, without `fmt`: building a
-    /// `serde_json::Value` first cost a dozen allocations per request (and
-    /// sorted the keys), and `fmt`'s machinery cost more than the rest of
-    /// the line.
-    fn line(
+    /// Appends the JSON line, fields in the documented order, to `out`.
+    /// Written by hand, without `fmt`: building a `serde_json::Value` first
+    /// cost a dozen allocations per request (and sorted the keys), and
+    /// `fmt`'s machinery cost more than the rest of the line.
+    fn write_line(
         &self,
+        out: &mut Vec<u8>,
         labels: &RequestLabels,
         status: StatusCode,
         bytes_out: u64,
         elapsed: std::time::Duration,
-    ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(320 + self.path.len());
+    ) {
+        out.reserve(320 + self.path.len());
         out.extend_from_slice(b"{\"time\":\"");
-        push_rfc3339_millis(&mut out, SystemTime::now());
-        out.extend_from_slice(b"\",\"request_id\":");
-        json_str(&mut out, self.request_id.to_str().unwrap_or("-"));
-        out.extend_from_slice(b",\"client\":\"");
-        push_socket_addr(&mut out, self.client);
+        push_rfc3339_millis(out, SystemTime::now());
+        // Request ids and method names are tokens by construction (checked
+        // or generated; the http crate's methods): nothing to escape.
+        out.extend_from_slice(b"\",\"request_id\":\"");
+        out.extend_from_slice(self.request_id.as_bytes());
+        out.extend_from_slice(b"\",\"client\":\"");
+        push_socket_addr(out, self.client);
         out.extend_from_slice(b"\",\"listener\":");
-        json_str(&mut out, &labels.listener);
-        out.extend_from_slice(b",\"method\":");
-        json_str(&mut out, self.method.as_str());
+        json_str(out, &labels.listener);
+        out.extend_from_slice(b",\"method\":\"");
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"host\":");
-        json_str(&mut out, &self.host);
+        json_str(out, &self.host);
         out.extend_from_slice(b",\"path\":");
-        json_str(&mut out, &self.path);
+        json_str(out, &self.path);
         out.extend_from_slice(b",\"status\":");
-        push_digits(&mut out, u64::from(status.as_u16()), 1);
+        push_digits(out, u64::from(status.as_u16()), 1);
         out.extend_from_slice(b",\"route\":");
-        json_str(&mut out, &labels.route);
+        json_str(out, &labels.route);
         out.extend_from_slice(b",\"upstream\":");
-        json_str(&mut out, &labels.upstream);
+        json_str(out, &labels.upstream);
         out.extend_from_slice(b",\"target\":");
         match &self.target {
-            Some(t) => json_str(&mut out, t),
+            Some(t) => json_str(out, t),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"bytes_in\":");
-        push_digits(&mut out, self.body.bytes.load(Ordering::Relaxed), 1);
+        push_digits(out, self.body.bytes.load(Ordering::Relaxed), 1);
         out.extend_from_slice(b",\"bytes_out\":");
-        push_digits(&mut out, bytes_out, 1);
+        push_digits(out, bytes_out, 1);
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         out.extend_from_slice(b",\"duration_ms\":");
-        push_digits(&mut out, micros / 1000, 1);
+        push_digits(out, micros / 1000, 1);
         out.push(b'.');
-        push_digits(&mut out, micros % 1000, 3);
+        push_digits(out, micros % 1000, 3);
         out.push(b'}');
-        out
     }
 }
 

@@ -245,6 +245,36 @@ upstreams:
     }
 }
 
+/// A configuration with an admin listener, listener `web` and one
+/// catch-all route `all` to `backend` carrying the named `policies`
+/// (`(name, YAML flow mapping)`, in route order), plus the top-level YAML
+/// lines `extra` (a `stores` section, say).
+pub fn policy_config(backend: SocketAddr, policies: &[(&str, &str)], extra: &str) -> String {
+    let names: Vec<&str> = policies.iter().map(|(name, _)| *name).collect();
+    let defs: String = policies
+        .iter()
+        .map(|(name, def)| format!("  {name}: {def}\n"))
+        .collect();
+    format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: web
+    address: "127.0.0.1:0"
+routes:
+  - name: all
+    policies: [{names}]
+    upstream: app
+upstreams:
+  - name: app
+    targets: ["{backend}"]
+{extra}
+policies:
+{defs}"#,
+        names = names.join(", ")
+    )
+}
+
 /// A plain reqwest client with no proxy and no connection reuse surprises.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

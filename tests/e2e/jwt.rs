@@ -83,32 +83,12 @@ fn jwks(keys: &[&EcKey]) -> String {
     json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
 }
 
-/// A gateway with an admin listener and one catch-all route `all` to
-/// `backend` carrying the policies `auth` (the YAML flow mapping `policy`)
-/// and, when given, `extra`.
+/// A gateway with one catch-all route `all` to `backend` carrying the
+/// policies `auth` (the YAML flow mapping `policy`) and, when given, `extra`.
 async fn gateway(backend: SocketAddr, policy: &str, extra: Option<&str>) -> TestGateway {
-    let (list, def) = match extra {
-        Some(e) => ("[auth, extra]", format!("\n  extra: {e}")),
-        None => ("[auth]", String::new()),
-    };
-    TestGateway::start(&format!(
-        r#"
-admin: {{ address: "127.0.0.1:0" }}
-listeners:
-  - name: web
-    address: "127.0.0.1:0"
-routes:
-  - name: all
-    policies: {list}
-    upstream: app
-upstreams:
-  - name: app
-    targets: ["{backend}"]
-policies:
-  auth: {policy}{def}
-"#
-    ))
-    .await
+    let mut policies = vec![("auth", policy)];
+    policies.extend(extra.map(|e| ("extra", e)));
+    TestGateway::start(&policy_config(backend, &policies, "")).await
 }
 
 fn secret_policy(more: &str) -> String {

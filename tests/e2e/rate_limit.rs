@@ -7,26 +7,10 @@ use std::net::SocketAddr;
 
 use crate::common::*;
 
-/// A gateway with an admin listener and one catch-all route to `backend`
-/// carrying the policy `limit`, defined by the YAML flow mapping `policy`.
+/// A configuration with one catch-all route to `backend` carrying the
+/// policy `limit`, defined by the YAML flow mapping `policy`.
 fn config(backend: SocketAddr, policy: &str) -> String {
-    format!(
-        r#"
-admin: {{ address: "127.0.0.1:0" }}
-listeners:
-  - name: web
-    address: "127.0.0.1:0"
-routes:
-  - name: all
-    policies: [limit]
-    upstream: app
-upstreams:
-  - name: app
-    targets: ["{backend}"]
-policies:
-  limit: {policy}
-"#
-    )
+    policy_config(backend, &[("limit", policy)], "")
 }
 
 /// The status of a GET to `url` with the headers `headers`.

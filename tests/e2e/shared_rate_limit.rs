@@ -71,29 +71,11 @@ impl Drop for Redis {
     }
 }
 
-/// A gateway with an admin listener, one route to `backend` and the policy
-/// `limit` (`policy`, a YAML flow mapping) counting in Redis at `url`.
+/// A gateway with one route to `backend` and the policy `limit` (`policy`,
+/// a YAML flow mapping) counting in Redis at `url`.
 async fn gateway(backend: SocketAddr, url: &str, policy: &str) -> TestGateway {
-    TestGateway::start(&format!(
-        r#"
-admin: {{ address: "127.0.0.1:0" }}
-listeners:
-  - name: web
-    address: "127.0.0.1:0"
-routes:
-  - name: all
-    policies: [limit]
-    upstream: app
-upstreams:
-  - name: app
-    targets: ["{backend}"]
-stores:
-  redis: {{ url: "{url}", timeout: 200ms }}
-policies:
-  limit: {policy}
-"#
-    ))
-    .await
+    let stores = format!("stores:\n  redis: {{ url: \"{url}\", timeout: 200ms }}");
+    TestGateway::start(&policy_config(backend, &[("limit", policy)], &stores)).await
 }
 
 async fn status(url: &str) -> u16 {
