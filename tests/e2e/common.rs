@@ -357,11 +357,32 @@ pub async fn dead_addr() -> SocketAddr {
     a
 }
 
-/// A free loopback port, for the real binary (which does not print the
-/// addresses it bound): bind port 0, read the port, close the socket.
+/// A free loopback port (TCP and UDP), for configurations that must name
+/// an address before the gateway starts. Taken below Linux's ephemeral
+/// range (32768–60999), where neither a port-0 listener nor an outgoing
+/// connection of another test can take it between this check and the
+/// gateway's bind, and from a per-process sequence, so that no two tests
+/// of the run are handed the same port.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_768;
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // A random start keeps test runs of other checkouts on other ports.
+    let start = *START.get_or_init(|| {
+        (std::hash::RandomState::new().build_hasher().finish() % u64::from(COUNT)) as u32
+    });
+    for _ in 0..COUNT {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + COUNT - 1);
 }
 
 /// Polls until `addr` accepts a TCP connection; panics after `within`.
