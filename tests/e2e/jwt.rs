@@ -300,52 +300,79 @@ async fn key_server(keys: Arc<Mutex<String>>) -> Backend {
     .await
 }
 
+/// An identity provider serving a key set that holds `old` and, after
+/// [`Idp::rotate`], whatever it is told; and a gateway verifying against it.
+struct Idp {
+    old: EcKey,
+    new: EcKey,
+    served: Arc<Mutex<String>>,
+    server: Backend,
+    gw: TestGateway,
+    _backend: Backend,
+}
+
+impl Idp {
+    async fn start(path: &str) -> Idp {
+        let backend = Backend::echo("app").await;
+        let (old, new) = (EcKey::new("2026-old"), EcKey::new("2026-new"));
+        let served = Arc::new(Mutex::new(jwks(&[&old])));
+        let server = key_server(served.clone()).await;
+        let policy = format!(
+            "{{ type: jwt, jwks_url: 'http://{}{path}', jwks_refresh: 1h }}",
+            server.addr
+        );
+        let gw = gateway(backend.addr, &policy, None).await;
+        Idp {
+            old,
+            new,
+            served,
+            server,
+            gw,
+            _backend: backend,
+        }
+    }
+
+    fn serve(&self, keys: &[&EcKey]) {
+        *self.served.lock().unwrap() = jwks(keys);
+    }
+
+    /// Whether a request with `token` is let through within 5 s (the key
+    /// set fetched in the background meanwhile).
+    async fn passes_soon(&self, token: &str) -> bool {
+        let url = self.gw.url("web", "/");
+        for _ in 0..100 {
+            match get_with(&url, token).await.0.as_u16() {
+                200 => return true,
+                // No key set yet, or not the one with this token's key.
+                503 | 401 => tokio::time::sleep(Duration::from_millis(50)).await,
+                other => panic!("answered {other}"),
+            }
+        }
+        false
+    }
+}
+
 #[tokio::test]
 async fn a_key_set_url_is_fetched_and_fetched_again_when_a_token_names_a_new_key() {
-    let backend = Backend::echo("app").await;
-    let old = EcKey::new("2026-old");
-    let new = EcKey::new("2026-new");
-    let served = Arc::new(Mutex::new(jwks(&[&old])));
-    let idp = key_server(served.clone()).await;
-    let gw = gateway(
-        backend.addr,
-        &format!(
-            "{{ type: jwt, jwks_url: 'http://{}/.well-known/jwks.json', jwks_refresh: 1h }}",
-            idp.addr
-        ),
-        None,
-    )
-    .await;
-    let url = gw.url("web", "/");
+    let idp = Idp::start("/.well-known/jwks.json").await;
     let claims = json!({ "sub": "dave", "exp": now() + 600 });
-    let old_token = old.sign(claims.clone());
-    let mut status = 0;
-    for _ in 0..100 {
-        status = get_with(&url, &old_token).await.0.as_u16();
-        if status == 200 {
-            break;
-        }
-        // Until the first fetch lands, there are no keys to verify with.
-        assert_eq!(status, 503);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 200, "the key set was never fetched");
-    assert_eq!(idp.seen()[0].uri, "/.well-known/jwks.json");
+    // Until the first fetch lands there are no keys: 503, then 200.
+    let first = get_with(&idp.gw.url("web", "/"), &idp.old.sign(claims.clone())).await;
+    assert!([200, 503].contains(&first.0.as_u16()), "{first:?}");
+    assert!(
+        idp.passes_soon(&idp.old.sign(claims.clone())).await,
+        "never fetched"
+    );
+    assert_eq!(idp.server.seen()[0].uri, "/.well-known/jwks.json");
 
     // The issuer rotates; a token under the new key triggers a fetch well
     // before the hour of `jwks_refresh` is up.
-    *served.lock().unwrap() = jwks(&[&old, &new]);
-    let new_token = new.sign(claims);
-    let mut passed = false;
-    for _ in 0..100 {
-        if get_with(&url, &new_token).await.0 == 200 {
-            passed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(passed, "the new key was never fetched");
-    assert_eq!(idp.seen().len(), 2);
+    idp.serve(&[&idp.old, &idp.new]);
+    assert!(
+        idp.passes_soon(&idp.new.sign(claims)).await,
+        "the new key was never fetched"
+    );
+    assert_eq!(idp.server.seen().len(), 2);
 }
 
 #[tokio::test]
@@ -409,48 +436,20 @@ async fn a_remembered_token_still_expires_on_time() {
 
 #[tokio::test]
 async fn a_remembered_token_is_refused_once_its_key_is_rotated_out() {
-    let backend = Backend::echo("app").await;
-    let old = EcKey::new("old");
-    let new = EcKey::new("new");
-    let served = Arc::new(Mutex::new(jwks(&[&old])));
-    let idp = key_server(served.clone()).await;
-    let gw = gateway(
-        backend.addr,
-        &format!(
-            "{{ type: jwt, jwks_url: 'http://{}/jwks', jwks_refresh: 1h }}",
-            idp.addr
-        ),
-        None,
-    )
-    .await;
-    let url = gw.url("web", "/");
+    let idp = Idp::start("/jwks").await;
     let claims = json!({ "sub": "frank", "exp": now() + 600 });
-    let old_token = old.sign(claims.clone());
-    let mut passed = false;
-    for _ in 0..100 {
-        if get_with(&url, &old_token).await.0 == 200 {
-            passed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(passed, "the key set was never fetched");
+    let old_token = idp.old.sign(claims.clone());
+    assert!(idp.passes_soon(&old_token).await, "never fetched");
 
     // The issuer drops the old key; a token under the new one makes the
-    // gateway fetch the set again.
-    *served.lock().unwrap() = jwks(&[&new]);
-    let new_token = new.sign(claims);
-    let mut rotated = false;
-    for _ in 0..100 {
-        if get_with(&url, &new_token).await.0 == 200 {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(rotated, "the new key set was never fetched");
+    // gateway fetch the set again, and the remembered old token goes.
+    idp.serve(&[&idp.new]);
+    assert!(
+        idp.passes_soon(&idp.new.sign(claims)).await,
+        "never fetched again"
+    );
     let got = assert_401(
-        &get_with(&url, &old_token).await,
+        &get_with(&idp.gw.url("web", "/"), &old_token).await,
         "Bearer error=\"invalid_token\"",
     );
     assert!(got.contains("key this service does not know"), "{got}");
