@@ -246,27 +246,17 @@ fn push_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
     }
     let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (cached, mut text) = SECOND.get();
-    if cached != secs {
-        let mut fresh = Vec::with_capacity(20);
-        push_date_time(&mut fresh, secs);
-        match <[u8; 19]>::try_from(fresh.as_slice()) {
-            Ok(fixed) => {
-                text = fixed;
-                SECOND.set((secs, text));
-            }
-            // Past the year 9999: not worth keeping.
-            Err(_) => text.fill(b'?'),
-        }
-        if text[0] == b'?' {
-            out.extend_from_slice(&fresh);
-            out.push(b'.');
-            push_digits(out, u64::from(since.subsec_millis()), 3);
-            out.push(b'Z');
-            return;
+    let (cached, text) = SECOND.get();
+    if cached == secs {
+        out.extend_from_slice(&text);
+    } else {
+        let start = out.len();
+        push_date_time(out, secs);
+        // Past the year 9999 the text is longer; not worth keeping.
+        if let Ok(fixed) = <[u8; 19]>::try_from(&out[start..]) {
+            SECOND.set((secs, fixed));
         }
     }
-    out.extend_from_slice(&text);
     out.push(b'.');
     push_digits(out, u64::from(since.subsec_millis()), 3);
     out.push(b'Z');
