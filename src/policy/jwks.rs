@@ -60,6 +60,13 @@ const RSA: [Algorithm; 6] = [
     Algorithm::PS512,
 ];
 
+/// Every algorithm a key of some type may verify.
+pub fn algorithms() -> impl Iterator<Item = Algorithm> {
+    HMAC.into_iter()
+        .chain(RSA)
+        .chain([Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA])
+}
+
 impl KeySet {
     /// A set of one HMAC secret (HS256, HS384, HS512).
     pub fn secret(secret: &[u8]) -> KeySet {
@@ -385,6 +392,17 @@ mod tests {
     use super::*;
 
     const RSA_N: &str = "u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw";
+
+    #[test]
+    fn every_key_type_has_its_algorithms_listed_once() {
+        let all: Vec<Algorithm> = algorithms().collect();
+        let distinct: std::collections::HashSet<Algorithm> = all.iter().copied().collect();
+        assert_eq!(all.len(), 12);
+        assert_eq!(distinct.len(), 12);
+        for alg in HMAC.into_iter().chain(RSA) {
+            assert!(all.contains(&alg));
+        }
+    }
 
     #[test]
     fn a_secret_verifies_hmac_only() {

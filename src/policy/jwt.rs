@@ -57,21 +57,6 @@ pub struct Jwt {
     failures: Family<AuthFailureLabels, Counter>,
 }
 
-const ALL_ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::HS256,
-    Algorithm::HS384,
-    Algorithm::HS512,
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
 /// RFC 7518 §3.2: an HMAC key at least as long as the hash.
 const MIN_SECRET_BYTES: usize = 32;
 
@@ -199,9 +184,8 @@ impl Jwt {
         let Some(keys) = keys.filter(|_| errors.is_empty()) else {
             return Err(errors);
         };
-        let validations = ALL_ALGORITHMS
-            .iter()
-            .map(|&alg| (alg, Self::validation(def, alg)))
+        let validations = jwks::algorithms()
+            .map(|alg| (alg, Self::validation(def, alg)))
             .collect();
         Ok(Jwt {
             name: Arc::from(env.name),
