@@ -16,6 +16,8 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -44,7 +46,9 @@ type Buffer = Arc<Mutex<Vec<u8>>>;
 struct Shared {
     /// Every thread's buffer, in the order the threads first wrote.
     buffers: Mutex<Vec<Buffer>>,
-    dropped: AtomicU64,
+    /// Lines dropped because the writer fell behind
+    /// (`portcullis_access_log_dropped_total`).
+    dropped: Counter,
     flushes: Flushes,
 }
 
@@ -70,8 +74,9 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Opens the destination and starts the writer thread.
-    pub fn open(destination: Destination) -> std::io::Result<AccessLog> {
+    /// Opens the destination and starts the writer thread; lines dropped
+    /// because it fell behind are counted in `dropped`.
+    pub fn open(destination: Destination, dropped: Counter) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match &destination {
             Destination::Stdout => Box::new(std::io::stdout()),
             Destination::File(path) => Box::new(
@@ -81,7 +86,10 @@ impl AccessLog {
                     .open(path)?,
             ),
         };
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            dropped,
+            ..Shared::default()
+        });
         let weak = Arc::downgrade(&shared);
         let thread = std::thread::Builder::new()
             .name("access-log".into())
@@ -130,12 +138,7 @@ impl AccessLog {
             Ok(b) => b,
             Err(p) => p.into_inner(),
         };
-        if pending.len() >= MAX_PENDING {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        build(&mut pending);
-        pending.push(b'\n');
+        append_line(&mut pending, &self.shared.dropped, build);
     }
 
     /// Appends `line` (UTF-8, without its newline).
@@ -145,7 +148,7 @@ impl AccessLog {
 
     /// Lines dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.get()
     }
 
     /// This thread's buffer for this log, made and registered on first use.
@@ -167,6 +170,18 @@ impl AccessLog {
             buffer
         })
     }
+}
+
+/// Appends the line `build` writes, and its newline, to `pending`, unless
+/// the writer has left [`MAX_PENDING`] bytes there: then the line is
+/// counted in `dropped` instead.
+fn append_line(pending: &mut Vec<u8>, dropped: &Counter, build: impl FnOnce(&mut Vec<u8>)) {
+    if pending.len() >= MAX_PENDING {
+        dropped.inc();
+        return;
+    }
+    build(pending);
+    pending.push(b'\n');
 }
 
 /// The writer thread: every [`DRAIN_EVERY`] (or at once when a flush is
@@ -239,7 +254,7 @@ mod tests {
     fn flush_writes_out_every_queued_line_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let log = AccessLog::open(Destination::File(path.clone())).unwrap();
+        let log = AccessLog::open(Destination::File(path.clone()), Counter::default()).unwrap();
         for i in 0..1000 {
             log.write(format!("{{\"n\":{i}}}").as_bytes());
         }
@@ -253,7 +268,8 @@ mod tests {
     fn lines_from_many_threads_arrive_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let log = Arc::new(AccessLog::open(Destination::File(path.clone())).unwrap());
+        let log =
+            Arc::new(AccessLog::open(Destination::File(path.clone()), Counter::default()).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let log = log.clone();
@@ -284,10 +300,27 @@ mod tests {
     }
 
     #[test]
+    fn past_the_limit_lines_are_dropped_and_counted_not_queued() {
+        let dropped = Counter::default();
+        let mut pending = Vec::new();
+        let line = vec![b'x'; 1000];
+        let mut kept = 0;
+        for _ in 0..2_000 {
+            let before = pending.len();
+            append_line(&mut pending, &dropped, |out| out.extend_from_slice(&line));
+            kept += usize::from(pending.len() > before);
+        }
+        // Lines go in until the buffer reaches 1 MiB; the rest are counted.
+        assert_eq!(kept, MAX_PENDING.div_ceil(1001));
+        assert_eq!(dropped.get() as usize, 2_000 - kept);
+        assert!(pending.len() < MAX_PENDING + 1001);
+    }
+
+    #[test]
     fn lines_reach_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
-        let log = AccessLog::open(Destination::File(path.clone())).unwrap();
+        let log = AccessLog::open(Destination::File(path.clone()), Counter::default()).unwrap();
         log.write(b"{\"a\":1}");
         log.write(b"{\"a\":2}");
         let deadline = std::time::Instant::now() + Duration::from_secs(5);

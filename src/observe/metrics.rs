@@ -78,6 +78,13 @@ pub struct PolicyLabels {
     pub policy: Arc<str>,
 }
 
+/// A single `destination` label (`stdout` or the file's path).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabel {
+    /// `stdout` or a file path.
+    pub destination: String,
+}
+
 /// A single `policy` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabel {
@@ -124,6 +131,8 @@ pub struct Metrics {
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     /// `portcullis_rate_limit_store_errors_total{policy}`.
     pub rate_limit_store_errors: Family<PolicyLabel, Counter>,
+    /// `portcullis_access_log_dropped_total{destination}`.
+    pub access_log_dropped: Family<DestinationLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -182,6 +191,12 @@ impl Metrics {
             "Rate-limit checks the shared store could not answer (on_store_error applied)",
             rate_limit_store_errors.clone(),
         );
+        let access_log_dropped = Family::<DestinationLabel, Counter>::default();
+        registry.register(
+            "access_log_dropped",
+            "Access-log lines dropped because the writer fell behind",
+            access_log_dropped.clone(),
+        );
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -216,6 +231,7 @@ impl Metrics {
             rate_limited,
             auth_failures,
             rate_limit_store_errors,
+            access_log_dropped,
         }
     }
 

@@ -13,7 +13,7 @@ use crate::config::compile::compile;
 use crate::config::load::{Loaded, load_file};
 use crate::config::{ConfigErrors, Snapshot};
 use crate::observe::access_log::{AccessLog, Destination};
-use crate::observe::metrics::{Metrics, ResultLabel};
+use crate::observe::metrics::{DestinationLabel, Metrics, ResultLabel};
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
 use crate::policy::redis_store::RedisStores;
@@ -286,7 +286,14 @@ impl Runtime {
         if let Some(log) = logs.get(&destination) {
             return Ok(Some(log.clone()));
         }
-        let log = Arc::new(AccessLog::open(destination.clone())?);
+        let label = DestinationLabel {
+            destination: match &destination {
+                Destination::Stdout => "stdout".to_string(),
+                Destination::File(path) => path.display().to_string(),
+            },
+        };
+        let dropped = self.metrics.access_log_dropped.get_or_create_owned(&label);
+        let log = Arc::new(AccessLog::open(destination.clone(), dropped)?);
         logs.insert(destination, log.clone());
         Ok(Some(log))
     }

@@ -291,3 +291,20 @@ async fn the_last_lines_are_written_when_the_process_stops() {
     assert_eq!(text.lines().count(), 50, "{text}");
     assert!(text.contains("/api/49"), "{text}");
 }
+
+#[tokio::test]
+async fn lines_dropped_by_a_writer_that_fell_behind_are_a_metric() {
+    let app = Backend::echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let text = config(app.addr, &log.display().to_string());
+    let gw = TestGateway::start(&format!("admin: {{ address: \"127.0.0.1:0\" }}\n{text}")).await;
+    let (status, _, _) = get(&gw.url("web", "/api/x")).await;
+    assert_eq!(status, 200);
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
+    let line = format!(
+        "portcullis_access_log_dropped_total{{destination=\"{}\"}} 0",
+        log.display()
+    );
+    assert!(metrics.contains(&line), "{line} in\n{metrics}");
+}
