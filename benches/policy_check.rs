@@ -53,8 +53,7 @@ impl Env {
             name: "bench",
             runtime: &self.runtime,
             base: self.dir.path(),
-            redis: None,
-            redis_in_error: false,
+            redis: policy::Store::Absent,
         };
         match policy::build(&def, &env) {
             Ok(p) => p,

@@ -16,3 +16,9 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod upstream;
+
+/// Locks `m`, recovering from a poisoned lock: every mutex in portcullis
+/// guards a map, a list or a buffer that a panic cannot leave half-written.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

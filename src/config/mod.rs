@@ -14,4 +14,14 @@ pub mod snapshot;
 pub mod units;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
+
+/// `p` as the configuration means it: relative paths are relative to the
+/// directory of the file (`base`), not to the working directory.
+pub fn resolve_path(base: &std::path::Path, p: &std::path::Path) -> std::path::PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
 pub use snapshot::Snapshot;

@@ -108,10 +108,7 @@ impl AccessLog {
         let want = flushes.requested.fetch_add(1, Ordering::AcqRel) + 1;
         self.writer.unpark();
         let deadline = Instant::now() + within;
-        let mut done = match flushes.done.lock() {
-            Ok(d) => d,
-            Err(p) => p.into_inner(),
-        };
+        let mut done = crate::lock(&flushes.done);
         while *done < want {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -133,42 +130,31 @@ impl AccessLog {
     /// Appends one line, which `build` writes (UTF-8, without its newline)
     /// at the end of the buffer it is given; never blocks on the writer.
     pub fn append(&self, build: impl FnOnce(&mut Vec<u8>)) {
-        let buffer = self.my_buffer();
-        let mut pending = match buffer.lock() {
-            Ok(b) => b,
-            Err(p) => p.into_inner(),
-        };
-        append_line(&mut pending, &self.shared.dropped, build);
-    }
-
-    /// Appends `line` (UTF-8, without its newline).
-    pub fn write(&self, line: &[u8]) {
-        self.append(|out| out.extend_from_slice(line));
-    }
-
-    /// Lines dropped because the writer could not keep up.
-    pub fn dropped(&self) -> u64 {
-        self.shared.dropped.get()
-    }
-
-    /// This thread's buffer for this log, made and registered on first use.
-    fn my_buffer(&self) -> Buffer {
         MY_BUFFERS.with(|mine| {
             let mut mine = mine.borrow_mut();
             let me = Arc::as_ptr(&self.shared);
-            if let Some((_, buffer)) = mine.iter().find(|(log, _)| log.as_ptr() == me) {
-                return buffer.clone();
-            }
-            // Logs that are gone leave their buffers here; drop them now.
-            mine.retain(|(log, _)| log.strong_count() > 0);
-            let buffer: Buffer = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
-            match self.shared.buffers.lock() {
-                Ok(mut all) => all.push(buffer.clone()),
-                Err(p) => p.into_inner().push(buffer.clone()),
-            }
-            mine.push((Arc::downgrade(&self.shared), buffer.clone()));
-            buffer
-        })
+            let buffer = match mine.iter().position(|(log, _)| log.as_ptr() == me) {
+                Some(at) => &mine[at].1,
+                None => self.register(&mut mine),
+            };
+            append_line(&mut crate::lock(buffer), &self.shared.dropped, build);
+        });
+    }
+
+    /// Makes this thread's buffer for this log and hands it to the writer.
+    fn register<'m>(&self, mine: &'m mut Vec<(Weak<Shared>, Buffer)>) -> &'m Buffer {
+        // Logs that are gone leave their buffers here; drop them now.
+        mine.retain(|(log, _)| log.strong_count() > 0);
+        let buffer: Buffer = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
+        crate::lock(&self.shared.buffers).push(buffer.clone());
+        mine.push((Arc::downgrade(&self.shared), buffer));
+        &mine[mine.len() - 1].1
+    }
+
+    /// Appends `line` (UTF-8, without its newline).
+    #[cfg(test)]
+    fn write(&self, line: &[u8]) {
+        self.append(|out| out.extend_from_slice(line));
     }
 }
 
@@ -185,27 +171,24 @@ fn append_line(pending: &mut Vec<u8>, dropped: &Counter, build: impl FnOnce(&mut
 }
 
 /// The writer thread: every [`DRAIN_EVERY`] (or at once when a flush is
-/// asked for), takes every buffer's lines and writes them; ends, after a
-/// last drain, when the log is dropped.
+/// asked for), takes every buffer's lines and writes them; once the log is
+/// dropped, writes what is left and ends.
 fn write_lines(shared: &Weak<Shared>, mut out: Box<dyn Write + Send>) {
     let mut taken: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut buffers: Vec<Buffer> = Vec::new();
     loop {
-        let Some(log) = shared.upgrade() else {
-            return;
-        };
+        let log = shared.upgrade();
         // Flush requests made before this turn's drain are answered by it.
-        let requested = log.flushes.requested.load(Ordering::Acquire);
-        let buffers: Vec<Buffer> = match log.buffers.lock() {
-            Ok(b) => b.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let requested = log
+            .as_ref()
+            .map(|l| l.flushes.requested.load(Ordering::Acquire));
+        if let Some(log) = &log {
+            buffers.clone_from(&crate::lock(&log.buffers));
+        }
         let mut wrote = false;
         for buffer in &buffers {
             {
-                let mut pending = match buffer.lock() {
-                    Ok(b) => b,
-                    Err(p) => p.into_inner(),
-                };
+                let mut pending = crate::lock(buffer);
                 if pending.is_empty() {
                     continue;
                 }
@@ -220,29 +203,15 @@ fn write_lines(shared: &Weak<Shared>, mut out: Box<dyn Write + Send>) {
         if wrote {
             let _ = out.flush();
         }
-        {
-            let mut done = match log.flushes.done.lock() {
-                Ok(d) => d,
-                Err(p) => p.into_inner(),
-            };
-            *done = requested;
-        }
+        // Gone: no line can be added any more, and this turn wrote them all.
+        let (Some(log), Some(requested)) = (log, requested) else {
+            return;
+        };
+        *crate::lock(&log.flushes.done) = requested;
         log.flushes.answered.notify_all();
-        // Not holding the log while asleep lets it go; the turn after that
-        // finds it gone. Its buffers are drained once more on the way out.
+        // Not holding the log while asleep lets it go.
         drop(log);
         std::thread::park_timeout(DRAIN_EVERY);
-        if shared.strong_count() == 0 {
-            for buffer in &buffers {
-                let pending = match buffer.lock() {
-                    Ok(b) => b,
-                    Err(p) => p.into_inner(),
-                };
-                let _ = out.write_all(&pending);
-            }
-            let _ = out.flush();
-            return;
-        }
     }
 }
 
@@ -296,7 +265,7 @@ mod tests {
             .filter(|l| l.contains("\"thread\":2,"))
             .collect();
         assert!(firsts[0].ends_with("\"n\":0}") && firsts[1999].ends_with("\"n\":1999}"));
-        assert_eq!(log.dropped(), 0);
+        assert_eq!(log.shared.dropped.get(), 0);
     }
 
     #[test]

@@ -231,15 +231,17 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Formats `t` as RFC 3339 in UTC with milliseconds (`2026-11-23T08:16:38.123Z`).
-pub fn rfc3339_millis(t: SystemTime) -> String {
+/// `t` as [`push_rfc3339_millis`] writes it, for the tests.
+#[cfg(test)]
+fn rfc3339_millis(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(24);
     push_rfc3339_millis(&mut out, t);
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Appends `t` as [`rfc3339_millis`] does. The date and time up to the
-/// second are worked out once per second per thread and copied after.
+/// Appends `t` as RFC 3339 in UTC with milliseconds
+/// (`2026-11-23T08:16:38.123Z`). The date and time up to the second are
+/// worked out once per second per thread and copied after.
 fn push_rfc3339_millis(out: &mut Vec<u8>, t: SystemTime) {
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use super::{Flow, Phase, Policy};
 use crate::config::model::IpFilterDef;
 use crate::proxy::body::Body;
-use crate::proxy::context::RequestCtx;
+use crate::proxy::context::{RequestCtx, canonical_ip};
 use crate::proxy::problem::problem;
 
 /// Compiled allow and deny lists.
@@ -50,10 +50,7 @@ impl IpFilter {
     /// Whether `ip` may pass.
     pub fn permits(&self, ip: IpAddr) -> bool {
         // An IPv4 client seen through an IPv6 socket must match IPv4 rules.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+        let ip = canonical_ip(ip);
         if self.deny.iter().any(|n| n.contains(&ip)) {
             return false;
         }

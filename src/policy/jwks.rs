@@ -6,23 +6,22 @@
 //! (a JWK's `alg`, else every algorithm of its key type and curve), so a
 //! token can never choose to have an RSA public key used as an HMAC secret.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderValue, Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use super::kept::KeptWhileUsed;
+use crate::upstream::client::{PoolSettings, ServerNames, UpstreamClient};
+use crate::upstream::pool::IdlePool;
 
 /// One verification key.
 #[derive(Debug)]
@@ -159,7 +158,7 @@ impl KeySet {
     }
 }
 
-/// How a remote key set is fetched.
+/// How a remote key set is fetched: the key under which it is shared.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RemoteSpec {
     /// The `jwks_url`.
@@ -170,9 +169,14 @@ pub struct RemoteSpec {
     pub refresh: Duration,
 }
 
+/// Remote key sets by spec, shared by every policy naming the same URL and
+/// kept across reloads while some policy uses them.
+pub type RemoteKeySets = KeptWhileUsed<RemoteSpec, RemoteKeySet>;
+
 /// A key set fetched by URL; the newest good answer is kept.
 pub struct RemoteKeySet {
-    spec: RemoteSpec,
+    fetcher: Fetcher,
+    refresh: Duration,
     current: ArcSwapOption<KeySet>,
     /// Wakes the fetch loop early (a token named a key the set lacks).
     wake: Notify,
@@ -190,6 +194,29 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
 impl RemoteKeySet {
+    /// The set `spec` names, found in `sets` or made there; a new one
+    /// starts fetching unless `check_only`. Errors: the URL or the CA file.
+    pub fn shared(
+        sets: &RemoteKeySets,
+        spec: RemoteSpec,
+        check_only: bool,
+    ) -> Result<Arc<RemoteKeySet>, FetchError> {
+        let (set, fresh) = sets.get_or_make(spec.clone(), || {
+            Ok(RemoteKeySet {
+                fetcher: Fetcher::new(&spec.url, spec.ca.as_deref())?,
+                refresh: spec.refresh,
+                current: ArcSwapOption::empty(),
+                wake: Notify::new(),
+                last_wake_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+            })
+        })?;
+        if fresh && !check_only {
+            RemoteKeySet::run(Arc::downgrade(&set));
+        }
+        Ok(set)
+    }
+
     /// The keys of the last good fetch (None until one succeeded).
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.current.load_full()
@@ -214,7 +241,7 @@ impl RemoteKeySet {
 
     /// Fetches the set now and then every `refresh` (sooner after a
     /// failure), for as long as some policy holds it.
-    fn run(this: Weak<RemoteKeySet>, tls: Option<Arc<ClientConfig>>) {
+    fn run(this: Weak<RemoteKeySet>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -223,7 +250,7 @@ impl RemoteKeySet {
             // Each turn holds the set only while it fetches and sleeps; once
             // no policy holds it either, the next turn ends the loop.
             while let Some(set) = this.upgrade() {
-                let outcome = match fetch(&set.spec.url, tls.clone()).await {
+                let outcome = match set.fetcher.fetch().await {
                     Ok(text) => KeySet::from_jwks(&text).map_err(|e| format!("refused: {e}")),
                     Err(e) => Err(format!("fetch failed: {e}")),
                 };
@@ -231,12 +258,13 @@ impl RemoteKeySet {
                     Ok(keys) => {
                         set.current.store(Some(Arc::new(keys)));
                         retry = Duration::from_secs(1);
-                        set.spec.refresh
+                        set.refresh
                     }
                     Err(e) => {
-                        tracing::warn!(url = %set.spec.url, "JWKS {e}; trying again in {retry:?}");
+                        let url = &set.fetcher.url;
+                        tracing::warn!(%url, "JWKS {e}; trying again in {retry:?}");
                         let wait = retry;
-                        retry = (retry * 2).min(set.spec.refresh);
+                        retry = (retry * 2).min(set.refresh);
                         wait
                     }
                 };
@@ -246,56 +274,18 @@ impl RemoteKeySet {
     }
 }
 
-/// Remote key sets by spec, shared by every policy naming the same URL and
-/// kept across reloads while some policy uses them.
-#[derive(Default)]
-pub struct RemoteKeySets {
-    by_spec: Mutex<HashMap<RemoteSpec, Weak<RemoteKeySet>>>,
-}
-
-impl RemoteKeySets {
-    /// The set for `spec`, started (fetching) when new unless `check_only`.
-    pub fn get(
-        &self,
-        spec: RemoteSpec,
-        tls: Option<Arc<ClientConfig>>,
-        check_only: bool,
-    ) -> Arc<RemoteKeySet> {
-        let mut by_spec = match self.by_spec.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        by_spec.retain(|_, w| w.strong_count() > 0);
-        if let Some(kept) = by_spec.get(&spec).and_then(Weak::upgrade) {
-            return kept;
-        }
-        let set = Arc::new(RemoteKeySet {
-            spec: spec.clone(),
-            current: ArcSwapOption::empty(),
-            wake: Notify::new(),
-            last_wake_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
-        by_spec.insert(spec, Arc::downgrade(&set));
-        if !check_only {
-            RemoteKeySet::run(Arc::downgrade(&set), tls);
-        }
-        set
-    }
-}
-
-/// Why a fetch failed.
+/// Why a key set URL cannot be used, or a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The URL cannot be fetched as written.
     #[error("`{0}` is not an http:// or https:// URL with a host")]
     BadUrl(String),
+    /// The `jwks_ca` file cannot be used.
+    #[error("{0}")]
+    Ca(String),
     /// Connecting, TLS or HTTP failed.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// HTTP failed.
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+    Send(String),
     /// The server answered something other than 200.
     #[error("the server answered {0}")]
     Status(StatusCode),
@@ -307,84 +297,100 @@ pub enum FetchError {
     Timeout(Duration),
 }
 
-/// Checks that `url` can be fetched (http or https with a host).
-pub fn check_url(url: &str) -> Result<(), FetchError> {
-    parse_url(url).map(|_| ())
+/// A key set URL taken apart once, and the gateway's own upstream client
+/// (pooled keep-alive, TLS with SNI) to fetch it with.
+struct Fetcher {
+    url: String,
+    /// `host:port`, the port filled in from the scheme: what is connected to.
+    target: Authority,
+    /// The URL's own authority, for the Host header.
+    host: HeaderValue,
+    path: PathAndQuery,
+    client: UpstreamClient,
+    pool: Arc<IdlePool>,
 }
 
-fn parse_url(url: &str) -> Result<(Uri, bool, String, u16), FetchError> {
-    let bad = || FetchError::BadUrl(url.to_string());
-    let uri: Uri = url.parse().map_err(|_| bad())?;
-    let https = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(bad()),
-    };
-    let host = uri.host().ok_or_else(bad)?.to_string();
-    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-    Ok((uri, https, host, port))
-}
-
-/// GETs `url` and returns its body.
-pub async fn fetch(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<String, FetchError> {
-    match tokio::time::timeout(FETCH_TIMEOUT, fetch_inner(url, tls)).await {
-        Ok(r) => r,
-        Err(_) => Err(FetchError::Timeout(FETCH_TIMEOUT)),
-    }
-}
-
-async fn fetch_inner(url: &str, tls: Option<Arc<ClientConfig>>) -> Result<String, FetchError> {
-    let (uri, https, host, port) = parse_url(url)?;
-    // Brackets belong to the URL form of an IPv6 address, not the address.
-    let bare = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let tcp = TcpStream::connect((bare.as_str(), port)).await?;
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let authority = uri.authority().map_or(host.as_str(), |a| a.as_str());
-    let req = Request::get(path)
-        .header(header::HOST, authority)
-        .header(header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| FetchError::BadUrl(url.to_string()))?;
-    let resp = if https {
-        let config = match tls {
-            Some(c) => c,
-            None => crate::server::tls::upstream_client_config(None, None)
-                .map_err(|e| std::io::Error::other(e.to_string()))?,
+impl Fetcher {
+    /// Checks `url` (http or https with a host) and `ca` (for https; the
+    /// Mozilla roots by default), without connecting.
+    fn new(url: &str, ca: Option<&Path>) -> Result<Fetcher, FetchError> {
+        let bad = || FetchError::BadUrl(url.to_string());
+        let uri: Uri = url.parse().map_err(|_| bad())?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad()),
         };
-        let name = ServerName::try_from(bare).map_err(|_| FetchError::BadUrl(url.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await?;
-        send(TokioIo::new(stream), req).await?
-    } else {
-        send(TokioIo::new(tcp), req).await?
-    };
-    if resp.status() != StatusCode::OK {
-        return Err(FetchError::Status(resp.status()));
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty())
+            .ok_or_else(bad)?;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let target: Authority = format!("{}:{port}", authority.host())
+            .parse()
+            .map_err(|_| bad())?;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
+        let settings = PoolSettings {
+            http2: false,
+            connect_timeout: FETCH_TIMEOUT,
+            idle_timeout: Duration::from_secs(90),
+        };
+        let tls = if https {
+            let config = crate::server::tls::upstream_client_config(ca, None)
+                .map_err(|e| FetchError::Ca(e.to_string()))?;
+            Some(config)
+        } else {
+            None
+        };
+        let client = UpstreamClient::new(
+            settings,
+            tls.as_deref().map(|c| (c, ServerNames::default())),
+            None,
+        );
+        Ok(Fetcher {
+            url: url.to_string(),
+            target,
+            host,
+            path: uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            client,
+            pool: Arc::default(),
+        })
     }
-    let body = Limited::new(resp.into_body(), MAX_JWKS_BYTES)
-        .collect()
-        .await
-        .map_err(|_| FetchError::Body)?
-        .to_bytes();
-    String::from_utf8(body.to_vec()).map_err(|_| FetchError::Body)
-}
 
-async fn send<T>(
-    io: TokioIo<T>,
-    req: Request<Empty<Bytes>>,
-) -> Result<http::Response<hyper::body::Incoming>, FetchError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender.send_request(req).await?)
+    /// GETs the URL and returns its body.
+    async fn fetch(&self) -> Result<String, FetchError> {
+        match tokio::time::timeout(FETCH_TIMEOUT, self.fetch_once()).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout(FETCH_TIMEOUT)),
+        }
+    }
+
+    async fn fetch_once(&self) -> Result<String, FetchError> {
+        let mut req = Request::new(crate::proxy::body::empty());
+        *req.uri_mut() = Uri::from(self.path.clone());
+        let headers = req.headers_mut();
+        headers.insert(header::HOST, self.host.clone());
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        // `None`: the fetch is the gateway's own request, not a client's.
+        let sent = self
+            .client
+            .send(&self.target, &self.pool, req, None)
+            .await
+            .map_err(|e| FetchError::Send(e.detail))?;
+        let status = sent.response.status();
+        if status != StatusCode::OK {
+            return Err(FetchError::Status(status));
+        }
+        let body = Limited::new(sent.response.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|_| FetchError::Body)?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|_| FetchError::Body)
+    }
 }
 
 #[cfg(test)]
@@ -455,6 +461,7 @@ mod tests {
 
     #[test]
     fn only_http_and_https_urls_with_a_host_are_fetched() {
+        let check_url = |url: &str| Fetcher::new(url, None).map(|f| f.target);
         assert!(check_url("https://idp.example.com/.well-known/jwks.json").is_ok());
         assert!(check_url("http://127.0.0.1:9000/keys").is_ok());
         for bad in [
@@ -465,5 +472,9 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+        // The port comes from the scheme when the URL has none.
+        let target = |url| check_url(url).unwrap().to_string();
+        assert_eq!(target("https://idp.example.com/k"), "idp.example.com:443");
+        assert_eq!(target("http://[::1]/k"), "[::1]:80");
     }
 }

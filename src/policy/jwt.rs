@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::{Map, Value};
 
-use super::jwks::{self, KeySet, RemoteKeySet, RemoteSpec};
+use super::jwks::{self, FetchError, KeySet, RemoteKeySet, RemoteSpec};
 use super::token_cache::{TokenCache, Verified};
 use super::{BuildEnv, Flow, Phase, Policy};
 use crate::config::model::JwtDef;
@@ -215,11 +215,7 @@ impl Jwt {
             return Some(Keys::Fixed(Arc::new(KeySet::secret(secret.as_bytes()))));
         }
         if let Some(file) = &def.jwks_file {
-            let path = if file.is_absolute() {
-                file.clone()
-            } else {
-                env.base.join(file)
-            };
+            let path = env.resolve(file);
             let read = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))
                 .and_then(|text| {
@@ -234,10 +230,6 @@ impl Jwt {
             };
         }
         let url = def.jwks_url.as_ref()?;
-        if let Err(e) = jwks::check_url(url) {
-            errors.push(("jwks_url".into(), e.to_string()));
-            return None;
-        }
         if def.jwks_refresh.0.is_zero() {
             errors.push((
                 "jwks_refresh".into(),
@@ -245,32 +237,23 @@ impl Jwt {
             ));
             return None;
         }
-        let ca = def.jwks_ca.as_ref().map(|p| {
-            if p.is_absolute() {
-                p.clone()
-            } else {
-                env.base.join(p)
-            }
-        });
-        let tls = match &ca {
-            None => None,
-            Some(path) => match crate::server::tls::upstream_client_config(Some(path), None) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    errors.push(("jwks_ca".into(), e.to_string()));
-                    return None;
-                }
-            },
-        };
         let spec = RemoteSpec {
             url: url.clone(),
-            ca,
+            ca: def.jwks_ca.as_deref().map(|p| env.resolve(p)),
             refresh: def.jwks_refresh.0,
         };
         let check_only = env.runtime.check_only();
-        Some(Keys::Remote(
-            env.runtime.key_sets.get(spec, tls, check_only),
-        ))
+        match RemoteKeySet::shared(&env.runtime.key_sets, spec, check_only) {
+            Ok(set) => Some(Keys::Remote(set)),
+            Err(e) => {
+                let field = match e {
+                    FetchError::Ca(_) => "jwks_ca",
+                    _ => "jwks_url",
+                };
+                errors.push((field.into(), e.to_string()));
+                None
+            }
+        }
     }
 
     fn validation(def: &JwtDef, alg: Algorithm) -> Validation {

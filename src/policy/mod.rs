@@ -9,6 +9,7 @@
 pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
+pub mod kept;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod token_cache;
@@ -94,10 +95,26 @@ pub struct BuildEnv<'a> {
     pub runtime: &'a Runtime,
     /// The configuration file's directory, for relative file paths.
     pub base: &'a Path,
-    /// The `stores.redis` server, when the file has one.
-    pub redis: Option<&'a SharedStore>,
-    /// Whether `stores.redis` is there but in error (reported at its line).
-    pub redis_in_error: bool,
+    /// The file's `stores.redis` server.
+    pub redis: Store<'a>,
+}
+
+/// A shared store section of the configuration, as policies find it.
+#[derive(Clone, Copy)]
+pub enum Store<'a> {
+    /// The file has none.
+    Absent,
+    /// The file has one, in error (reported at its own line).
+    InError,
+    /// Ready to use.
+    Ready(&'a SharedStore),
+}
+
+impl BuildEnv<'_> {
+    /// A path from the policy's definition, relative to the file's directory.
+    pub fn resolve(&self, p: &Path) -> std::path::PathBuf {
+        crate::config::resolve_path(self.base, p)
+    }
 }
 
 /// A shared store as policies use it.

@@ -29,16 +29,17 @@ use rustc_hash::FxBuildHasher;
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
+use super::kept::KeptWhileUsed;
 use super::redis_store::RedisStore;
-use super::{BuildEnv, Flow, Phase, Policy};
+use super::{BuildEnv, Flow, Phase, Policy, Store};
 use crate::config::model::{OnStoreError, RateLimitDef, RateLimitStore};
 use crate::observe::metrics::{PolicyLabel, PolicyLabels};
 use crate::proxy::body::Body;
-use crate::proxy::context::RequestCtx;
+use crate::proxy::context::{RequestCtx, canonical_ip};
 use crate::proxy::problem::problem;
 
 /// What requests are counted by.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LimitKey {
     /// The client's IP address.
     ClientIp,
@@ -89,7 +90,8 @@ impl LimitKey {
         };
         match given {
             Some(v) => KeyValue::Given(v),
-            None => KeyValue::Client(client_ip(ctx.client.ip())),
+            // An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
+            None => KeyValue::Client(canonical_ip(ctx.client.ip())),
         }
     }
 
@@ -141,18 +143,10 @@ enum KeyValue<'a> {
     Client(IpAddr),
 }
 
-/// An IPv4 client seen through an IPv6 socket counts as its IPv4 address.
-fn client_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
 type Limiter = RateLimiter<u64, DashMapStateStore<u64, FxBuildHasher>, DefaultClock>;
 
 /// The settings that decide whether counters can be kept across a reload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Settings {
     key: LimitKey,
     limit: NonZeroU32,
@@ -182,7 +176,7 @@ impl LocalCounters {
     fn check(&self, key: u64) -> Duration {
         match self.limiter.check_key(&key) {
             Ok(()) => Duration::ZERO,
-            Err(not_until) => not_until.wait_time_from(DefaultClock::default().now()),
+            Err(not_until) => not_until.wait_time_from(self.limiter.clock().now()),
         }
     }
 
@@ -271,10 +265,10 @@ impl RateLimit {
         }
         let shared = match (def.store, env.redis) {
             (RateLimitStore::Local, _) => None,
-            (RateLimitStore::Redis, Some(store)) => Some(store),
+            (RateLimitStore::Redis, Store::Ready(store)) => Some(store),
             // Reported where `stores.redis` is; the policy cannot be built.
-            (RateLimitStore::Redis, None) if env.redis_in_error => return Err(errors),
-            (RateLimitStore::Redis, None) => {
+            (RateLimitStore::Redis, Store::InError) => return Err(errors),
+            (RateLimitStore::Redis, Store::Absent) => {
                 errors.push((
                     "store".into(),
                     "`store: redis` needs a top-level `stores: { redis: { url: redis://HOST:PORT } }`"
@@ -321,18 +315,20 @@ impl RateLimit {
         let sweep_every = settings
             .per
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let counters = env
-            .runtime
-            .rate_limits
-            .find_or_make(env.name, settings, LocalCounters::new)
-            .ok_or_else(|| vec![("per".to_string(), "`per` must not be zero".to_string())])?;
-        if counters.fresh {
-            LocalCounters::sweep_while_used(Arc::downgrade(&counters.counters), sweep_every);
+        let (counters, fresh) = env.runtime.rate_limits.get_or_make(
+            (env.name.to_string(), settings.clone()),
+            || {
+                LocalCounters::new(settings)
+                    .ok_or_else(|| vec![("per".to_string(), "`per` must not be zero".to_string())])
+            },
+        )?;
+        if fresh {
+            LocalCounters::sweep_while_used(Arc::downgrade(&counters), sweep_every);
         }
         Ok(RateLimit {
             name,
             limit_header,
-            counters: Counters::Local(counters.counters),
+            counters: Counters::Local(counters),
             refused,
         })
     }
@@ -413,49 +409,8 @@ impl Policy for RateLimit {
     }
 }
 
-/// Counters found for a policy: `fresh` when made now rather than kept.
-pub struct Found {
-    /// The counters.
-    pub counters: Arc<LocalCounters>,
-    /// Whether they were made for this load.
-    pub fresh: bool,
-}
-
-/// Rate-limit counters by policy name, kept while some snapshot uses them.
-#[derive(Default)]
-pub struct CounterRegistry {
-    by_name: std::sync::Mutex<std::collections::HashMap<String, Weak<LocalCounters>>>,
-}
-
-impl CounterRegistry {
-    /// The counters `name` had under the same settings, or new ones.
-    fn find_or_make(
-        &self,
-        name: &str,
-        settings: Settings,
-        make: impl FnOnce(Settings) -> Option<LocalCounters>,
-    ) -> Option<Found> {
-        let mut by_name = match self.by_name.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        by_name.retain(|_, w| w.strong_count() > 0);
-        if let Some(kept) = by_name.get(name).and_then(Weak::upgrade)
-            && kept.settings == settings
-        {
-            return Some(Found {
-                counters: kept,
-                fresh: false,
-            });
-        }
-        let counters = Arc::new(make(settings)?);
-        by_name.insert(name.to_string(), Arc::downgrade(&counters));
-        Some(Found {
-            counters,
-            fresh: true,
-        })
-    }
-}
+/// Rate-limit counters by policy name and settings, kept across reloads.
+pub type CounterRegistry = KeptWhileUsed<(String, Settings), LocalCounters>;
 
 #[cfg(test)]
 mod tests {
@@ -597,30 +552,30 @@ mod tests {
 
     #[test]
     fn counters_are_kept_for_the_same_settings_only() {
+        struct Found {
+            counters: Arc<LocalCounters>,
+            fresh: bool,
+        }
         let registry = CounterRegistry::default();
+        let find = |name: &str, s: Settings| {
+            let (counters, fresh) = registry
+                .get_or_make((name.to_string(), s.clone()), || {
+                    LocalCounters::new(s).ok_or(())
+                })
+                .unwrap();
+            Found { counters, fresh }
+        };
         let s = settings(5, Duration::from_secs(60), 5);
-        let first = registry
-            .find_or_make("per-user", s.clone(), LocalCounters::new)
-            .unwrap();
+        let first = find("per-user", s.clone());
         assert!(first.fresh);
-        let again = registry
-            .find_or_make("per-user", s.clone(), LocalCounters::new)
-            .unwrap();
+        let again = find("per-user", s.clone());
         assert!(!again.fresh);
         assert!(Arc::ptr_eq(&first.counters, &again.counters));
-        let changed = registry
-            .find_or_make(
-                "per-user",
-                settings(6, Duration::from_secs(60), 6),
-                LocalCounters::new,
-            )
-            .unwrap();
+        let changed = find("per-user", settings(6, Duration::from_secs(60), 6));
         assert!(changed.fresh);
         drop((first, again, changed));
         // Once no policy holds them, they go.
-        let after = registry
-            .find_or_make("per-user", s, LocalCounters::new)
-            .unwrap();
+        let after = find("per-user", s);
         assert!(after.fresh);
     }
 }

@@ -9,11 +9,12 @@
 //! clocks disagree still count on one timeline. Keys expire once their
 //! budget has refilled, so idle clients leave nothing behind.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::kept::KeptWhileUsed;
 
 /// Checks one request against a key and, when allowed, counts it.
 /// Returns `{allowed (1|0), microseconds until the next request is allowed}`.
@@ -124,26 +125,13 @@ impl RedisStore {
 
 /// Redis stores by URL and timeout, kept across reloads while in use (so a
 /// reload does not reconnect).
-#[derive(Default)]
-pub struct RedisStores {
-    by_url: Mutex<HashMap<(String, Duration), Weak<RedisStore>>>,
-}
+pub type RedisStores = KeptWhileUsed<(String, Duration), RedisStore>;
 
 impl RedisStores {
     /// The store for `url`, made when new.
     pub fn get(&self, url: &str, timeout: Duration) -> Result<Arc<RedisStore>, StoreError> {
-        let mut by_url = match self.by_url.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
-        by_url.retain(|_, w| w.strong_count() > 0);
-        let key = (url.to_string(), timeout);
-        if let Some(kept) = by_url.get(&key).and_then(Weak::upgrade) {
-            return Ok(kept);
-        }
-        let store = Arc::new(RedisStore::new(url, timeout)?);
-        by_url.insert(key, Arc::downgrade(&store));
-        Ok(store)
+        self.get_or_make((url.to_string(), timeout), || RedisStore::new(url, timeout))
+            .map(|(store, _)| store)
     }
 }
 

@@ -88,10 +88,7 @@ impl TokenCache {
         let hash = self.hasher.hash_one((token.len(), tail));
         // The low bits serve the map; the shard comes from the high ones.
         let shard = &self.shards[(hash >> 60) as usize % SHARDS];
-        let guard = match shard.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let guard = crate::lock(shard);
         (hash, guard)
     }
 

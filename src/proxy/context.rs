@@ -1,6 +1,6 @@
 //! Per-request state that policies and phases share.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +22,15 @@ pub struct RequestCtx {
     pub tls: bool,
     /// Who the client is, once an authentication policy has said so.
     pub identity: Option<Box<Identity>>,
+}
+
+/// `ip` as rules and counters must see it: an IPv4 client seen through an
+/// IPv6 socket (`::ffff:10.1.2.3`) is its IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
 }
 
 /// An authenticated client.

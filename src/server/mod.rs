@@ -225,10 +225,7 @@ impl Inner {
 
     /// The bound address of listener `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        let map = match self.addresses.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let map = crate::lock(&self.addresses);
         map.get(name).copied()
     }
 

@@ -132,17 +132,11 @@ impl Runtime {
     }
 
     fn keep_loaded(&self, loaded: Arc<Loaded>) {
-        match self.loaded.lock() {
-            Ok(mut l) => *l = Some(loaded),
-            Err(p) => *p.into_inner() = Some(loaded),
-        }
+        *crate::lock(&self.loaded) = Some(loaded);
     }
 
     fn current_loaded(&self) -> Option<Arc<Loaded>> {
-        match self.loaded.lock() {
-            Ok(l) => l.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::lock(&self.loaded).clone()
     }
 
     /// Reads and compiles the file again without installing it; the caller
@@ -216,10 +210,7 @@ impl Runtime {
     /// The live state of `address` in `upstream`: the same object for as long
     /// as a snapshot keeps that target, so health and load survive reloads.
     pub fn target_state(&self, upstream: &str, address: &str) -> Arc<TargetState> {
-        let mut map = match self.targets.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::lock(&self.targets);
         map.entry((upstream.to_string(), address.to_string()))
             .or_default()
             .clone()
@@ -238,10 +229,7 @@ impl Runtime {
 
     /// Forgets the state of targets that `snapshot` no longer has.
     pub fn prune_targets(&self, snapshot: &Snapshot) {
-        let mut map = match self.targets.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut map = crate::lock(&self.targets);
         map.retain(|(upstream, address), _| {
             snapshot
                 .upstreams
@@ -253,10 +241,7 @@ impl Runtime {
     /// Writes out every access-log line queued so far (at shutdown),
     /// waiting at most `within` for each log.
     pub fn flush_access_logs(&self, within: Duration) {
-        let logs: Vec<Arc<AccessLog>> = match self.access_logs.lock() {
-            Ok(l) => l.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
-        };
+        let logs: Vec<Arc<AccessLog>> = crate::lock(&self.access_logs).values().cloned().collect();
         for log in logs {
             if !log.flush(within) {
                 tracing::warn!("the access log could not be written out in {within:?}");
@@ -279,10 +264,7 @@ impl Runtime {
             }
             return Ok(None);
         }
-        let mut logs = match self.access_logs.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut logs = crate::lock(&self.access_logs);
         if let Some(log) = logs.get(&destination) {
             return Ok(Some(log.clone()));
         }

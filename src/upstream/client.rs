@@ -449,10 +449,7 @@ pub struct ClientCache {
 impl ClientCache {
     /// The shared plain-HTTP client for these settings (created on first use).
     pub fn plain(&self, settings: PoolSettings) -> UpstreamClient {
-        let mut map = match self.plain.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = crate::lock(&self.plain);
         map.entry(settings)
             .or_insert_with(|| UpstreamClient::new(settings, None, None))
             .clone()

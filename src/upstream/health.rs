@@ -14,7 +14,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::lock;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -263,12 +265,6 @@ fn random_fraction() -> f64 {
 /// instead of all firing at the same instant.
 fn jitter(interval: Duration) -> Duration {
     interval.mul_f64(0.1 * random_fraction())
-}
-
-/// Locks `m`, recovering from a poisoned lock: the data is a plain flag or
-/// map that a panic cannot leave half-written.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The loop that checks one target.

@@ -702,3 +702,56 @@ fn check_does_not_fetch_a_jwks_url() {
     );
     assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
 }
+
+#[test]
+fn check_reports_every_jwt_key_source_and_rate_limit_quota_mistake() {
+    let out = check(
+        "portcullis.yaml",
+        &format!(
+            "{MINIMAL}\
+policies:
+  none: {{ type: jwt }}
+  both: {{ type: jwt, secret: 0123456789abcdef0123456789abcdef, jwks_file: keys.json }}
+  missing: {{ type: jwt, jwks_file: no-such-keys.json }}
+  ca-alone: {{ type: jwt, secret: 0123456789abcdef0123456789abcdef, jwks_ca: ca.pem }}
+  bad-ca: {{ type: jwt, jwks_url: 'https://idp.example.com/keys', jwks_ca: no-such-ca.pem }}
+  never: {{ type: jwt, jwks_url: 'https://idp.example.com/keys', jwks_refresh: 0s }}
+  no-burst: {{ type: rate_limit, limit: 5, per: 1s, burst: 0 }}
+  too-fine: {{ type: rate_limit, limit: 5000000, per: 1s }}
+"
+        ),
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let found: Vec<(u32, &str)> = out
+        .errors()
+        .iter()
+        .map(|(line, _, message)| {
+            let what = [
+                "one of `secret`, `jwks_file` or `jwks_url`",
+                "only one of",
+                // Before "cannot read", which its message also holds.
+                "no-such-ca.pem",
+                "cannot read",
+                "applies to `jwks_url` only",
+                "must be above zero",
+                "`burst` must be at least 1",
+                "more than one per microsecond",
+            ]
+            .into_iter()
+            .find(|needle| message.contains(needle))
+            .unwrap_or_else(|| panic!("unexpected error: {message}"));
+            (*line, what)
+        })
+        .collect();
+    let expected = [
+        (11, "one of `secret`, `jwks_file` or `jwks_url`"),
+        (12, "only one of"),
+        (13, "cannot read"),
+        (14, "applies to `jwks_url` only"),
+        (15, "no-such-ca.pem"),
+        (16, "must be above zero"),
+        (17, "`burst` must be at least 1"),
+        (18, "more than one per microsecond"),
+    ];
+    assert_eq!(found, expected, "stderr:\n{}", out.stderr);
+}

@@ -302,6 +302,26 @@ pub async fn get(url: &str) -> (StatusCode, http::HeaderMap, String) {
     (status, headers, r.text().await.unwrap())
 }
 
+/// The status of a GET to `url` with the extra `headers`.
+pub async fn status_with(url: &str, headers: &[(&str, &str)]) -> u16 {
+    let mut req = client().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+/// `POST /api/v1/reload` on the admin listener; asserts that it succeeded.
+pub async fn reload_ok(gw: &TestGateway) {
+    let r = client()
+        .post(gw.admin_url("/api/v1/reload"))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    assert_eq!(status, 200, "{}", r.text().await.unwrap_or_default());
+}
+
 /// Sends raw bytes on a new TCP connection and returns everything read until
 /// the server closes or `wait` passes.
 pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {

@@ -301,7 +301,7 @@ async fn key_server(keys: Arc<Mutex<String>>) -> Backend {
 }
 
 /// An identity provider serving a key set that holds `old` and, after
-/// [`Idp::rotate`], whatever it is told; and a gateway verifying against it.
+/// [`Idp::serve`], whatever it is told; and a gateway verifying against it.
 struct Idp {
     old: EcKey,
     new: EcKey,
@@ -336,20 +336,24 @@ impl Idp {
         *self.served.lock().unwrap() = jwks(keys);
     }
 
-    /// Whether a request with `token` is let through within 5 s (the key
-    /// set fetched in the background meanwhile).
+    /// Whether a request with `token` is let through within 5 s.
     async fn passes_soon(&self, token: &str) -> bool {
-        let url = self.gw.url("web", "/");
-        for _ in 0..100 {
-            match get_with(&url, token).await.0.as_u16() {
-                200 => return true,
-                // No key set yet, or not the one with this token's key.
-                503 | 401 => tokio::time::sleep(Duration::from_millis(50)).await,
-                other => panic!("answered {other}"),
-            }
-        }
-        false
+        passes_soon(&self.gw.url("web", "/"), token).await
     }
+}
+
+/// Whether a GET of `url` with `token` is let through within 5 s (the key
+/// set fetched in the background meanwhile).
+async fn passes_soon(url: &str, token: &str) -> bool {
+    for _ in 0..100 {
+        match get_with(url, token).await.0.as_u16() {
+            200 => return true,
+            // No key set yet, or not the one with this token's key.
+            503 | 401 => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("answered {other}"),
+        }
+    }
+    false
 }
 
 #[tokio::test]
@@ -373,6 +377,29 @@ async fn a_key_set_url_is_fetched_and_fetched_again_when_a_token_names_a_new_key
         "the new key was never fetched"
     );
     assert_eq!(idp.server.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_key_set_url_that_answers_no_key_set_is_fetched_again_until_it_does() {
+    let backend = Backend::echo("app").await;
+    let key = EcKey::new("k1");
+    let served = Arc::new(Mutex::new("<html>maintenance</html>".to_string()));
+    let idp = key_server(served.clone()).await;
+    let policy = format!("{{ type: jwt, jwks_url: 'http://{}/keys' }}", idp.addr);
+    let gw = gateway(backend.addr, &policy, None).await;
+    let url = gw.url("web", "/");
+    let token = key.sign(json!({ "sub": "gina", "exp": now() + 600 }));
+    assert!(eventually(Duration::from_secs(5), || !idp.seen().is_empty()).await);
+    // Nothing usable fetched: no keys to verify with.
+    let (status, headers, text) = get_with(&url, &token).await;
+    assert_problem(status, &headers, &text, 503);
+    // The next attempt (after a second) finds a key set.
+    *served.lock().unwrap() = jwks(&[&key]);
+    assert!(
+        passes_soon(&url, &token).await,
+        "the key set was never fetched again"
+    );
+    assert!(idp.seen().len() >= 2);
 }
 
 #[tokio::test]

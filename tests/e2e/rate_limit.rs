@@ -13,24 +13,6 @@ fn config(backend: SocketAddr, policy: &str) -> String {
     policy_config(backend, &[("limit", policy)], "")
 }
 
-/// The status of a GET to `url` with the headers `headers`.
-async fn status_with(url: &str, headers: &[(&str, &str)]) -> u16 {
-    let mut req = client().get(url);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    req.send().await.unwrap().status().as_u16()
-}
-
-async fn reload(gw: &TestGateway) {
-    let r = client()
-        .post(gw.admin_url("/api/v1/reload"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-}
-
 #[tokio::test]
 async fn past_the_burst_requests_get_429_with_retry_after_and_are_counted() {
     let backend = Backend::echo("app").await;
@@ -116,7 +98,7 @@ async fn counters_survive_a_reload_that_keeps_the_settings_and_restart_when_they
         "routes:\n  - name: other\n    match: { path: /other }\n    upstream: app\n",
     );
     gw.write_config(&same);
-    reload(&gw).await;
+    reload_ok(&gw).await;
     assert_eq!(status_with(&url, &[]).await, 429);
 
     // A new limit starts new counters.
@@ -124,7 +106,7 @@ async fn counters_survive_a_reload_that_keeps_the_settings_and_restart_when_they
         backend.addr,
         "{ type: rate_limit, limit: 3, per: 1h }",
     ));
-    reload(&gw).await;
+    reload_ok(&gw).await;
     assert_eq!(status_with(&url, &[]).await, 200);
 }
 

@@ -78,10 +78,6 @@ async fn gateway(backend: SocketAddr, url: &str, policy: &str) -> TestGateway {
     TestGateway::start(&policy_config(backend, &[("limit", policy)], &stores)).await
 }
 
-async fn status(url: &str) -> u16 {
-    client().get(url).send().await.unwrap().status().as_u16()
-}
-
 #[tokio::test]
 async fn two_gateways_on_one_redis_share_one_budget() {
     let redis = Redis::start().await;
@@ -89,15 +85,15 @@ async fn two_gateways_on_one_redis_share_one_budget() {
     let policy = "{ type: rate_limit, store: redis, limit: 3, per: 1h }";
     let a = gateway(backend.addr, &redis.url(), policy).await;
     let b = gateway(backend.addr, &redis.url(), policy).await;
-    assert_eq!(status(&a.url("web", "/")).await, 200);
-    assert_eq!(status(&b.url("web", "/")).await, 200);
-    assert_eq!(status(&a.url("web", "/")).await, 200);
+    assert_eq!(status_with(&a.url("web", "/"), &[]).await, 200);
+    assert_eq!(status_with(&b.url("web", "/"), &[]).await, 200);
+    assert_eq!(status_with(&a.url("web", "/"), &[]).await, 200);
     let (code, headers, text) = get(&b.url("web", "/")).await;
     assert_problem(code, &headers, &text, 429);
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     // One request is earned every 20 minutes.
     assert!((1190..=1200).contains(&retry), "Retry-After: {retry}");
-    assert_eq!(status(&a.url("web", "/")).await, 429);
+    assert_eq!(status_with(&a.url("web", "/"), &[]).await, 429);
     assert_eq!(backend.seen().len(), 3);
 
     // One key in Redis, under the prefix and the policy's name, expiring
@@ -141,7 +137,7 @@ async fn with_redis_down_requests_pass_by_default_and_are_counted_as_store_error
     )
     .await;
     for _ in 0..3 {
-        assert_eq!(status(&gw.url("web", "/")).await, 200);
+        assert_eq!(status_with(&gw.url("web", "/"), &[]).await, 200);
     }
     let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
     assert!(
@@ -175,7 +171,7 @@ async fn a_redis_that_stops_answering_costs_the_timeout_not_a_hang() {
         "{ type: rate_limit, store: redis, limit: 100, per: 1s }",
     )
     .await;
-    assert_eq!(status(&gw.url("web", "/")).await, 200);
+    assert_eq!(status_with(&gw.url("web", "/"), &[]).await, 200);
     // Redis holds every client's commands for 3 s.
     assert!(
         redis
@@ -184,7 +180,7 @@ async fn a_redis_that_stops_answering_costs_the_timeout_not_a_hang() {
             .starts_with("+OK")
     );
     let started = Instant::now();
-    assert_eq!(status(&gw.url("web", "/")).await, 200);
+    assert_eq!(status_with(&gw.url("web", "/"), &[]).await, 200);
     let took = started.elapsed();
     assert!(took < Duration::from_millis(1500), "took {took:?}");
 }
@@ -201,17 +197,17 @@ async fn counting_resumes_when_redis_comes_back() {
     )
     .await;
     let url = gw.url("web", "/");
-    assert_eq!(status(&url).await, 200);
-    assert_eq!(status(&url).await, 429);
+    assert_eq!(status_with(&url, &[]).await, 200);
+    assert_eq!(status_with(&url, &[]).await, 429);
     redis.stop();
     // Without Redis, requests pass (on_store_error: allow).
-    assert_eq!(status(&url).await, 200);
+    assert_eq!(status_with(&url, &[]).await, 200);
     // A fresh Redis on the same port holds no counters: one request passes,
     // then the limit holds again once the gateway has reconnected.
     let _redis = Redis::start_on(port).await;
     let mut limited = false;
     for _ in 0..100 {
-        if status(&url).await == 429 {
+        if status_with(&url, &[]).await == 429 {
             limited = true;
             break;
         }

@@ -70,11 +70,7 @@ fn sub_path(base: &DocPath, dotted: &str) -> DocPath {
 
 impl Compiler<'_> {
     fn resolve(&self, p: &Path) -> std::path::PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
+        super::resolve_path(&self.base, p)
     }
 
     fn unique_names<'n>(&mut self, section: &str, names: impl Iterator<Item = &'n str>) {
@@ -197,8 +193,11 @@ impl Compiler<'_> {
                 name,
                 runtime: self.runtime,
                 base: &self.base,
-                redis,
-                redis_in_error: redis.is_none() && cfg.stores.redis.is_some(),
+                redis: match (redis, &cfg.stores.redis) {
+                    (Some(store), _) => policy::Store::Ready(store),
+                    (None, Some(_)) => policy::Store::InError,
+                    (None, None) => policy::Store::Absent,
+                },
             };
             match policy::build(def, &env) {
                 Ok(p) => {
