@@ -403,6 +403,46 @@ async fn a_key_set_url_that_answers_no_key_set_is_fetched_again_until_it_does() 
 }
 
 #[tokio::test]
+async fn a_key_set_url_over_https_is_verified_against_jwks_ca() {
+    let backend = Backend::echo("app").await;
+    let key = EcKey::new("k1");
+    let ca = TestCa::new("idp-ca");
+    let cert = ca.server("idp", &["127.0.0.1"]);
+    let keys = jwks(&[&key]);
+    let idp = TlsBackend::start(tls_server_config(&cert, None, &["http/1.1"]), move |_req| {
+        let keys = keys.clone();
+        async move { http::Response::new(body(keys)) }
+    })
+    .await;
+    let url = format!("https://{}/keys", idp.addr());
+    let token = key.sign(json!({ "sub": "hana", "exp": now() + 600 }));
+    let trusted = format!(
+        "{{ type: jwt, jwks_url: '{url}', jwks_ca: '{}' }}",
+        ca.cert_path.display()
+    );
+    let gw = gateway(backend.addr, &trusted, None).await;
+    assert!(
+        passes_soon(&gw.url("web", "/"), &token).await,
+        "never fetched over TLS"
+    );
+    // Without the CA, the IdP's certificate is not trusted: no keys, 503.
+    let untrusted = gateway(
+        backend.addr,
+        &format!("{{ type: jwt, jwks_url: '{url}' }}"),
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, headers, text) = get_with(&untrusted.url("web", "/"), &token).await;
+    assert_problem(status, &headers, &text, 503);
+    assert_eq!(
+        idp.seen().len(),
+        1,
+        "only the gateway that trusts the CA got through"
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_key_set_url_answers_503_not_a_hang() {
     let backend = Backend::echo("app").await;
     let dead = dead_addr().await;
