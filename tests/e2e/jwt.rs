@@ -381,9 +381,27 @@ async fn a_key_set_url_is_fetched_and_fetched_again_when_a_token_names_a_new_key
 
 #[tokio::test]
 async fn a_key_set_url_that_answers_no_key_set_is_fetched_again_until_it_does() {
+    refused_then_fetched_again(|_| "<html>maintenance</html>".to_string()).await;
+}
+
+#[tokio::test]
+async fn a_key_set_over_1_mib_is_refused_and_fetched_again() {
+    // A usable key set, but padded past the 1 MiB a key set may take.
+    refused_then_fetched_again(|key| {
+        let keys = jwks(&[key]);
+        let padding = "x".repeat(1 << 20);
+        format!("{}, \"padding\": \"{padding}\"}}", keys.trim_end().trim_end_matches('}'))
+    })
+    .await;
+}
+
+/// A key-set URL first answers `first(key)`, which must be refused (503
+/// while there are no keys), then the key set with `key`, which a later
+/// fetch must find.
+async fn refused_then_fetched_again(first: impl Fn(&EcKey) -> String) {
     let backend = Backend::echo("app").await;
     let key = EcKey::new("k1");
-    let served = Arc::new(Mutex::new("<html>maintenance</html>".to_string()));
+    let served = Arc::new(Mutex::new(first(&key)));
     let idp = key_server(served.clone()).await;
     let policy = format!("{{ type: jwt, jwks_url: 'http://{}/keys' }}", idp.addr);
     let gw = gateway(backend.addr, &policy, None).await;

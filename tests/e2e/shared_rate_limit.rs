@@ -215,3 +215,37 @@ async fn counting_resumes_when_redis_comes_back() {
     }
     assert!(limited, "the gateway never counted in Redis again");
 }
+
+#[tokio::test]
+async fn a_redis_answering_errors_is_a_store_error_until_it_recovers() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo("app").await;
+    let gw = gateway(
+        backend.addr,
+        &redis.url(),
+        "{ type: rate_limit, store: redis, on_store_error: deny, limit: 100, per: 1s }",
+    )
+    .await;
+    let url = gw.url("web", "/");
+    assert_eq!(status_with(&url, &[]).await, 200);
+    // A full Redis refuses writes: the connection is fine, the answer is an
+    // error, and on_store_error decides.
+    let config = ["CONFIG", "SET", "maxmemory", "1"];
+    assert!(redis.command(&config).await.starts_with("+OK"));
+    let (code, headers, text) = get(&url).await;
+    assert_problem(code, &headers, &text, 503);
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains(r#"portcullis_rate_limit_store_errors_total{policy="limit"} 1"#),
+        "{metrics}"
+    );
+    // Room again: counted in Redis again, on the same connection.
+    assert!(
+        redis
+            .command(&["CONFIG", "SET", "maxmemory", "0"])
+            .await
+            .starts_with("+OK")
+    );
+    assert_eq!(status_with(&url, &[]).await, 200);
+    assert_eq!(backend.seen().len(), 2);
+}
