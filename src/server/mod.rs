@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod http1;
 pub mod http2;
+mod listen;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod runtime;
@@ -327,7 +328,15 @@ async fn bind_new(
         }
         let bound = match plan.protocol {
             Protocol::Udp => UdpSocket::bind(plan.address).await.map(Bound::Udp),
-            _ => TcpListener::bind(plan.address).await.map(Bound::Tcp),
+            // Behind a plain TCP listener the server may speak first (SMTP,
+            // MySQL): its connections are handed over at once.
+            Protocol::Tcp => TcpListener::bind(plan.address).await.map(Bound::Tcp),
+            Protocol::Http | Protocol::Https | Protocol::Tls => {
+                TcpListener::bind(plan.address).await.map(|listener| {
+                    listen::defer_accept(&listener);
+                    Bound::Tcp(listener)
+                })
+            }
         };
         let listener = bound.map_err(|source| StartError::Bind {
             name: key.name.clone(),

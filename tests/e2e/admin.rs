@@ -143,11 +143,19 @@ async fn metrics_have_a_request_duration_histogram_by_route() {
 }
 
 #[tokio::test]
-async fn metrics_show_active_connections_by_listener() {
+async fn metrics_show_active_connections_by_listener_once_their_client_speaks() {
     let app = Backend::echo("app").await;
     let gw = TestGateway::start(&config_with(app.addr)).await;
     let label = [("listener", "web")];
-    let open = tokio::net::TcpStream::connect(gw.addr("web"))
+    let mut open = tokio::net::TcpStream::connect(gw.addr("web"))
+        .await
+        .unwrap();
+    // Until its client speaks, the kernel keeps the connection (for up to a
+    // second) and the gateway has nothing to count.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let silent = sample(&metrics(&gw).await, "portcullis_connections_active", &label);
+    assert_eq!(silent.unwrap_or(0.0), 0.0, "a silent connection is counted");
+    tokio::io::AsyncWriteExt::write_all(&mut open, b"GET / HTTP/1.1\r\n")
         .await
         .unwrap();
     let mut value = None;

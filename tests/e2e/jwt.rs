@@ -390,7 +390,10 @@ async fn a_key_set_over_1_mib_is_refused_and_fetched_again() {
     refused_then_fetched_again(|key| {
         let keys = jwks(&[key]);
         let padding = "x".repeat(1 << 20);
-        format!("{}, \"padding\": \"{padding}\"}}", keys.trim_end().trim_end_matches('}'))
+        format!(
+            "{}, \"padding\": \"{padding}\"}}",
+            keys.trim_end().trim_end_matches('}')
+        )
     })
     .await;
 }
