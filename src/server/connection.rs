@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use super::http1::{self, ClientIo, Ended};
 use super::http2;
 use super::proxy_protocol::{self, Prefixed};
+use super::ticket_hold::TicketHold;
 use super::tls;
 use crate::config::snapshot::{Limits, ListenerPlan};
 use crate::l4::{self, L4Plan};
@@ -152,12 +153,18 @@ async fn serve_tls(
     rt: Arc<Runtime>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let handshake =
-        tokio::time::timeout(plan.limits.header_read_timeout, acceptor.accept(stream)).await;
-    let tls_stream = match handshake {
+    let accept = acceptor.accept(TicketHold::new(stream)).into_fallible();
+    let handshake = tokio::time::timeout(plan.limits.header_read_timeout, accept).await;
+    let mut tls_stream = match handshake {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+        Ok(Err((e, mut io))) => {
             tracing::debug!(%client, error = %e, "TLS handshake failed");
+            // The alert saying why, if it was held as a ticket would be.
+            io.release();
+            let _ = std::future::poll_fn(|cx| {
+                Poll::Ready(tokio::io::AsyncWrite::poll_flush(Pin::new(&mut io), cx))
+            })
+            .await;
             return;
         }
         Err(_) => {
@@ -165,6 +172,7 @@ async fn serve_tls(
             return;
         }
     };
+    tls_stream.get_mut().0.release();
     let client_cert = plan.client_subject_header.as_ref().map(|header| {
         let subject =
             tls::client_subject(tls_stream.get_ref().1).and_then(|s| HeaderValue::try_from(s).ok());

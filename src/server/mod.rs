@@ -12,6 +12,7 @@ mod listen;
 pub mod proxy_protocol;
 pub mod registry;
 pub mod runtime;
+mod ticket_hold;
 pub mod tls;
 
 use std::collections::HashMap;

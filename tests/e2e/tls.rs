@@ -809,3 +809,74 @@ async fn clients_sending_an_ip_address_as_sni_do_not_fill_the_log() {
         "the log has a line per client:\n{log}"
     );
 }
+
+/// Sends a GET of `/` over `tls` and reads the answer to the end (the
+/// request asks the gateway to close).
+async fn get_over(tls: &mut TlsStream<TcpStream>) -> String {
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn session_tickets_come_with_the_first_answer_and_resume_the_next_connection() {
+    let site = Site::new();
+    let backend = Backend::echo("app").await;
+    let gw = https_gateway(&site, "", backend.addr).await;
+    let addr = gw.addr("secure");
+    // One client configuration, so one session store across connections.
+    let config = client_trusting(&site.ca, &[&rustls::version::TLS13]);
+
+    let mut first = connect(addr, config.clone(), "a.test").await.unwrap();
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // Handshake done, no request yet: the ticket is held, nothing arrives.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(
+        Duration::from_millis(200),
+        first.get_ref().0.peek(&mut byte),
+    )
+    .await;
+    assert!(early.is_err(), "the session ticket came before an answer");
+    assert!(get_over(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    let mut second = connect(addr, config, "a.test").await.unwrap();
+    assert_eq!(
+        second.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the ticket that came with the answer did not resume"
+    );
+    assert!(get_over(&mut second).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_client_refused_for_want_of_a_certificate_is_told_so_by_an_alert() {
+    let m = Mtls::start("required", "").await;
+    let config = client_trusting(&m.site.ca, &[&rustls::version::TLS13]);
+    // A TLS 1.3 client finishes its side before the gateway checks it.
+    let mut tls = connect(m.gw.addr("secure"), config, "a.test")
+        .await
+        .unwrap();
+    let _ = tls
+        .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let error = tls.read_to_end(&mut answer).await.unwrap_err();
+    let alert = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        alert,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired
+        )),
+        "{error:?}"
+    );
+    assert!(m.backend.seen().is_empty());
+}
