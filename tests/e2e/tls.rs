@@ -665,13 +665,20 @@ impl rustls::client::ClientSessionStore for CountingTickets {
 async fn one_request(addr: SocketAddr, config: ClientConfig) -> rustls::HandshakeKind {
     let mut tls = connect(addr, config, "a.test").await.unwrap();
     let kind = tls.get_ref().1.handshake_kind().unwrap();
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+    let answer = get_over(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    kind
+}
+
+/// Sends a GET of `/` over `tls` and reads the answer to the end (the
+/// request asks the gateway to close).
+async fn get_over(tls: &mut TlsStream<TcpStream>) -> String {
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let _ = tls.read_to_end(&mut answer).await;
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
-    kind
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    answer
 }
 
 #[tokio::test]
@@ -808,17 +815,6 @@ async fn clients_sending_an_ip_address_as_sni_do_not_fill_the_log() {
         !log.contains("SNI"),
         "the log has a line per client:\n{log}"
     );
-}
-
-/// Sends a GET of `/` over `tls` and reads the answer to the end (the
-/// request asks the gateway to close).
-async fn get_over(tls: &mut TlsStream<TcpStream>) -> String {
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tls.read_to_string(&mut answer).await.unwrap();
-    answer
 }
 
 #[tokio::test]
