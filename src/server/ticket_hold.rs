@@ -74,6 +74,16 @@ fn only_encrypted_records(buf: &[u8]) -> bool {
 }
 
 impl<S: AsyncWrite + Unpin> TicketHold<S> {
+    /// Drops the first `n` held bytes; once none are left, their buffer too
+    /// (a connection keeps this wrapper for its whole life).
+    fn sent(&mut self, n: usize) {
+        if n >= self.held.len() {
+            self.held = Vec::new();
+        } else {
+            self.held.drain(..n);
+        }
+    }
+
     /// Writes what is held, alone.
     fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.held.is_empty() {
@@ -81,7 +91,7 @@ impl<S: AsyncWrite + Unpin> TicketHold<S> {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.held.drain(..n);
+            self.sent(n);
         }
         Poll::Ready(Ok(()))
     }
@@ -104,11 +114,10 @@ impl<S: AsyncWrite + Unpin> TicketHold<S> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             let held = self.held.len();
+            self.sent(n);
             if n > held {
-                self.held.clear();
                 return Poll::Ready(Ok(n - held));
             }
-            self.held.drain(..n);
         }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
@@ -227,6 +236,7 @@ mod tests {
         let mut got = vec![0; ticket.len() + answer.len()];
         far.read_exact(&mut got).await.unwrap();
         assert_eq!(got, [ticket, answer].concat());
+        assert_eq!(io.held.capacity(), 0, "the connection keeps the buffer");
     }
 
     #[tokio::test]
