@@ -233,6 +233,39 @@ mod tests {
         assert!(text.ends_with("{\"n\":999}\n"));
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn a_flush_gives_up_on_a_destination_that_blocks() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("access.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // A reader that never reads: the pipe fills and the writer blocks.
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let log = AccessLog::open(Destination::File(fifo), Counter::default()).unwrap();
+        let line = [b'x'; 1000];
+        for _ in 0..200 {
+            log.write(&line);
+        }
+        let started = Instant::now();
+        assert!(!log.flush(Duration::from_millis(200)));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        // The reader gone, the blocked write fails and the writer ends.
+        drop(reader);
+    }
+
     #[test]
     fn lines_from_many_threads_arrive_whole() {
         let dir = tempfile::tempdir().unwrap();
