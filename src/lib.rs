@@ -9,6 +9,7 @@ pub mod admin;
 pub mod codec;
 pub mod config;
 pub mod demo;
+pub mod kept;
 pub mod l4;
 pub mod observe;
 pub mod policy;

@@ -14,6 +14,7 @@ pub mod snapshot;
 pub mod units;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
+pub use snapshot::Snapshot;
 
 /// `p` as the configuration means it: relative paths are relative to the
 /// directory of the file (`base`), not to the working directory.
@@ -24,4 +25,3 @@ pub fn resolve_path(base: &std::path::Path, p: &std::path::Path) -> std::path::P
         base.join(p)
     }
 }
-pub use snapshot::Snapshot;

@@ -36,11 +36,7 @@ struct Session {
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
 
 fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<Session>>> {
-    match sessions.lock() {
-        Ok(g) => g,
-        // A panic while holding the lock left the map itself intact.
-        Err(p) => p.into_inner(),
-    }
+    crate::lock(sessions)
 }
 
 /// Serves the UDP listener `name` on `socket` until `stop` turns true. Each

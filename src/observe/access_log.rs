@@ -16,10 +16,10 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use prometheus_client::metrics::counter::Counter;
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
 
 /// How often the writer drains the buffers; also the most a line waits.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
@@ -44,8 +44,9 @@ type Buffer = Arc<Mutex<Vec<u8>>>;
 /// What the request threads and the writer share.
 #[derive(Default)]
 struct Shared {
-    /// Every thread's buffer, in the order the threads first wrote.
-    buffers: Mutex<Vec<Buffer>>,
+    /// Every thread's buffer, in the order the threads first wrote; the
+    /// writer holds the list too, to drain it once more after the log is gone.
+    buffers: Arc<Mutex<Vec<Buffer>>>,
     /// Lines dropped because the writer fell behind
     /// (`portcullis_access_log_dropped_total`).
     dropped: Counter,
@@ -91,9 +92,10 @@ impl AccessLog {
             ..Shared::default()
         });
         let weak = Arc::downgrade(&shared);
+        let buffers = shared.buffers.clone();
         let thread = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(&weak, out))?;
+            .spawn(move || write_lines(&weak, &buffers, out))?;
         Ok(AccessLog {
             destination,
             shared,
@@ -173,7 +175,11 @@ fn append_line(pending: &mut Vec<u8>, dropped: &Counter, build: impl FnOnce(&mut
 /// The writer thread: every [`DRAIN_EVERY`] (or at once when a flush is
 /// asked for), takes every buffer's lines and writes them; once the log is
 /// dropped, writes what is left and ends.
-fn write_lines(shared: &Weak<Shared>, mut out: Box<dyn Write + Send>) {
+fn write_lines(
+    shared: &Weak<Shared>,
+    registered: &Mutex<Vec<Buffer>>,
+    mut out: Box<dyn Write + Send>,
+) {
     let mut taken: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut buffers: Vec<Buffer> = Vec::new();
     loop {
@@ -182,9 +188,9 @@ fn write_lines(shared: &Weak<Shared>, mut out: Box<dyn Write + Send>) {
         let requested = log
             .as_ref()
             .map(|l| l.flushes.requested.load(Ordering::Acquire));
-        if let Some(log) = &log {
-            buffers.clone_from(&crate::lock(&log.buffers));
-        }
+        // Read even when the log is gone: a thread may have added its
+        // buffer, and lines, since the last turn.
+        buffers.clone_from(&crate::lock(registered));
         let mut wrote = false;
         for buffer in &buffers {
             {
@@ -264,6 +270,26 @@ mod tests {
         );
         // The reader gone, the blocked write fails and the writer ends.
         drop(reader);
+    }
+
+    #[test]
+    fn lines_appended_just_before_the_log_is_dropped_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open(Destination::File(path.clone()), Counter::default()).unwrap();
+        // A thread that writes its first line (adding its buffer) and lets
+        // the log go before the writer's next turn.
+        std::thread::spawn(move || {
+            log.write(b"{\"last\":true}");
+            drop(log);
+        })
+        .join()
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(&path).unwrap_or_default() != "{\"last\":true}\n" {
+            assert!(Instant::now() < deadline, "the last line was lost");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Notify;
 
-use super::kept::KeptWhileUsed;
+use crate::kept::KeptWhileUsed;
 use crate::upstream::client::{PoolSettings, ServerNames, UpstreamClient};
 use crate::upstream::pool::IdlePool;
 

@@ -9,7 +9,6 @@
 pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
-pub mod kept;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod token_cache;

@@ -29,10 +29,10 @@ use rustc_hash::FxBuildHasher;
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use super::kept::KeptWhileUsed;
 use super::redis_store::RedisStore;
 use super::{BuildEnv, Flow, Phase, Policy, Store};
 use crate::config::model::{OnStoreError, RateLimitDef, RateLimitStore};
+use crate::kept::KeptWhileUsed;
 use crate::observe::metrics::{PolicyLabel, PolicyLabels};
 use crate::proxy::body::Body;
 use crate::proxy::context::{RequestCtx, canonical_ip};

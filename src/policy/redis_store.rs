@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::kept::KeptWhileUsed;
+use crate::kept::KeptWhileUsed;
 
 /// Checks one request against a key and, when allowed, counts it.
 /// Returns `{allowed (1|0), microseconds until the next request is allowed}`.

@@ -40,8 +40,7 @@ impl Streams {
     /// Moves what hyper has handed over since the last call into `into`
     /// (both vectors keep their capacity: no allocation per stream).
     fn take_into(&self, into: &mut Vec<StreamTask>) {
-        // A poisoned lock only means a panic elsewhere; the queue is intact.
-        into.append(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        into.append(&mut crate::lock(&self.0));
     }
 }
 
@@ -57,10 +56,7 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams
         });
         // hyper calls this while the connection is being polled, so the
         // connection's task picks the stream up in the same poll.
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::pin(isolated));
+        crate::lock(&self.0).push(Box::pin(isolated));
     }
 }
 

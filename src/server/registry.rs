@@ -159,9 +159,7 @@ struct State {
 
 impl Registry {
     fn state(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere while holding the lock leaves a slab that is
-        // still consistent: keep using it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Adds `conn` until the returned handle is dropped.

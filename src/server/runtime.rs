@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use crate::config::compile::compile;
 use crate::config::load::{Loaded, load_file};
 use crate::config::{ConfigErrors, Snapshot};
+use crate::kept::KeptWhileUsed;
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::{DestinationLabel, Metrics, ResultLabel};
 use crate::policy::jwks::RemoteKeySets;
@@ -50,7 +51,7 @@ pub struct Runtime {
     /// Upstream connection pools.
     pub clients: ClientCache,
     /// Access-log writers by destination, reused across reloads.
-    access_logs: Mutex<HashMap<Destination, Arc<AccessLog>>>,
+    access_logs: KeptWhileUsed<Destination, AccessLog>,
     /// Live state of every target by (upstream, address), kept across reloads.
     targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
     /// Active health checks of the installed snapshot's upstreams.
@@ -111,7 +112,7 @@ impl Runtime {
             health_checks: HealthChecks::new(metrics.upstream_target_healthy.clone()),
             metrics,
             clients: ClientCache::default(),
-            access_logs: Mutex::new(HashMap::new()),
+            access_logs: KeptWhileUsed::default(),
             targets: Mutex::new(HashMap::new()),
             started: Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -241,8 +242,7 @@ impl Runtime {
     /// Writes out every access-log line queued so far (at shutdown),
     /// waiting at most `within` for each log.
     pub fn flush_access_logs(&self, within: Duration) {
-        let logs: Vec<Arc<AccessLog>> = crate::lock(&self.access_logs).values().cloned().collect();
-        for log in logs {
+        for log in self.access_logs.live() {
             if !log.flush(within) {
                 tracing::warn!("the access log could not be written out in {within:?}");
             }
@@ -255,8 +255,10 @@ impl Runtime {
         self.check_only
     }
 
-    /// The access-log writer for `destination`, opened once and shared. In
-    /// check mode the destination is only checked, and no writer is returned.
+    /// The access-log writer for `destination`, opened once and shared while
+    /// some snapshot uses it (a reload to another file lets the old writer
+    /// write its last lines and end). In check mode the destination is only
+    /// checked, and no writer is returned.
     pub fn access_log(&self, destination: Destination) -> std::io::Result<Option<Arc<AccessLog>>> {
         if self.check_only {
             if let Destination::File(path) = &destination {
@@ -264,19 +266,16 @@ impl Runtime {
             }
             return Ok(None);
         }
-        let mut logs = crate::lock(&self.access_logs);
-        if let Some(log) = logs.get(&destination) {
-            return Ok(Some(log.clone()));
-        }
-        let label = DestinationLabel {
-            destination: match &destination {
-                Destination::Stdout => "stdout".to_string(),
-                Destination::File(path) => path.display().to_string(),
-            },
-        };
-        let dropped = self.metrics.access_log_dropped.get_or_create_owned(&label);
-        let log = Arc::new(AccessLog::open(destination.clone(), dropped)?);
-        logs.insert(destination, log.clone());
+        let (log, _) = self.access_logs.get_or_make(destination.clone(), || {
+            let label = DestinationLabel {
+                destination: match &destination {
+                    Destination::Stdout => "stdout".to_string(),
+                    Destination::File(path) => path.display().to_string(),
+                },
+            };
+            let dropped = self.metrics.access_log_dropped.get_or_create_owned(&label);
+            AccessLog::open(destination, dropped)
+        })?;
         Ok(Some(log))
     }
 }

@@ -15,8 +15,6 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
-
-use crate::lock;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -31,6 +29,7 @@ use super::client::UpstreamBody;
 use super::pool::IdlePool;
 use super::{TargetState, UpstreamClient};
 use crate::config::Snapshot;
+use crate::lock;
 use crate::observe::metrics::TargetLabel;
 
 /// What a check does.

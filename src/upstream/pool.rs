@@ -70,11 +70,7 @@ impl std::fmt::Debug for IdlePool {
 
 impl IdlePool {
     fn lock(&self) -> MutexGuard<'_, Idle> {
-        // Nothing panics while holding the lock; recover rather than spread a poison.
-        match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::lock(&self.inner)
     }
 
     /// The most recently used idle HTTP/1 connection made by `client`;

@@ -311,15 +311,25 @@ pub async fn status_with(url: &str, headers: &[(&str, &str)]) -> u16 {
     req.send().await.unwrap().status().as_u16()
 }
 
-/// `POST /api/v1/reload` on the admin listener; asserts that it succeeded.
-pub async fn reload_ok(gw: &TestGateway) {
+/// `POST /api/v1/reload` on the admin listener: the status and the JSON
+/// answer.
+pub async fn post_reload(gw: &TestGateway) -> (StatusCode, serde_json::Value) {
     let r = client()
         .post(gw.admin_url("/api/v1/reload"))
         .send()
         .await
         .unwrap();
     let status = r.status();
-    assert_eq!(status, 200, "{}", r.text().await.unwrap_or_default());
+    let text = r.text().await.unwrap();
+    let v =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("reload answer is not JSON: {text}"));
+    (status, v)
+}
+
+/// `POST /api/v1/reload` on the admin listener; asserts that it succeeded.
+pub async fn reload_ok(gw: &TestGateway) {
+    let (status, answer) = post_reload(gw).await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// Sends raw bytes on a new TCP connection and returns everything read until

@@ -41,19 +41,6 @@ fn route(name: &str, prefix: &str, upstream: &str) -> String {
     format!("  - name: {name}\n    match: {{ path_prefix: {prefix} }}\n    upstream: {upstream}\n")
 }
 
-async fn post_reload(gw: &TestGateway) -> (StatusCode, serde_json::Value) {
-    let r = client()
-        .post(gw.admin_url("/api/v1/reload"))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    let v =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("reload answer is not JSON: {text}"));
-    (status, v)
-}
-
 /// The `backend` field of an echo answer.
 async fn backend_of(url: &str) -> String {
     let (status, _, text) = get(url).await;

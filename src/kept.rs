@@ -1,6 +1,7 @@
-//! State that policies keep across reloads (rate-limit counters, fetched
-//! key sets, Redis connections): found again by key while some compiled
-//! policy still holds it, and let go with the last snapshot that used it.
+//! State kept across reloads (rate-limit counters, fetched key sets, Redis
+//! connections, access-log writers): found again by key while some compiled
+//! configuration still holds it, and let go with the last snapshot that
+//! used it.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -36,6 +37,14 @@ impl<K: Hash + Eq, V> KeptWhileUsed<K, V> {
         by_key.insert(key, Arc::downgrade(&made));
         Ok((made, true))
     }
+
+    /// Every value still in use.
+    pub fn live(&self) -> Vec<Arc<V>> {
+        crate::lock(&self.by_key)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -50,7 +59,9 @@ mod tests {
         let (again, fresh) = kept.get_or_make("a", || Ok::<_, ()>(2)).unwrap();
         assert!(!fresh && Arc::ptr_eq(&a, &again) && *again == 1);
         assert_eq!(kept.get_or_make("b", || Err("no")).err(), Some("no"));
+        assert_eq!(kept.live().len(), 1);
         drop((a, again));
+        assert!(kept.live().is_empty());
         let (made, fresh) = kept.get_or_make("a", || Ok::<_, ()>(3)).unwrap();
         assert!(fresh && *made == 3);
     }
