@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method, StatusCode, Uri};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::access_log::AccessLog;
@@ -44,10 +44,12 @@ pub struct LogFields {
     pub client: SocketAddr,
     /// Method.
     pub method: Method,
-    /// Host as the client sent it.
-    pub host: String,
-    /// Path and query as the client sent them.
-    pub path: String,
+    /// The request target as the client sent it (path, query, and for
+    /// HTTP/2 and absolute-form requests the authority); a clone shares the
+    /// request's bytes.
+    pub uri: Uri,
+    /// The `Host` header, for requests whose target has no authority.
+    pub host_header: Option<HeaderValue>,
     /// The upstream target that served the request.
     pub target: Option<Arc<str>>,
     /// The request body's byte count.
@@ -84,6 +86,16 @@ impl Record {
 }
 
 impl LogFields {
+    /// The host as the client named it.
+    fn host(&self) -> &str {
+        crate::proxy::pipeline::host_from(&self.uri, self.host_header.as_ref()).unwrap_or("")
+    }
+
+    /// The path and query as the client sent them.
+    fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
+
     /// Appends the JSON line, fields in the documented order, to `out`.
     /// Written by hand, without `fmt`: building a `serde_json::Value` first
     /// cost a dozen allocations per request (and sorted the keys), and
@@ -96,7 +108,8 @@ impl LogFields {
         bytes_out: u64,
         elapsed: std::time::Duration,
     ) {
-        out.reserve(320 + self.path.len());
+        let path = self.path();
+        out.reserve(320 + path.len());
         out.extend_from_slice(b"{\"time\":\"");
         push_rfc3339_millis(out, SystemTime::now());
         // Request ids and method names are tokens by construction (checked
@@ -111,9 +124,9 @@ impl LogFields {
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b'"');
         out.extend_from_slice(b",\"host\":");
-        json_str(out, &self.host);
+        json_str(out, self.host());
         out.extend_from_slice(b",\"path\":");
-        json_str(out, &self.path);
+        json_str(out, path);
         out.extend_from_slice(b",\"status\":");
         push_digits(out, u64::from(status.as_u16()), 1);
         out.extend_from_slice(b",\"route\":");

@@ -123,13 +123,8 @@ pub async fn handle(
         request_id: ctx.request_id.clone(),
         client: conn.client,
         method: req.method().clone(),
-        host: host_of(&req).unwrap_or("").to_string(),
-        path: req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string(),
+        uri: req.uri().clone(),
+        host_header: req.headers().get(header::HOST).cloned(),
         target: None,
         body: body_stats.clone(),
     });
@@ -265,11 +260,14 @@ fn finish(resp: Response<Body>, ctx: &RequestCtx, record: Record) -> Response<Bo
 
 /// The host the client asked for: the URI authority (HTTP/2, absolute form) or the Host header.
 pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(|a| a.as_str()).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+    host_from(req.uri(), req.headers().get(header::HOST))
+}
+
+/// [`host_of`] from a request's target and its `Host` header.
+pub fn host_from<'a>(uri: &'a Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.and_then(|h| h.to_str().ok()))
 }
 
 /// Removes dot segments from the request path in place (see [`normalize_path`]),
