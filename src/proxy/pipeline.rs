@@ -156,6 +156,14 @@ pub async fn handle(
         return Ok(finish(resp, &ctx, record));
     }
 
+    // one host: routing, policies, the upstream's Host and X-Forwarded-Host
+    // must all see the same name, or a route's policies could be passed by
+    // naming another host in the target than in the Host header.
+    if let Err(detail) = one_host(&mut req) {
+        let resp = problem(StatusCode::BAD_REQUEST, detail, ctx.request_id_str());
+        return Ok(finish(resp, &ctx, record));
+    }
+
     // route: dot segments go first, and the cleaned path is also what static
     // files and the upstream see, so `/public/../admin` cannot be routed as
     // /admin and then read differently by the backend.
@@ -268,6 +276,32 @@ pub fn host_from<'a>(uri: &'a Uri, host: Option<&'a HeaderValue>) -> Option<&'a 
     uri.authority()
         .map(|a| a.as_str())
         .or_else(|| host.and_then(|h| h.to_str().ok()))
+}
+
+/// Makes the request name one host. An HTTP/1 absolute-form target's
+/// authority wins and replaces the Host header (RFC 9112 §3.2.2); an HTTP/2
+/// request whose `:authority` and `host` differ is malformed (RFC 9113
+/// §8.3.1). User information in the authority is refused (RFC 9110 §4.2.4).
+/// Origin-form requests, the common case, cost one look at the target.
+fn one_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    let Some(authority) = req.uri().authority() else {
+        return Ok(());
+    };
+    if authority.as_str().contains('@') {
+        return Err("the request target must not carry user information");
+    }
+    if req.version() == http::Version::HTTP_2 {
+        return match req.headers().get(header::HOST) {
+            Some(host) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+                Err("the :authority and host of the request name different hosts")
+            }
+            _ => Ok(()),
+        };
+    }
+    let host = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| "the request target's host is not valid")?;
+    req.headers_mut().insert(header::HOST, host);
+    Ok(())
 }
 
 /// Removes dot segments from the request path in place (see [`normalize_path`]),

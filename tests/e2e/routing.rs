@@ -639,3 +639,111 @@ async fn ten_thousand_routes_load_and_route_correctly() {
     assert_eq!(route_for_host(&gw, "h100.example.com", "/p1").await, "404");
     assert_eq!(route_for_host(&gw, "h3.example.com", "/p100").await, "404");
 }
+
+// ---------------------------------------------------------------------------
+// One host per request (RFC 9112 §3.2.2, RFC 9113 §8.3.1)
+// ---------------------------------------------------------------------------
+
+/// A gateway with an `admin.example` route that refuses every client
+/// (ip_filter) and a `good.example` route to `backend`.
+async fn host_guarded(backend: std::net::SocketAddr) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: admin
+    match: {{ hosts: [admin.example] }}
+    policies: [nobody]
+    upstream: app
+  - name: good
+    match: {{ hosts: [good.example] }}
+    upstream: app
+policies:
+  nobody: {{ type: ip_filter, deny: [0.0.0.0/0, "::/0"] }}
+upstreams:
+  - name: app
+    targets: ["{backend}"]
+"#
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_wins_over_the_host_header_for_routing_and_upstream() {
+    let backend = Backend::echo("app").await;
+    let gw = host_guarded(backend.addr).await;
+    // Routed by the target's authority, and the backend sees that host
+    // (never the Host header's admin.example, whose route refuses).
+    let answer = raw(
+        gw.addr("web"),
+        b"GET http://good.example/x HTTP/1.1\r\nHost: admin.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["host"], "good.example");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "good.example");
+    // The other way round, the refusing route is the one that runs.
+    let answer = raw(
+        gw.addr("web"),
+        b"GET http://admin.example/x HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(backend.seen().len(), 1, "the refused request reached the backend");
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_with_user_information_is_refused() {
+    let backend = Backend::echo("app").await;
+    let gw = host_guarded(backend.addr).await;
+    let answer = raw(
+        gw.addr("web"),
+        b"GET http://me@good.example/x HTTP/1.1\r\nHost: good.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(backend.seen().is_empty());
+}
+
+/// Sends `GET http://{authority}/x` over h2c with an optional `host`
+/// header and returns the status.
+async fn h2c_status(addr: std::net::SocketAddr, authority: &str, host: Option<&str>) -> u16 {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(format!("http://{authority}/x"));
+    if let Some(host) = host {
+        req = req.header("host", host);
+    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+    sender.send_request(req).await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn an_http2_request_whose_authority_and_host_differ_is_malformed() {
+    let backend = Backend::echo("app").await;
+    let gw = host_guarded(backend.addr).await;
+    let addr = gw.addr("web");
+    assert_eq!(h2c_status(addr, "good.example", Some("admin.example")).await, 400);
+    assert_eq!(h2c_status(addr, "admin.example", Some("good.example")).await, 400);
+    assert!(backend.seen().is_empty(), "a malformed request reached the backend");
+    // The same host twice (in any case) is one host.
+    assert_eq!(h2c_status(addr, "good.example", Some("Good.Example")).await, 200);
+    assert_eq!(h2c_status(addr, "good.example", None).await, 200);
+    assert_eq!(h2c_status(addr, "admin.example", None).await, 403);
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].headers["x-forwarded-host"], "good.example");
+}
