@@ -181,6 +181,10 @@ pub struct Route {
     /// Answer directly.
     #[serde(default)]
     pub respond: Option<Respond>,
+    /// Protocols a client may upgrade to through this route (default
+    /// `[websocket]`); `h2c` is never allowed.
+    #[serde(default)]
+    pub upgrades: Option<Vec<String>>,
 }
 
 /// Conditions of a route; all given ones must hold.

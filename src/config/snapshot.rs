@@ -106,6 +106,8 @@ pub struct RouteEntry {
     pub response_headers: HeaderOps,
     /// The route's request counters and duration histogram, resolved once.
     pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
+    /// Protocol names (lower case) a client may upgrade to on this route.
+    pub upgrades: Box<[Box<str>]>,
 }
 
 /// What a route does.

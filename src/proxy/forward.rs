@@ -61,8 +61,16 @@ pub async fn forward(
         destination: conn.local,
     };
     // The HTTP/1 server marks a request that asks for an upgrade (and will
-    // hand over the connection after a 101).
-    let client_upgrade = req.extensions_mut().remove::<ClientUpgrade>();
+    // hand over the connection after a 101). Only the protocols the route
+    // allows go upstream; a request offering none is forwarded as a plain
+    // request (its Upgrade header removed with the other hop-by-hop ones).
+    let client_upgrade = req
+        .extensions_mut()
+        .remove::<ClientUpgrade>()
+        .and_then(|client| {
+            let offered = allowed_upgrade(req.headers(), &route.upgrades)?;
+            Some(UpgradeAsk { client, offered })
+        });
     let upgrade = client_upgrade.is_some();
     let Some(path_and_query) = upstream_path(&req, route) else {
         return fail(
@@ -71,6 +79,10 @@ pub async fn forward(
         );
     };
     prepare_headers(ctx, conn, route, &mut req, upgrade);
+    if let Some(ask) = &client_upgrade {
+        req.headers_mut()
+            .insert(header::UPGRADE, ask.offered.clone());
+    }
     *req.version_mut() = if upstream.client_is_http2() {
         Version::HTTP_2
     } else {
@@ -253,7 +265,7 @@ fn relay(
     upstream: &Upstream,
     index: usize,
     outcome: Result<Sent, AttemptError>,
-    client_upgrade: Option<ClientUpgrade>,
+    client_upgrade: Option<UpgradeAsk>,
     guards: Guards,
     body_stats: &BodyStats,
 ) -> Forwarded {
@@ -264,13 +276,32 @@ fn relay(
             response: mut resp,
             upgraded,
         }) => {
-            if let (Some(client_side), Some(upstream_side)) = (client_upgrade, upgraded) {
-                // 101: the upstream connection becomes the tunnel.
-                tokio::spawn(tunnel(client_side, upstream_side, guards));
-                return Forwarded {
-                    response: resp.map(|_| super::body::empty()),
-                    target: Some(target.address.clone()),
-                };
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                match (client_upgrade, upgraded) {
+                    (Some(ask), Some(upstream_side))
+                        if switched_to_offered(resp.headers(), &ask.offered) =>
+                    {
+                        // 101: the upstream connection becomes the tunnel.
+                        tokio::spawn(tunnel(ask.client, upstream_side, guards));
+                        return Forwarded {
+                            response: resp.map(|_| super::body::empty()),
+                            target: Some(target.address.clone()),
+                        };
+                    }
+                    // Dropping the upstream side here closes the target's
+                    // connection: what follows a 101 is not HTTP/1.1.
+                    _ => {
+                        tracing::warn!(upstream = %upstream.name, target = %target.address, request_id = rid, "the upstream switched to a protocol the request did not ask for");
+                        return Forwarded {
+                            response: problem(
+                                StatusCode::BAD_GATEWAY,
+                                "the upstream switched to a protocol the request did not ask for",
+                                rid,
+                            ),
+                            target: Some(target.address.clone()),
+                        };
+                    }
+                }
             }
             remove_hop_by_hop(resp.headers_mut(), false);
             // The target counts as in use until the body has been relayed.
@@ -380,6 +411,71 @@ struct AttemptError {
     detail: String,
     /// Whether it was a timeout (504) rather than a refusal or reset (502).
     timed_out: bool,
+}
+
+/// A client's upgrade request as it goes upstream.
+struct UpgradeAsk {
+    /// The client's connection, handed over after a 101.
+    client: ClientUpgrade,
+    /// The Upgrade header sent upstream: the offered protocols the route allows.
+    offered: HeaderValue,
+}
+
+/// The protocols of the request's `Upgrade` header (RFC 9110 §7.8) that
+/// `allowed` names, as the header to send upstream; `None` when none is.
+fn allowed_upgrade(headers: &http::HeaderMap, allowed: &[Box<str>]) -> Option<HeaderValue> {
+    let is_allowed = |protocol: &[u8]| {
+        let name = protocol.split(|b| *b == b'/').next().unwrap_or_default();
+        allowed
+            .iter()
+            .any(|a| a.as_bytes().eq_ignore_ascii_case(name))
+    };
+    let offered = || {
+        headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|p| !p.is_empty())
+    };
+    // The usual case, one header naming one allowed protocol, is passed on
+    // as it is.
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    if let (Some(only), None) = (values.next(), values.next())
+        && offered().all(is_allowed)
+        && offered().next().is_some()
+    {
+        return Some(only.clone());
+    }
+    let mut kept = Vec::new();
+    for protocol in offered().filter(|p| is_allowed(p)) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b", ");
+        }
+        kept.extend_from_slice(protocol);
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&kept).ok()
+}
+
+/// Whether a 101's `Upgrade` header names only protocols the request offered.
+fn switched_to_offered(response: &http::HeaderMap, offered: &HeaderValue) -> bool {
+    let protocols = |v: &'_ [u8]| -> Vec<Vec<u8>> {
+        v.split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .filter(|p| !p.is_empty())
+            .map(<[u8]>::to_ascii_lowercase)
+            .collect()
+    };
+    let offered = protocols(offered.as_bytes());
+    let mut chosen = response
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| protocols(v.as_bytes()))
+        .peekable();
+    chosen.peek().is_some() && chosen.all(|p| offered.contains(&p))
 }
 
 /// Copies bytes both ways between the upgraded client and upstream connections.

@@ -292,7 +292,11 @@ fn one_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     }
     if req.version() == http::Version::HTTP_2 {
         return match req.headers().get(header::HOST) {
-            Some(host) if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) => {
+            Some(host)
+                if !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+            {
                 Err("the :authority and host of the request name different hosts")
             }
             _ => Ok(()),

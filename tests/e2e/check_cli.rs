@@ -317,6 +317,31 @@ upstreams:
 }
 
 #[test]
+fn check_refuses_h2c_and_malformed_names_in_a_routes_upgrades() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upgrades: [websocket, h2c, \"a b\"]
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, col, _) = out.error_with("`h2c` upgrades are never forwarded");
+    assert_eq!((line, col), (6, 27));
+    assert!(out.hint_for("h2c").contains("policies"));
+    let (line, _, _) = out.error_with("is not a protocol name");
+    assert_eq!(line, 6);
+}
+
+#[test]
 fn check_reports_an_unreadable_certificate_file() {
     let out = check(
         "portcullis.yaml",

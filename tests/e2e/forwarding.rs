@@ -804,6 +804,119 @@ async fn websocket_messages_are_relayed_both_ways() {
     );
 }
 
+/// A target that switches to whatever protocol it is asked for (and, with
+/// `always`, answers every request 101 `Upgrade: h2c`), then echoes the
+/// tunnel's bytes. Returns its address and the request heads it read.
+async fn any_upgrade_target(always: bool) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    let addr = raw_backend(move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let head = String::from_utf8_lossy(&read_head(&mut s).await).to_string();
+            seen.lock().unwrap().push(head.clone());
+            let asked = head
+                .lines()
+                .find_map(|l| l.strip_prefix("upgrade: ").or(l.strip_prefix("Upgrade: ")))
+                .map(str::to_string);
+            let answer = match (always, asked) {
+                (true, _) => "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n".to_string(),
+                (false, Some(p)) => format!("HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {p}\r\n\r\n"),
+                (false, None) => {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nplain").await;
+                    return;
+                }
+            };
+            let _ = s.write_all(answer.as_bytes()).await;
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    (addr, heads)
+}
+
+/// Sends an upgrade request for `protocol`, then `after` on the same
+/// connection, and returns all the client read within a second.
+async fn upgrade_exchange(gw: &TestGateway, protocol: &str, after: &[u8]) -> String {
+    let mut s = TcpStream::connect(gw.addr("web")).await.unwrap();
+    let req = format!(
+        "GET /admin HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+         Upgrade: {protocol}\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = s.write_all(after).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn h2c_and_unknown_upgrades_are_not_forwarded_to_a_target_that_accepts_any() {
+    let (target, heads) = any_upgrade_target(false).await;
+    let gw = gateway(target, "", "").await;
+    for protocol in ["h2c", "foo", "H2C"] {
+        let answer = upgrade_exchange(&gw, protocol, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{protocol}: {answer}");
+        assert!(
+            !answer.contains("PRI"),
+            "{protocol}: a tunnel was opened: {answer}"
+        );
+    }
+    for head in heads.lock().unwrap().iter() {
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            !lower.contains("upgrade"),
+            "the target was asked to upgrade: {head}"
+        );
+        assert!(!lower.contains("http2-settings"), "{head}");
+    }
+}
+
+#[tokio::test]
+async fn an_upgrade_the_route_lists_is_tunnelled_and_others_offered_with_it_are_dropped() {
+    let (target, heads) = any_upgrade_target(false).await;
+    let gw = gateway(target, "    upgrades: [websocket, foo]", "").await;
+    let answer = upgrade_exchange(&gw, "h2c, foo/2", b"through").await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    assert!(answer.ends_with("through"), "{answer}");
+    let head = heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(head.contains("\r\nupgrade: foo/2\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn a_101_to_a_protocol_the_request_did_not_ask_for_is_a_502_and_closes_the_target() {
+    let (target, heads) = any_upgrade_target(true).await;
+    let gw = gateway(target, "", "").await;
+    // A WebSocket handshake answered with a switch to h2c.
+    let answer = upgrade_exchange(&gw, "websocket", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(!answer.contains("PRI"), "{answer}");
+    // A plain request answered 101 is a 502 too, and the next request
+    // does not reuse that target connection (a new head arrives).
+    let (status, _, _) = get(&gw.url("web", "/plain")).await;
+    assert_eq!(status, 502);
+    let (status, _, _) = get(&gw.url("web", "/plain")).await;
+    assert_eq!(status, 502);
+    assert_eq!(
+        heads.lock().unwrap().len(),
+        3,
+        "a switched connection was reused"
+    );
+}
+
 #[tokio::test]
 async fn http2_upstream_receives_http2_and_trailers_reach_the_client() {
     let backend = Backend::start(|_req| async {

@@ -695,7 +695,11 @@ async fn an_absolute_form_target_wins_over_the_host_header_for_routing_and_upstr
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert_eq!(backend.seen().len(), 1, "the refused request reached the backend");
+    assert_eq!(
+        backend.seen().len(),
+        1,
+        "the refused request reached the backend"
+    );
 }
 
 #[tokio::test]
@@ -736,11 +740,23 @@ async fn an_http2_request_whose_authority_and_host_differ_is_malformed() {
     let backend = Backend::echo("app").await;
     let gw = host_guarded(backend.addr).await;
     let addr = gw.addr("web");
-    assert_eq!(h2c_status(addr, "good.example", Some("admin.example")).await, 400);
-    assert_eq!(h2c_status(addr, "admin.example", Some("good.example")).await, 400);
-    assert!(backend.seen().is_empty(), "a malformed request reached the backend");
+    assert_eq!(
+        h2c_status(addr, "good.example", Some("admin.example")).await,
+        400
+    );
+    assert_eq!(
+        h2c_status(addr, "admin.example", Some("good.example")).await,
+        400
+    );
+    assert!(
+        backend.seen().is_empty(),
+        "a malformed request reached the backend"
+    );
     // The same host twice (in any case) is one host.
-    assert_eq!(h2c_status(addr, "good.example", Some("Good.Example")).await, 200);
+    assert_eq!(
+        h2c_status(addr, "good.example", Some("Good.Example")).await,
+        200
+    );
     assert_eq!(h2c_status(addr, "good.example", None).await, 200);
     assert_eq!(h2c_status(addr, "admin.example", None).await, 403);
     let seen = backend.seen();

@@ -46,6 +46,7 @@ impl Compiler<'_> {
             let response_headers =
                 self.header_ops(&at.key("response_headers"), r.response_headers.as_ref());
             let route_policies = self.policy_list(&at.key("policies"), &r.policies, policies);
+            let upgrades = self.upgrades(&at.key("upgrades"), r.upgrades.as_deref());
             if let (Some(spec), Some(action)) = (spec, action) {
                 let name: Arc<str> = Arc::from(r.name.as_str());
                 let metrics = Arc::new(self.runtime.metrics.route(name.clone()));
@@ -57,6 +58,7 @@ impl Compiler<'_> {
                         request_headers,
                         response_headers,
                         metrics,
+                        upgrades,
                     }),
                     spec,
                     route_policies,
@@ -64,6 +66,42 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+
+    /// The protocols a route lets clients upgrade to: WebSocket unless the
+    /// route lists its own. `h2c` is refused: an h2c tunnel would carry
+    /// requests past every route and policy of the listener.
+    fn upgrades(&mut self, at: &DocPath, listed: Option<&[String]>) -> Box<[Box<str>]> {
+        let Some(listed) = listed else {
+            return Box::new([Box::from("websocket")]);
+        };
+        let mut out = Vec::with_capacity(listed.len());
+        for (i, name) in listed.iter().enumerate() {
+            let at = at.index(i);
+            if name.eq_ignore_ascii_case("h2c") {
+                self.diag.error(
+                    &at,
+                    "`h2c` upgrades are never forwarded",
+                    Some(
+                        "an h2c tunnel would carry requests past this route's policies; \
+                         serve HTTP/2 to clients on the listener instead"
+                            .to_string(),
+                    ),
+                );
+            } else if name.is_empty() || !name.bytes().all(is_token_byte) {
+                self.diag.error(
+                    &at,
+                    format!("`{name}` is not a protocol name"),
+                    Some(
+                        "a protocol name as the Upgrade header carries it, such as websocket"
+                            .to_string(),
+                    ),
+                );
+            } else {
+                out.push(Box::from(name.to_ascii_lowercase().as_str()));
+            }
+        }
+        out.into_boxed_slice()
     }
 
     fn header_ops(&mut self, at: &DocPath, def: Option<&model::HeaderOps>) -> HeaderOps {
@@ -317,4 +355,9 @@ impl Compiler<'_> {
             headers,
         }))
     }
+}
+
+/// Whether `b` may appear in an HTTP token (RFC 9110 §5.6.2).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
