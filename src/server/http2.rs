@@ -17,8 +17,9 @@ use std::task::Poll;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -130,7 +131,48 @@ fn handling(
     conn: Arc<Connection>,
     rt: Arc<Runtime>,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
-    pipeline::handle(req, conn, rt)
+    let head = req.method() == Method::HEAD;
+    let handled = pipeline::handle(req, conn, rt);
+    async move {
+        let resp = handled.await?;
+        // A response to HEAD is its head only (RFC 9110 §9.3.2): a DATA
+        // frame after it is a protocol error the client resets the stream
+        // for. Upstream answers to HEAD have no body already; answers the
+        // gateway makes (problem+json, `respond`) do.
+        Ok(if head { resp.map(headless) } else { resp })
+    }
+}
+
+/// `body` as the body of a response to HEAD: ended from the start, and
+/// dropped (so recorded) when the response is.
+fn headless(body: Body) -> Body {
+    if HttpBody::is_end_stream(&body) {
+        return body;
+    }
+    Headless(body).boxed_unsync()
+}
+
+/// A body that sends nothing and keeps what it wraps until it is dropped.
+struct Headless(#[allow(dead_code)] Body);
+
+impl HttpBody for Headless {
+    type Data = bytes::Bytes;
+    type Error = crate::proxy::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        true
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(0)
+    }
 }
 
 #[cfg(test)]

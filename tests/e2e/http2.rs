@@ -117,3 +117,119 @@ async fn the_request_id_is_sent_never_indexed_so_it_does_not_fill_the_header_tab
         "x-request-id not sent never-indexed in {block:02x?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// HEAD: headers only, whoever answers (RFC 9110 §9.3.2)
+// ---------------------------------------------------------------------------
+
+/// A gateway with an h2c-capable `web` listener and an https `secure` one
+/// (certificate for `h.test`), whose routes answer in every way the
+/// gateway can: directly, from a file, through a policy's refusal, from
+/// a dead upstream, from a live one, or with no route at all.
+async fn every_kind_of_answer(
+    ca: &TestCa,
+    files: &std::path::Path,
+    live: std::net::SocketAddr,
+) -> TestGateway {
+    let cert = ca.server("h", &["h.test"]);
+    std::fs::write(files.join("file.txt"), "some file contents").unwrap();
+    let dead = dead_addr().await;
+    TestGateway::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+  - name: secure
+    address: 127.0.0.1:0
+    protocol: https
+    tls:
+      certificates:
+        - {{ cert: "{cert}", key: "{key}" }}
+routes:
+  - {{ name: respond, match: {{ path: /respond }}, respond: {{ status: 200, body: hello }} }}
+  - {{ name: file, match: {{ path_prefix: /file.txt }}, static: {{ root: "{files}" }} }}
+  - {{ name: auth, match: {{ path: /auth }}, policies: [auth], respond: {{ body: secret }} }}
+  - {{ name: deny, match: {{ path: /deny }}, policies: [nobody], respond: {{ body: no }} }}
+  - {{ name: limited, match: {{ path: /limited }}, policies: [once], respond: {{ body: once }} }}
+  - {{ name: dead, match: {{ path: /dead }}, upstream: dead }}
+  - {{ name: live, match: {{ path: /live }}, upstream: live }}
+policies:
+  auth: {{ type: jwt, secret: "test-secret-of-at-least-32-bytes!!" }}
+  nobody: {{ type: ip_filter, deny: [0.0.0.0/0, "::/0"] }}
+  once: {{ type: rate_limit, limit: 1, per: 1h }}
+upstreams:
+  - {{ name: dead, targets: ["{dead}"] }}
+  - {{ name: live, targets: ["{live}"] }}
+"#,
+        cert = cert.cert_path.display(),
+        key = cert.key_path.display(),
+        files = files.display(),
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn head_gets_the_headers_only_over_every_protocol_whoever_answers() {
+    let ca = TestCa::new("head CA");
+    let files = tempfile::tempdir().unwrap();
+    let live = Backend::start(|_req: http::Request<Incoming>| async move {
+        Response::new(body("from the backend"))
+    })
+    .await;
+    let gw = every_kind_of_answer(&ca, files.path(), live.addr).await;
+    // Use up the rate limit's one request, so HEAD sees the 429.
+    let (status, _, _) = get(&gw.url("web", "/limited")).await;
+    assert_eq!(status, 200);
+
+    let secure = gw.addr("secure");
+    let clients = [
+        (
+            "HTTP/1.1",
+            client(),
+            gw.url("web", ""),
+            http::Version::HTTP_11,
+        ),
+        (
+            "h2c",
+            h2c_client(),
+            gw.url("web", ""),
+            http::Version::HTTP_2,
+        ),
+        (
+            "h2 over TLS",
+            https_client(&ca, &[("h.test", secure)], None),
+            format!("https://h.test:{}", secure.port()),
+            http::Version::HTTP_2,
+        ),
+    ];
+    let cases = [
+        ("/respond", 200),
+        ("/file.txt", 200),
+        ("/auth", 401),
+        ("/deny", 403),
+        ("/nowhere", 404),
+        ("/limited", 429),
+        ("/dead", 502),
+        ("/live", 200),
+    ];
+    for (protocol, client, base, version) in &clients {
+        for (path, status) in cases {
+            let resp = client
+                .head(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{protocol} HEAD {path}: {e:?}"));
+            assert_eq!(resp.version(), *version, "{protocol} HEAD {path}");
+            assert_eq!(resp.status(), status, "{protocol} HEAD {path}");
+            assert!(
+                resp.headers().contains_key("x-request-id"),
+                "{protocol} HEAD {path}"
+            );
+            let text = resp
+                .text()
+                .await
+                .unwrap_or_else(|e| panic!("{protocol} HEAD {path}: body: {e:?}"));
+            assert_eq!(text, "", "{protocol} HEAD {path}");
+        }
+    }
+}
