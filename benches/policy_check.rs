@@ -125,15 +125,15 @@ fn pkcs1_of(pkcs8: &[u8]) -> &[u8] {
 }
 
 fn ctx() -> RequestCtx {
-    RequestCtx {
-        request_id: HeaderValue::from_static("0af7651916cd43dd8448eb211c80319c"),
-        client: ([10, 1, 2, 3], 40000).into(),
-        started: Instant::now(),
-        listener: Arc::from("web"),
-        route: Some(Arc::from("all")),
-        tls: false,
-        identity: None,
-    }
+    let mut ctx = RequestCtx::new(
+        HeaderValue::from_static("0af7651916cd43dd8448eb211c80319c"),
+        ([10, 1, 2, 3], 40000).into(),
+        Arc::from("web"),
+        false,
+        Instant::now(),
+    );
+    ctx.route = Some(Arc::from("all"));
+    ctx
 }
 
 fn request(token: &str) -> Request<Body> {

@@ -122,7 +122,7 @@ pub async fn handle(
                             json!({
                                 "name": &*b.route.name,
                                 "action": action,
-                                "policies": b.policies.iter().map(|p| &*p.name).collect::<Vec<_>>(),
+                                "policies": b.chain.request.iter().map(|p| &*p.name).collect::<Vec<_>>(),
                             })
                         })
                         .collect();

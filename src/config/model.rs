@@ -585,6 +585,39 @@ pub enum PolicyDef {
     RateLimit(RateLimitDef),
     /// Bearer tokens (JWT) verified against a secret or a key set.
     Jwt(JwtDef),
+    /// A policy that records what the pipeline asks of it (unit tests of
+    /// the phases only; never in a build users run).
+    #[cfg(test)]
+    Probe(ProbeDef),
+}
+
+/// A `probe` policy (unit tests only): what it records and does.
+#[cfg(test)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeDef {
+    /// The bucket its events go to (one per test).
+    pub tag: String,
+    /// Its request phase, as the `Phase` variant is named (`Filter`, ...).
+    pub phase: String,
+    /// Its response phase (`ResponseTransform`, `CacheStore`, `Compress`).
+    #[serde(default)]
+    pub response_phase: Option<String>,
+    /// Answer the request with this status in the request phase.
+    #[serde(default)]
+    pub answer: Option<u16>,
+    /// Read the whole request body, up to this many bytes (413 past it).
+    #[serde(default)]
+    pub buffer_request: Option<u64>,
+    /// Wrap the response body: record each data frame, pass it upper-cased.
+    #[serde(default)]
+    pub wrap: bool,
+    /// Replace the response body with its length, after reading it whole.
+    #[serde(default)]
+    pub buffer_response: bool,
+    /// Ask for the log hook.
+    #[serde(default)]
+    pub logs: bool,
 }
 
 /// The `stores` section.

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::model::Protocol;
 use crate::observe::access_log::AccessLog;
-use crate::policy::NamedPolicy;
+use crate::policy::Chain;
 use crate::proxy::headers::HeaderOps;
 use crate::proxy::rewrite::Rewrite;
 use crate::proxy::static_files::StaticDir;
@@ -88,8 +88,8 @@ pub struct ListenerPlan {
 pub struct Binding {
     /// The route.
     pub route: Arc<RouteEntry>,
-    /// Policies in phase order.
-    pub policies: Arc<[NamedPolicy]>,
+    /// Its policies, ordered for the request and for the answer.
+    pub chain: Chain,
 }
 
 /// A compiled route.

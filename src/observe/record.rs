@@ -17,6 +17,24 @@ use super::access_log::AccessLog;
 use super::metrics::{Metrics, RequestLabels, RouteMetrics};
 use crate::proxy::body::{Body, BodyStats, BoxError};
 
+/// How an answer went, for policies' log hooks.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// The status sent.
+    pub status: StatusCode,
+    /// Body bytes sent.
+    pub bytes_sent: u64,
+    /// From the request's arrival to the last byte (or the client leaving).
+    pub duration: std::time::Duration,
+    /// Whether the whole body was sent (false: the client left, or the
+    /// upstream's body broke, mid-way).
+    pub complete: bool,
+}
+
+/// Called with the outcome once the answer is over (the pipeline's hook
+/// for the policies that asked for it).
+pub type OnLog = Box<dyn FnOnce(&Outcome) + Send>;
+
 /// What is known about a request when its response starts.
 pub struct Record {
     /// Shared metric families.
@@ -32,6 +50,8 @@ pub struct Record {
     /// Keeps the request counted as in flight on its connection until the
     /// response has been sent.
     pub busy: crate::server::registry::Busy,
+    /// Policies' log hooks, when any asked for them.
+    pub on_log: Option<OnLog>,
 }
 
 /// Access-log fields captured from the request.
@@ -57,9 +77,17 @@ pub struct LogFields {
 }
 
 impl Record {
-    /// Writes the metrics and the log line.
-    fn finish(self, status: StatusCode, bytes_out: u64) {
+    /// Writes the metrics and the log line, and calls the log hooks.
+    fn finish(mut self, status: StatusCode, bytes_out: u64, complete: bool) {
         let elapsed = self.started.elapsed();
+        if let Some(on_log) = self.on_log.take() {
+            on_log(&Outcome {
+                status,
+                bytes_sent: bytes_out,
+                duration: elapsed,
+                complete,
+            });
+        }
         let mut labels = self.labels;
         labels.status = status.as_u16();
         match &self.route {
@@ -323,9 +351,9 @@ impl RecordedBody {
         }
     }
 
-    fn done(&mut self) {
+    fn done(&mut self, complete: bool) {
         if let Some(r) = self.record.take() {
-            r.finish(self.status, self.bytes);
+            r.finish(self.status, self.bytes, complete);
         }
     }
 }
@@ -346,10 +374,11 @@ impl HttpBody for RecordedBody {
                     this.bytes += d.len() as u64;
                 }
                 if this.inner.is_end_stream() {
-                    this.done();
+                    this.done(true);
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.done(),
+            Poll::Ready(None) => this.done(true),
+            Poll::Ready(Some(Err(_))) => this.done(false),
             Poll::Pending => {}
         }
         polled
@@ -366,8 +395,10 @@ impl HttpBody for RecordedBody {
 
 impl Drop for RecordedBody {
     fn drop(&mut self) {
-        // A client that disconnects mid-body still gets its line.
-        self.done();
+        // A client that disconnects mid-body still gets its line. (A body
+        // that was empty from the start is complete when dropped unpolled.)
+        let complete = self.inner.is_end_stream();
+        self.done(complete);
     }
 }
 

@@ -1,14 +1,39 @@
-//! Policies: small types that act on a request in one named phase.
+//! Policies: small types that act on a request in named phases, on its way
+//! in and on its answer's way back.
 //!
 //! The phase order is fixed here, not by the order a configuration lists
 //! policies in, so that no file can run rate limiting before authentication
-//! by accident. Within one phase, list order holds (listener policies first,
-//! then the route's). Adding a policy means one file in this folder plus one
-//! line in [`build`].
+//! by accident. The whole line, as a request and its answer travel it:
+//!
+//! ```text
+//! filter → authenticate → authorize → rate limit → validate → cache lookup
+//!   → request transform → [upstream, file or direct answer]
+//!   → response transform → cache store → compress → client
+//! ```
+//!
+//! Each policy has one request [`Phase`] (where [`Policy::on_request`]
+//! runs; within a phase, list order: the listener's policies, then the
+//! route's) and may have one [`ResponsePhase`] (where
+//! [`Policy::on_response`] runs; within a phase, reverse list order, so the
+//! policy nearest the upstream on the way in sees the answer first).
+//!
+//! Every answer goes back through the response phases of the policies whose
+//! request phase ran, the policy that answered included: an upstream's
+//! answer, a file, a direct answer, a refusal a policy made (401, 403, 429)
+//! and an error the gateway made after routing (413, 502, 503, 504). So a
+//! CORS policy (request phase filter) adds its headers to a 401, and a
+//! compress policy (request phase filter: it only notes what the client
+//! accepts) sees every body. Two hooks observe the rest: [`Policy::on_error`]
+//! when the upstream failed (before the response phases, with the reason),
+//! and [`Policy::on_log`] after the answer's last byte (with the outcome).
+//!
+//! Adding a policy means one file in this folder plus one line in [`build`].
 
 pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
+#[cfg(test)]
+pub mod probe;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod token_cache;
@@ -20,9 +45,11 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response};
 
 use crate::config::model::PolicyDef;
+use crate::observe::record::Outcome;
 use crate::proxy::body::Body;
 use crate::proxy::context::RequestCtx;
 use crate::server::runtime::Runtime;
+use crate::upstream::UpstreamError;
 
 /// The request phases, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -41,6 +68,18 @@ pub enum Phase {
     CacheLookup,
     /// Change the request before it goes upstream.
     RequestTransform,
+}
+
+/// The response phases, in the order they run (after the request phases
+/// and the upstream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResponsePhase {
+    /// Change the answer (status, headers, body) as the route wants it.
+    ResponseTransform,
+    /// Keep the answer for later requests.
+    CacheStore,
+    /// Encode the body for the client.
+    Compress,
 }
 
 /// What a policy decided about a request.
@@ -73,8 +112,83 @@ pub trait Policy: Send + Sync + 'static {
         None
     }
 
-    /// Runs on the response on its way back, in reverse phase order.
-    fn on_response(&self, _ctx: &RequestCtx, _resp: &mut Response<Body>) {}
+    /// The response phase [`Policy::on_response`] runs in; `None` (the
+    /// default) for a policy that leaves answers alone.
+    fn response_phase(&self) -> Option<ResponsePhase> {
+        None
+    }
+
+    /// Runs on the answer on its way back, in its response phase. May
+    /// rewrite the status and headers, and replace or wrap the body as a
+    /// stream (`std::mem::replace` the body and box the wrapper).
+    fn on_response(&self, _ctx: &mut RequestCtx, _resp: &mut Response<Body>) {}
+
+    /// For response work that must wait (reading the whole body to
+    /// transform it): runs after `on_response`. `None` means nothing to wait for.
+    fn on_response_async<'a>(
+        &'a self,
+        _ctx: &'a mut RequestCtx,
+        _resp: &'a mut Response<Body>,
+    ) -> Option<BoxFuture<'a, ()>> {
+        None
+    }
+
+    /// Runs when the upstream failed and the gateway made the answer
+    /// (which the response phases then see), with the reason.
+    fn on_error(&self, _ctx: &mut RequestCtx, _error: UpstreamError) {}
+
+    /// Whether [`Policy::on_log`] should be called: keeping the request's
+    /// context until its answer's last byte costs a little, so only
+    /// policies that ask get it.
+    fn logs(&self) -> bool {
+        false
+    }
+
+    /// Runs after the answer's last byte was sent (or the client left),
+    /// with the outcome; only when [`Policy::logs`] says so.
+    fn on_log(&self, _ctx: &RequestCtx, _outcome: &Outcome) {}
+}
+
+/// The policies of one route on one listener, ordered for each direction
+/// once, when the configuration is compiled.
+pub struct Chain {
+    /// Every policy, in request phase order (shared with the log hooks of
+    /// requests in flight).
+    pub request: Arc<[NamedPolicy]>,
+    /// The policies with a response phase, in response order, each with its
+    /// position in `request` (it runs when its request phase has run).
+    pub response: Box<[(usize, NamedPolicy)]>,
+    /// Whether any policy wants the log hook.
+    pub logs: bool,
+}
+
+impl Chain {
+    /// Orders `policies` (the listener's, then the route's) for both directions.
+    pub fn new(policies: Vec<NamedPolicy>) -> Chain {
+        let request = in_phase_order(policies);
+        let mut response: Vec<(usize, NamedPolicy)> = request
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.policy.response_phase().is_some())
+            .map(|(i, p)| (i, p.clone()))
+            .collect();
+        // By response phase; within one, the later policy of the request
+        // line (nearer the upstream) first.
+        response.sort_by_key(|(i, p)| (p.policy.response_phase(), std::cmp::Reverse(*i)));
+        Chain {
+            logs: request.iter().any(|p| p.policy.logs()),
+            request: request.into(),
+            response: response.into_boxed_slice(),
+        }
+    }
+
+    /// The policies whose response phases run after `ran` request phases ran.
+    pub fn responders(&self, ran: usize) -> impl Iterator<Item = &NamedPolicy> {
+        self.response
+            .iter()
+            .filter(move |(i, _)| *i < ran)
+            .map(|(_, p)| p)
+    }
 }
 
 /// A policy with its configured name.
@@ -131,6 +245,8 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::IpFilter(d) => Ok(Arc::new(ip_filter::IpFilter::build(d)?)),
         PolicyDef::RateLimit(d) => Ok(Arc::new(rate_limit::RateLimit::build(d, env)?)),
         PolicyDef::Jwt(d) => Ok(Arc::new(jwt::Jwt::build(d, env)?)),
+        #[cfg(test)]
+        PolicyDef::Probe(d) => Ok(Arc::new(probe::Probe::build(d, env.name))),
     }
 }
 

@@ -427,15 +427,15 @@ mod tests {
     }
 
     fn ctx(ip: &str) -> RequestCtx {
-        RequestCtx {
-            request_id: HeaderValue::from_static("id"),
-            client: (ip.parse::<IpAddr>().unwrap(), 4000).into(),
-            started: std::time::Instant::now(),
-            listener: Arc::from("l"),
-            route: Some(Arc::from("r")),
-            tls: false,
-            identity: None,
-        }
+        let mut ctx = RequestCtx::new(
+            HeaderValue::from_static("id"),
+            (ip.parse::<IpAddr>().unwrap(), 4000).into(),
+            Arc::from("l"),
+            false,
+            std::time::Instant::now(),
+        );
+        ctx.route = Some(Arc::from("r"));
+        ctx
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub struct RequestCtx {
     pub tls: bool,
     /// Who the client is, once an authentication policy has said so.
     pub identity: Option<Box<Identity>>,
+    /// Why the upstream gave no answer, when it did not (the gateway's
+    /// 502/503/504 then stands in for it).
+    pub upstream_error: Option<crate::upstream::UpstreamError>,
+    /// What policies pass from their request phase to their response or
+    /// log phase (allocated only when one inserts something).
+    pub extensions: http::Extensions,
 }
 
 /// `ip` as rules and counters must see it: an IPv4 client seen through an
@@ -43,6 +49,28 @@ pub struct Identity {
 }
 
 impl RequestCtx {
+    /// The context of a request that arrived `started` on `listener` from
+    /// `client`, before routing and policies have added to it.
+    pub fn new(
+        request_id: HeaderValue,
+        client: SocketAddr,
+        listener: Arc<str>,
+        tls: bool,
+        started: Instant,
+    ) -> RequestCtx {
+        RequestCtx {
+            request_id,
+            client,
+            started,
+            listener,
+            route: None,
+            tls,
+            identity: None,
+            upstream_error: None,
+            extensions: http::Extensions::new(),
+        }
+    }
+
     /// The request id as text, for logs and error bodies.
     pub fn request_id_str(&self) -> &str {
         // Ids are ASCII by construction (validated or generated).

@@ -24,7 +24,7 @@ use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::Admitted;
 use crate::upstream::client::{Peers, Sent, Upgraded};
 use crate::upstream::retry::{Failure, RetryPolicy};
-use crate::upstream::{InFlight, Upstream};
+use crate::upstream::{InFlight, Upstream, UpstreamError};
 
 /// An upstream's answer (or the gateway's error) and the target that was used.
 pub struct Forwarded {
@@ -32,6 +32,8 @@ pub struct Forwarded {
     pub response: Response<Body>,
     /// The target's address, for the access log.
     pub target: Option<Arc<str>>,
+    /// Why the upstream gave no answer, when the response is the gateway's.
+    pub error: Option<UpstreamError>,
 }
 
 /// Sends `req` to a target of `upstream`, retrying on another target when the
@@ -45,9 +47,10 @@ pub async fn forward(
     body_stats: &BodyStats,
 ) -> Forwarded {
     let rid = ctx.request_id_str();
-    let fail = |status, detail| Forwarded {
+    let fail = |status, detail, error| Forwarded {
         response: problem(status, detail, rid),
         target: None,
+        error,
     };
     let pick = PickContext {
         hash: upstream
@@ -76,6 +79,7 @@ pub async fn forward(
         return fail(
             StatusCode::BAD_REQUEST,
             "the request path cannot be forwarded",
+            None,
         );
     };
     prepare_headers(ctx, conn, route, &mut req, upgrade);
@@ -99,6 +103,7 @@ pub async fn forward(
                 return fail(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the upstream is at capacity; try again later",
+                    Some(UpstreamError::CircuitOpen),
                 );
             }
         },
@@ -126,12 +131,14 @@ pub async fn forward(
             return fail(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request body is larger than this listener accepts",
+                None,
             );
         }
         (_, Kept::Unreadable) => {
             return fail(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read",
+                None,
             );
         }
     };
@@ -144,6 +151,7 @@ pub async fn forward(
                 return fail(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no healthy upstream target is available",
+                    Some(UpstreamError::NoHealthyTarget),
                 );
             };
             let req = Request::from_parts(parts, body);
@@ -167,6 +175,7 @@ pub async fn forward(
             return fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream target is available",
+                Some(UpstreamError::NoHealthyTarget),
             );
         };
         tried.push(index);
@@ -271,7 +280,7 @@ fn relay(
 ) -> Forwarded {
     let target = &upstream.targets[index];
     let rid = ctx.request_id_str();
-    let response = match outcome {
+    let (response, error) = match outcome {
         Ok(Sent {
             response: mut resp,
             upgraded,
@@ -283,58 +292,73 @@ fn relay(
                     {
                         // 101: the upstream connection becomes the tunnel.
                         tokio::spawn(tunnel(ask.client, upstream_side, guards));
-                        return Forwarded {
-                            response: resp.map(|_| super::body::empty()),
-                            target: Some(target.address.clone()),
-                        };
+                        (resp.map(|_| super::body::empty()), None)
                     }
                     // Dropping the upstream side here closes the target's
                     // connection: what follows a 101 is not HTTP/1.1.
                     _ => {
                         tracing::warn!(upstream = %upstream.name, target = %target.address, request_id = rid, "the upstream switched to a protocol the request did not ask for");
-                        return Forwarded {
-                            response: problem(
-                                StatusCode::BAD_GATEWAY,
-                                "the upstream switched to a protocol the request did not ask for",
-                                rid,
-                            ),
-                            target: Some(target.address.clone()),
-                        };
+                        let resp = problem(
+                            StatusCode::BAD_GATEWAY,
+                            "the upstream switched to a protocol the request did not ask for",
+                            rid,
+                        );
+                        (resp, Some(UpstreamError::ProtocolSwitch))
                     }
                 }
+            } else {
+                remove_hop_by_hop(resp.headers_mut(), false);
+                // The target counts as in use until the body has been relayed.
+                (resp.map(|b| from_upstream(b, guards)), None)
             }
-            remove_hop_by_hop(resp.headers_mut(), false);
-            // The target counts as in use until the body has been relayed.
-            resp.map(|b| from_upstream(b, guards))
         }
-        Err(_) if body_stats.too_large.load(Ordering::Relaxed) => problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body is larger than this listener accepts",
-            rid,
+        Err(_) if body_stats.too_large.load(Ordering::Relaxed) => (
+            problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body is larger than this listener accepts",
+                rid,
+            ),
+            None,
         ),
-        Err(_) if body_stats.broken.load(Ordering::Relaxed) => problem(
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
-            rid,
+        Err(_) if body_stats.broken.load(Ordering::Relaxed) => (
+            problem(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+                rid,
+            ),
+            None,
         ),
         Err(e) => {
             tracing::warn!(upstream = %upstream.name, target = %target.address, request_id = rid, failure = ?e.failure, error = %e.detail, "upstream request failed");
-            let (status, text) = match e.failure {
+            let (status, text, error) = match e.failure {
+                Failure::ConnectError if e.timed_out => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time",
+                    UpstreamError::ConnectFailed,
+                ),
                 _ if e.timed_out => (
                     StatusCode::GATEWAY_TIMEOUT,
                     "the upstream did not answer in time",
+                    UpstreamError::TimedOut,
                 ),
-                Failure::ConnectError => {
-                    (StatusCode::BAD_GATEWAY, "the upstream could not be reached")
-                }
-                _ => (StatusCode::BAD_GATEWAY, "the upstream connection failed"),
+                Failure::ConnectError => (
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream could not be reached",
+                    UpstreamError::ConnectFailed,
+                ),
+                _ => (
+                    StatusCode::BAD_GATEWAY,
+                    "the upstream connection failed",
+                    UpstreamError::ConnectionFailed,
+                ),
             };
-            problem(status, text, rid)
+            (problem(status, text, rid), Some(error))
         }
     };
     Forwarded {
         response,
         target: Some(target.address.clone()),
+        error,
     }
 }
 

@@ -5,6 +5,8 @@ pub mod body;
 pub mod context;
 pub mod forward;
 pub mod headers;
+#[cfg(test)]
+mod phase_tests;
 pub mod pipeline;
 pub mod problem;
 pub mod rewrite;

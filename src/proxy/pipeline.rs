@@ -9,10 +9,16 @@
 //!    policy may answer and stop the chain.
 //! 5. **action**: forward to an upstream (or a weighted split), serve a file,
 //!    or answer directly.
-//! 6. **response policies**: in reverse phase order; then the route's
-//!    response header changes.
-//! 7. **log**: metrics and the access-log line, written when the response
-//!    body has been sent.
+//! 6. **error hook**: when the upstream failed, the policies that ran hear
+//!    why (the gateway's 502/503/504 stands in for the upstream's answer).
+//! 7. **response policies**: every answer, whoever made it after routing,
+//!    goes back through the response phases (response transform, cache
+//!    store, compress) of the policies whose request phase ran; then the
+//!    route's response header changes.
+//! 8. **log**: metrics, the access-log line and the policies' log hooks,
+//!    when the response body has been sent.
+//!
+//! The phases and their order are described once, in [`crate::policy`].
 //!
 //! Errors the gateway makes are problem+json (see [`super::problem`]) and
 //! never name a backend address.
@@ -34,8 +40,8 @@ use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
 use super::problem::problem;
 use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan};
 use crate::observe::metrics::{RequestLabels, empty_label};
-use crate::observe::record::{LogFields, Record, RecordedBody};
-use crate::policy::Flow;
+use crate::observe::record::{LogFields, OnLog, Record, RecordedBody};
+use crate::policy::{Chain, Flow};
 use crate::route::normalize_path;
 use crate::server::registry::{Activity, Busy};
 use crate::server::runtime::Runtime;
@@ -108,15 +114,13 @@ pub async fn handle(
     // and then search all the ids it holds for each response; marked
     // sensitive, the id is sent literally ("never indexed") instead.
     request_id.set_sensitive(true);
-    let mut ctx = RequestCtx {
+    let mut ctx = RequestCtx::new(
         request_id,
-        client: conn.client,
+        conn.client,
+        conn.listener.clone(),
+        conn.tls,
         started,
-        listener: conn.listener.clone(),
-        route: None,
-        tls: conn.tls,
-        identity: None,
-    };
+    );
     let body_stats = Arc::new(BodyStats::default());
     let log = snapshot.access_log.as_ref().map(|sink| LogFields {
         sink: sink.clone(),
@@ -140,6 +144,7 @@ pub async fn handle(
         started,
         log,
         busy: Busy::new(&conn, req.version() == http::Version::HTTP_2),
+        on_log: None,
     };
     let Some(listener) = snapshot.listener(&conn.listener).cloned() else {
         // The listener was removed by a reload while this connection was open.
@@ -148,12 +153,12 @@ pub async fn handle(
             "this listener is shutting down",
             ctx.request_id_str(),
         );
-        return Ok(finish(resp, &ctx, record));
+        return Ok(finish(resp, &ctx.request_id, record));
     };
 
     // limits
     if let Some(resp) = check_limits(&listener.limits, &req, &ctx) {
-        return Ok(finish(resp, &ctx, record));
+        return Ok(finish(resp, &ctx.request_id, record));
     }
 
     // one host: routing, policies, the upstream's Host and X-Forwarded-Host
@@ -161,7 +166,7 @@ pub async fn handle(
     // naming another host in the target than in the Host header.
     if let Err(detail) = one_host(&mut req) {
         let resp = problem(StatusCode::BAD_REQUEST, detail, ctx.request_id_str());
-        return Ok(finish(resp, &ctx, record));
+        return Ok(finish(resp, &ctx.request_id, record));
     }
 
     // route: dot segments go first, and the cleaned path is also what static
@@ -173,7 +178,7 @@ pub async fn handle(
             "the request path is not valid",
             ctx.request_id_str(),
         );
-        return Ok(finish(resp, &ctx, record));
+        return Ok(finish(resp, &ctx.request_id, record));
     }
     let Some(binding) = find_route(&listener, &req) else {
         let resp = problem(
@@ -181,7 +186,7 @@ pub async fn handle(
             "no route matches this request",
             ctx.request_id_str(),
         );
-        return Ok(finish(resp, &ctx, record));
+        return Ok(finish(resp, &ctx.request_id, record));
     };
     let route = binding.route.clone();
     ctx.route = Some(route.name.clone());
@@ -191,8 +196,12 @@ pub async fn handle(
     let limit = listener.limits.max_body;
     let mut req = req.map(|b| LimitedBody::new(b, limit, body_stats.clone()).boxed_unsync());
 
-    // request policies
-    for p in binding.policies.iter() {
+    // request policies, in phase order; any may answer and stop the chain
+    let chain = &binding.chain;
+    let mut ran = 0;
+    let mut answered = None;
+    for p in chain.request.iter() {
+        ran += 1;
         let mut flow = p.policy.on_request(&mut ctx, &mut req);
         if let Flow::Continue = flow
             && let Some(pending) = p.policy.on_request_async(&mut ctx, &mut req)
@@ -200,55 +209,94 @@ pub async fn handle(
             flow = pending.await;
         }
         if let Flow::Respond(resp) = flow {
-            return Ok(finish(resp, &ctx, record));
+            answered = Some(resp);
+            break;
         }
     }
 
     // action
-    let mut resp = match &route.action {
-        Action::Respond(direct) => {
-            let mut resp = Response::new(super::body::full(direct.body.clone()));
-            *resp.status_mut() = direct.status;
-            *resp.headers_mut() = direct.headers.clone();
-            resp
-        }
-        Action::Static(dir) => {
-            let path = req.uri().path();
-            let path = match &route.rewrite {
-                Some(rw) => rw.apply(path),
-                None => path.into(),
-            };
-            match dir.serve(req.method(), &path, req.headers()).await {
-                Ok(resp) => resp,
-                Err(e) => e.into_response(ctx.request_id_str()),
+    let mut resp = match answered {
+        Some(resp) => resp,
+        None => match &route.action {
+            Action::Respond(direct) => {
+                let mut resp = Response::new(super::body::full(direct.body.clone()));
+                *resp.status_mut() = direct.status;
+                *resp.headers_mut() = direct.headers.clone();
+                resp
             }
-        }
-        Action::Forward(upstream) => {
-            let forwarded = forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
-            note_upstream(&mut record, upstream, forwarded)
-        }
-        Action::Split(split) => {
-            let upstream = split.pick();
-            let forwarded = forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
-            note_upstream(&mut record, upstream, forwarded)
-        }
+            Action::Static(dir) => {
+                let path = req.uri().path();
+                let path = match &route.rewrite {
+                    Some(rw) => rw.apply(path),
+                    None => path.into(),
+                };
+                match dir.serve(req.method(), &path, req.headers()).await {
+                    Ok(resp) => resp,
+                    Err(e) => e.into_response(ctx.request_id_str()),
+                }
+            }
+            Action::Forward(upstream) => {
+                let forwarded =
+                    forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
+                note_upstream(&mut record, &mut ctx, upstream, forwarded)
+            }
+            Action::Split(split) => {
+                let upstream = split.pick();
+                let forwarded =
+                    forward::forward(&ctx, &conn, &route, upstream, req, &body_stats).await;
+                note_upstream(&mut record, &mut ctx, upstream, forwarded)
+            }
+        },
     };
 
-    // response policies, in reverse phase order
-    for p in binding.policies.iter().rev() {
-        p.policy.on_response(&ctx, &mut resp);
+    // error hook: the upstream failed and the gateway's answer stands in
+    if let Some(error) = ctx.upstream_error {
+        for p in &chain.request[..ran] {
+            p.policy.on_error(&mut ctx, error);
+        }
+    }
+
+    // response policies: every answer passes back through the response
+    // phases of the policies whose request phase ran
+    for p in chain.responders(ran) {
+        p.policy.on_response(&mut ctx, &mut resp);
+        if let Some(pending) = p.policy.on_response_async(&mut ctx, &mut resp) {
+            pending.await;
+        }
     }
     route.response_headers.apply(resp.headers_mut());
 
-    // log
-    Ok(finish(resp, &ctx, record))
+    // log: the policies that asked are called after the answer's last byte
+    if chain.logs {
+        let request_id = ctx.request_id.clone();
+        record.on_log = Some(log_hooks(chain, ran, ctx));
+        return Ok(finish(resp, &request_id, record));
+    }
+    Ok(finish(resp, &ctx.request_id, record))
+}
+
+/// The log hooks of the policies among the first `ran` that asked for
+/// them, given the request's context to keep until then.
+fn log_hooks(chain: &Chain, ran: usize, ctx: RequestCtx) -> OnLog {
+    let policies = chain.request.clone();
+    Box::new(move |outcome| {
+        for p in policies[..ran].iter().filter(|p| p.policy.logs()) {
+            p.policy.on_log(&ctx, outcome);
+        }
+    })
 }
 
 /// Notes the upstream and target for the log and hands back the response.
 /// (Not an async wrapper around [`forward::forward`], which would take and
 /// move the request once more.)
-fn note_upstream(record: &mut Record, upstream: &Upstream, forwarded: Forwarded) -> Response<Body> {
+fn note_upstream(
+    record: &mut Record,
+    ctx: &mut RequestCtx,
+    upstream: &Upstream,
+    forwarded: Forwarded,
+) -> Response<Body> {
     record.labels.upstream = upstream.name.clone();
+    ctx.upstream_error = forwarded.error;
     if let Some(log) = record.log.as_mut() {
         log.target = forwarded.target;
     }
@@ -257,11 +305,11 @@ fn note_upstream(record: &mut Record, upstream: &Upstream, forwarded: Forwarded)
 
 /// Stamps the request id on the response and arranges for the request to be
 /// recorded when its body has been sent.
-fn finish(resp: Response<Body>, ctx: &RequestCtx, record: Record) -> Response<Body> {
+fn finish(resp: Response<Body>, request_id: &HeaderValue, record: Record) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     parts
         .headers
-        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     let body = RecordedBody::new(body, parts.status, record).boxed_unsync();
     Response::from_parts(parts, body)
 }

@@ -26,6 +26,37 @@ pub use client::{ClientCache, UpstreamClient};
 pub use hash_key::HashKey;
 pub use target::{InFlight, Target, TargetState};
 
+/// Why the gateway made the answer instead of relaying an upstream's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// Every target was unhealthy or ejected (503).
+    NoHealthyTarget,
+    /// The circuit breaker refused the request (503).
+    CircuitOpen,
+    /// No connection could be opened (502, or 504 on a connect timeout).
+    ConnectFailed,
+    /// No response head within `response_header` (504).
+    TimedOut,
+    /// The connection broke before a complete response head (502).
+    ConnectionFailed,
+    /// The target switched to a protocol the request did not offer (502).
+    ProtocolSwitch,
+}
+
+impl UpstreamError {
+    /// The reason as logs and metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::NoHealthyTarget => "no_healthy_target",
+            UpstreamError::CircuitOpen => "circuit_open",
+            UpstreamError::ConnectFailed => "connect_failed",
+            UpstreamError::TimedOut => "timed_out",
+            UpstreamError::ConnectionFailed => "connection_failed",
+            UpstreamError::ProtocolSwitch => "protocol_switch",
+        }
+    }
+}
+
 /// What to do when no target is available (every one unhealthy or ejected).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhenAllDown {

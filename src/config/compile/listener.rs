@@ -120,7 +120,7 @@ impl Compiler<'_> {
                 specs.push(spec.clone());
                 bindings.push(Binding {
                     route: route.clone(),
-                    policies: policy::in_phase_order(all).into(),
+                    chain: policy::Chain::new(all),
                 });
             }
             let table = match RouteTable::build(specs) {
