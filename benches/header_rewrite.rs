@@ -9,7 +9,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use portcullis::config::model;
-use portcullis::proxy::headers::{
+use portcullis::http::headers::{
     HeaderOps, X_FORWARDED_FOR, forwarded_for, new_request_id, remove_hop_by_hop, set_forwarded,
 };
 

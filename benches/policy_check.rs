@@ -14,9 +14,9 @@ use http::{HeaderValue, Request};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use portcullis::config::model::PolicyDef;
+use portcullis::http::body::{Body, empty};
+use portcullis::policy::context::RequestCtx;
 use portcullis::policy::{self, BuildEnv, Flow, Policy};
-use portcullis::proxy::body::{Body, empty};
-use portcullis::proxy::context::RequestCtx;
 use portcullis::server::runtime::Runtime;
 
 const SECRET: &str = "bench-secret-of-at-least-32-bytes!!";

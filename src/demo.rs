@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::proxy::body::{Body, full};
+use crate::http::body::{Body, full};
 use crate::server::{Gateway, StartError};
 
 /// Gateway address of the demo.

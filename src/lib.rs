@@ -6,11 +6,13 @@
 //! snapshot once per request; a reload builds a new snapshot and swaps it whole.
 
 pub mod admin;
-pub mod codec;
+pub mod compile;
 pub mod config;
 pub mod demo;
+pub mod http;
 pub mod kept;
 pub mod l4;
+pub mod net;
 pub mod observe;
 pub mod policy;
 pub mod proxy;

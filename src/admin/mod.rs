@@ -13,9 +13,9 @@ use hyper_util::server::conn::auto;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::snapshot::Action;
-use crate::proxy::body::{Body, full};
-use crate::proxy::problem::problem;
+use crate::http::body::{Body, full};
+use crate::http::problem::problem;
+use crate::proxy::snapshot::Action;
 use crate::server::Inner;
 
 /// Accepts admin connections until the process exits.

@@ -1,20 +1,18 @@
-//! Configuration: the typed model, loading from YAML or TOML, validation with
-//! file:line:col errors, and compilation into a [`Snapshot`].
+//! Configuration as the user writes it: the typed model, loading from YAML
+//! or TOML, and errors at file:line:col. Imports nothing else from the crate;
+//! [`crate::compile`] turns the model into a snapshot.
 //!
 //! ```text
 //! file ──load──▶ model ──compile (checks as it builds)──▶ Snapshot
 //! ```
 
-pub mod compile;
 pub mod diagnostics;
 pub mod load;
 pub mod locate;
 pub mod model;
-pub mod snapshot;
 pub mod units;
 
 pub use diagnostics::{ConfigError, ConfigErrors};
-pub use snapshot::Snapshot;
 
 /// `p` as the configuration means it: relative paths are relative to the
 /// directory of the file (`base`), not to the working directory.

@@ -2,7 +2,7 @@
 //!
 //! Nothing here is checked beyond its shape: cross references, addresses,
 //! regexes and files are checked by [`super::validate`] and turned into ready
-//! structures by [`super::compile`]. Every struct denies unknown fields so that
+//! structures by [`crate::compile`]. Every struct denies unknown fields so that
 //! a typo is an error with a did-you-mean, not a silently ignored option.
 
 use std::collections::BTreeMap;

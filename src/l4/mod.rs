@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::server::proxy_protocol::{self, Version};
+use crate::net::proxy_protocol::{self, Version};
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::{Admitted, Refused};
 use crate::upstream::{InFlight, Upstream};

@@ -10,9 +10,10 @@ use ipnet::IpNet;
 
 use super::{Flow, Phase, Policy};
 use crate::config::model::IpFilterDef;
-use crate::proxy::body::Body;
-use crate::proxy::context::{RequestCtx, canonical_ip};
-use crate::proxy::problem::problem;
+use crate::http::body::Body;
+use crate::http::headers::canonical_ip;
+use crate::http::problem::problem;
+use crate::policy::context::RequestCtx;
 
 /// Compiled allow and deny lists.
 #[derive(Debug)]

@@ -336,7 +336,7 @@ impl Fetcher {
             idle_timeout: Duration::from_secs(90),
         };
         let tls = if https {
-            let config = crate::server::tls::upstream_client_config(ca, None)
+            let config = crate::net::tls::upstream_client_config(ca, None)
                 .map_err(|e| FetchError::Ca(e.to_string()))?;
             Some(config)
         } else {
@@ -369,7 +369,7 @@ impl Fetcher {
     }
 
     async fn fetch_once(&self) -> Result<String, FetchError> {
-        let mut req = Request::new(crate::proxy::body::empty());
+        let mut req = Request::new(crate::http::body::empty());
         *req.uri_mut() = Uri::from(self.path.clone());
         let headers = req.headers_mut();
         headers.insert(header::HOST, self.host.clone());

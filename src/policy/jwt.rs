@@ -22,10 +22,10 @@ use super::jwks::{self, FetchError, KeySet, RemoteKeySet, RemoteSpec};
 use super::token_cache::{TokenCache, Verified};
 use super::{BuildEnv, Flow, Phase, Policy};
 use crate::config::model::JwtDef;
+use crate::http::body::Body;
+use crate::http::problem::problem;
 use crate::observe::metrics::AuthFailureLabels;
-use crate::proxy::body::Body;
-use crate::proxy::context::{Identity, RequestCtx};
-use crate::proxy::problem::problem;
+use crate::policy::context::{Identity, RequestCtx};
 
 /// Where the keys come from.
 enum Keys {

@@ -29,6 +29,7 @@
 //!
 //! Adding a policy means one file in this folder plus one line in [`build`].
 
+pub mod context;
 pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
@@ -45,9 +46,9 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response};
 
 use crate::config::model::PolicyDef;
-use crate::observe::record::Outcome;
-use crate::proxy::body::Body;
-use crate::proxy::context::RequestCtx;
+use crate::http::body::Body;
+use crate::policy::context::RequestCtx;
+use crate::proxy::record::Outcome;
 use crate::server::runtime::Runtime;
 use crate::upstream::UpstreamError;
 

@@ -17,10 +17,10 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::ProbeDef;
-use crate::observe::record::Outcome;
-use crate::proxy::body::{Body, BoxError, full};
-use crate::proxy::context::RequestCtx;
-use crate::proxy::problem::problem;
+use crate::http::body::{Body, BoxError, full};
+use crate::http::problem::problem;
+use crate::policy::context::RequestCtx;
+use crate::proxy::record::Outcome;
 use crate::upstream::UpstreamError;
 
 /// Events by tag, in the order they happened.
@@ -110,7 +110,7 @@ impl Policy for Probe {
     ) -> Option<BoxFuture<'a, Flow>> {
         let limit = self.def.buffer_request?;
         Some(Box::pin(async move {
-            let mut body = std::mem::replace(req.body_mut(), crate::proxy::body::empty());
+            let mut body = std::mem::replace(req.body_mut(), crate::http::body::empty());
             let mut kept = Vec::new();
             while let Some(frame) = body.frame().await {
                 let Ok(data) = frame.map(|f| f.into_data().unwrap_or_default()) else {
@@ -138,7 +138,7 @@ impl Policy for Probe {
     fn on_response(&self, _ctx: &mut RequestCtx, resp: &mut Response<Body>) {
         self.note(format!("response {}", resp.status().as_u16()));
         if self.def.wrap {
-            let inner = std::mem::replace(resp.body_mut(), crate::proxy::body::empty());
+            let inner = std::mem::replace(resp.body_mut(), crate::http::body::empty());
             resp.headers_mut().remove(http::header::CONTENT_LENGTH);
             *resp.body_mut() = Upper {
                 inner,
@@ -158,7 +158,7 @@ impl Policy for Probe {
             return None;
         }
         Some(Box::pin(async move {
-            let body = std::mem::replace(resp.body_mut(), crate::proxy::body::empty());
+            let body = std::mem::replace(resp.body_mut(), crate::http::body::empty());
             let text = match body.collect().await {
                 Ok(c) => format!("{} bytes", c.to_bytes().len()),
                 Err(_) => "broken".to_string(),

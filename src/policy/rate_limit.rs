@@ -32,11 +32,12 @@ use sha2::{Digest, Sha256};
 use super::redis_store::RedisStore;
 use super::{BuildEnv, Flow, Phase, Policy, Store};
 use crate::config::model::{OnStoreError, RateLimitDef, RateLimitStore};
+use crate::http::body::Body;
+use crate::http::headers::canonical_ip;
+use crate::http::problem::problem;
 use crate::kept::KeptWhileUsed;
 use crate::observe::metrics::{PolicyLabel, PolicyLabels};
-use crate::proxy::body::Body;
-use crate::proxy::context::{RequestCtx, canonical_ip};
-use crate::proxy::problem::problem;
+use crate::policy::context::RequestCtx;
 
 /// What requests are counted by.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -415,7 +416,7 @@ pub type CounterRegistry = KeptWhileUsed<(String, Settings), LocalCounters>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::context::Identity;
+    use crate::policy::context::Identity;
 
     fn settings(limit: u32, per: Duration, burst: u32) -> Settings {
         Settings {

@@ -3,25 +3,30 @@
 //! response-header timeout, HTTP/1.1 upgrade tunnels (WebSocket), and mapping
 //! failures to 502/503/504.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use super::body::{Body, BodyStats, from_upstream};
-use super::context::RequestCtx;
-use super::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
-use super::pipeline::Connection;
-use super::problem::problem;
-use crate::config::snapshot::RouteEntry;
-use crate::server::http1::ClientUpgrade;
-use crate::server::proxy_protocol::Prefixed;
+use super::connection::Connection;
+use crate::http::body::{Body, BodyStats, BoxError};
+use crate::http::headers::{X_REQUEST_ID, remove_hop_by_hop, set_forwarded};
+use crate::http::problem::problem;
+use crate::http::upgrade::ClientUpgrade;
+use crate::net::proxy_protocol::Prefixed;
+use crate::policy::context::RequestCtx;
+use crate::proxy::snapshot::RouteEntry;
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::Admitted;
+use crate::upstream::client::UpstreamBody;
 use crate::upstream::client::{Peers, Sent, Upgraded};
 use crate::upstream::retry::{Failure, RetryPolicy};
 use crate::upstream::{InFlight, Upstream, UpstreamError};
@@ -125,7 +130,7 @@ pub async fn forward(
     };
     let plan = match (retry, kept) {
         (Some(policy), Kept::Bytes(bytes)) => Plan::Retry(policy, bytes),
-        (None, Kept::Bytes(bytes)) => Plan::Once(super::body::full(bytes)),
+        (None, Kept::Bytes(bytes)) => Plan::Once(crate::http::body::full(bytes)),
         (_, Kept::Stream(body)) => Plan::Once(body),
         (_, Kept::TooLarge) => {
             return fail(
@@ -180,7 +185,7 @@ pub async fn forward(
         };
         tried.push(index);
         let target = &upstream.targets[index];
-        let mut attempt = Request::new(super::body::full(replay.clone()));
+        let mut attempt = Request::new(crate::http::body::full(replay.clone()));
         *attempt.method_mut() = parts.method.clone();
         *attempt.version_mut() = parts.version;
         *attempt.headers_mut() = parts.headers.clone();
@@ -292,7 +297,7 @@ fn relay(
                     {
                         // 101: the upstream connection becomes the tunnel.
                         tokio::spawn(tunnel(ask.client, upstream_side, guards));
-                        (resp.map(|_| super::body::empty()), None)
+                        (resp.map(|_| crate::http::body::empty()), None)
                     }
                     // Dropping the upstream side here closes the target's
                     // connection: what follows a 101 is not HTTP/1.1.
@@ -584,4 +589,40 @@ fn prepare_headers(
         }
     }
     route.request_headers.apply(headers);
+}
+
+/// An upstream response body on its way to the client, keeping `guard`
+/// (the upstream slot) alive until the body is dropped.
+struct Guarded<G> {
+    inner: UpstreamBody,
+    _guard: G,
+}
+
+impl<G: Send + Unpin + 'static> HttpBody for Guarded<G> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Wraps an upstream response body so that `guard` lives as long as it.
+fn from_upstream<G: Send + Unpin + 'static>(body: UpstreamBody, guard: G) -> Body {
+    Guarded {
+        inner: body,
+        _guard: guard,
+    }
+    .boxed_unsync()
 }

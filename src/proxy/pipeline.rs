@@ -20,89 +20,42 @@
 //!
 //! The phases and their order are described once, in [`crate::policy`].
 //!
-//! Errors the gateway makes are problem+json (see [`super::problem`]) and
+//! Errors the gateway makes are problem+json (see [`crate::http::problem`]) and
 //! never name a backend address.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::uri::{PathAndQuery, Uri};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 
-use super::body::{Body, BodyStats, ClientBody, LimitedBody};
-use super::context::RequestCtx;
 use super::forward::{self, Forwarded};
-use super::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
-use super::problem::problem;
-use crate::config::snapshot::{Action, Binding, Limits, ListenerPlan};
+use crate::http::body::{Body, BodyStats, BoxError, LimitedBody};
+use crate::http::headers::host_of;
+use crate::http::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
+use crate::http::problem::problem;
 use crate::observe::metrics::{RequestLabels, empty_label};
-use crate::observe::record::{LogFields, OnLog, Record, RecordedBody};
+use crate::policy::context::RequestCtx;
 use crate::policy::{Chain, Flow};
+use crate::proxy::connection::{Busy, Connection};
+use crate::proxy::record::{LogFields, OnLog, Record, RecordedBody};
+use crate::proxy::snapshot::{Action, Binding, Limits, ListenerPlan};
 use crate::route::normalize_path;
-use crate::server::registry::{Activity, Busy};
 use crate::server::runtime::Runtime;
 use crate::upstream::Upstream;
 
-/// What the listener knows about the connection a request came on.
-pub struct Connection {
-    /// The listener's name.
-    pub listener: Arc<str>,
-    /// The client's address.
-    pub client: SocketAddr,
-    /// The client's IP as an X-Forwarded-For entry, made once per connection.
-    pub forwarded_for: HeaderValue,
-    /// The address the client connected to (from PROXY protocol when the
-    /// listener takes it), for PROXY headers toward upstreams.
-    pub local: SocketAddr,
-    /// Whether the connection is TLS.
-    pub tls: bool,
-    /// What a listener with `client_subject_header` passes upstream (boxed:
-    /// most connections have none).
-    pub client_cert: Option<Box<ClientCert>>,
-    /// Requests in flight and what the gateway asks of the connection.
-    pub activity: Activity,
-}
-
-/// The verified client certificate of an mTLS connection, as sent upstream.
-pub struct ClientCert {
-    /// The header that carries the subject upstream.
-    pub header: http::HeaderName,
-    /// The verified subject, ready as a header value (none without a
-    /// client certificate: the header is then removed).
-    pub subject: Option<HeaderValue>,
-}
-
-impl Connection {
-    /// A plain (not TLS) connection from `client` to `local` on `listener`
-    /// that may stay idle for `idle_limit` between requests.
-    pub fn new(
-        listener: Arc<str>,
-        client: SocketAddr,
-        local: SocketAddr,
-        idle_limit: Duration,
-    ) -> Connection {
-        Connection {
-            listener,
-            client,
-            forwarded_for: super::headers::forwarded_for(client.ip()),
-            local,
-            tls: false,
-            client_cert: None,
-            activity: Activity::new(idle_limit),
-        }
-    }
-}
-
 /// Serves one request. Never fails: every error becomes a response.
-pub async fn handle(
-    mut req: Request<ClientBody>,
+pub async fn handle<B>(
+    mut req: Request<B>,
     conn: Arc<Connection>,
     rt: Arc<Runtime>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, Infallible>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
     // accept
     let started = Instant::now();
     let snapshot = rt.snapshot.load_full();
@@ -219,7 +172,7 @@ pub async fn handle(
         Some(resp) => resp,
         None => match &route.action {
             Action::Respond(direct) => {
-                let mut resp = Response::new(super::body::full(direct.body.clone()));
+                let mut resp = Response::new(crate::http::body::full(direct.body.clone()));
                 *resp.status_mut() = direct.status;
                 *resp.headers_mut() = direct.headers.clone();
                 resp
@@ -314,18 +267,6 @@ fn finish(resp: Response<Body>, request_id: &HeaderValue, record: Record) -> Res
     Response::from_parts(parts, body)
 }
 
-/// The host the client asked for: the URI authority (HTTP/2, absolute form) or the Host header.
-pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
-    host_from(req.uri(), req.headers().get(header::HOST))
-}
-
-/// [`host_of`] from a request's target and its `Host` header.
-pub fn host_from<'a>(uri: &'a Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
-    uri.authority()
-        .map(|a| a.as_str())
-        .or_else(|| host.and_then(|h| h.to_str().ok()))
-}
-
 /// Makes the request name one host. An HTTP/1 absolute-form target's
 /// authority wins and replaces the Host header (RFC 9112 §3.2.2); an HTTP/2
 /// request whose `:authority` and `host` differ is malformed (RFC 9113
@@ -375,7 +316,7 @@ fn normalize_request_path<B>(req: &mut Request<B>) -> Result<(), http::Error> {
 }
 
 /// The binding for a request whose path [`normalize_request_path`] has cleaned.
-fn find_route<'a>(listener: &'a ListenerPlan, req: &Request<ClientBody>) -> Option<&'a Binding> {
+fn find_route<'a, B>(listener: &'a ListenerPlan, req: &Request<B>) -> Option<&'a Binding> {
     listener
         .routes
         .find(
@@ -388,11 +329,7 @@ fn find_route<'a>(listener: &'a ListenerPlan, req: &Request<ClientBody>) -> Opti
         .and_then(|i| listener.bindings.get(i))
 }
 
-fn check_limits(
-    limits: &Limits,
-    req: &Request<ClientBody>,
-    ctx: &RequestCtx,
-) -> Option<Response<Body>> {
+fn check_limits<B>(limits: &Limits, req: &Request<B>, ctx: &RequestCtx) -> Option<Response<Body>> {
     let headers = req.headers();
     // A reverse proxy has no tunnels to offer; forwarding CONNECT would let
     // a target's answer be taken for one.

@@ -21,8 +21,8 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::body::{Body, BoxError, empty};
-use super::problem::problem;
+use crate::http::body::{Body, BoxError, empty};
+use crate::http::problem::problem;
 
 /// Read size per body chunk: large enough that a big file costs few
 /// syscalls, small enough that many concurrent downloads stay cheap.

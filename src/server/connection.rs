@@ -18,12 +18,12 @@ use tokio::net::TcpStream;
 
 use super::http1::{self, ClientIo, Ended};
 use super::http2;
-use super::proxy_protocol::{self, Prefixed};
 use super::ticket_hold::TicketHold;
-use super::tls;
-use crate::config::snapshot::{Limits, ListenerPlan};
 use crate::l4::{self, L4Plan};
-use crate::proxy::pipeline::{ClientCert, Connection};
+use crate::net::proxy_protocol::{self, Prefixed};
+use crate::net::tls;
+use crate::proxy::connection::{ClientCert, Connection};
+use crate::proxy::snapshot::{Limits, ListenerPlan};
 use crate::server::registry::Registered;
 use crate::server::runtime::Runtime;
 

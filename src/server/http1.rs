@@ -34,23 +34,21 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
 use tokio_util::io::poll_read_buf;
 
-use crate::codec::{
+use crate::http::body::Body;
+use crate::http::codec::{
     self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MIN, Spans, WriteError,
     poll_write_from,
 };
-use crate::config::snapshot::Limits;
-use crate::proxy::body::{Body, ClientBody};
-use crate::proxy::headers::new_request_id;
-use crate::proxy::pipeline::{self, Connection};
-use crate::proxy::problem::problem;
+use crate::http::headers::new_request_id;
+use crate::http::problem::problem;
+use crate::proxy::connection::Connection;
+use crate::proxy::pipeline;
+use crate::proxy::snapshot::Limits;
+use crate::server::client_body::ClientBody;
 use crate::server::runtime::Runtime;
 
-/// A client connection's byte stream (plain TCP or TLS).
-pub trait ClientStream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientStream for T {}
-
-/// A client connection, boxed so that one server loop serves TCP and TLS.
-pub type ClientIo = Box<dyn ClientStream>;
+pub use crate::http::upgrade::{ClientUpgrade, Handoff};
+pub use crate::net::stream::{ClientIo, ClientStream};
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -111,7 +109,7 @@ impl Caps {
 /// A plain function returning the loop, not an `async fn`: the loop is what
 /// an idle connection keeps, and an `async fn` would also keep its
 /// arguments after they have been moved into the [`Client`]. The task must
-/// poll [`Activity::poll_expired`](crate::server::registry::Activity::poll_expired)
+/// poll [`Activity::poll_expired`](crate::proxy::connection::Activity::poll_expired)
 /// to be woken by the drain.
 pub fn serve(
     io: ClientIo,
@@ -228,8 +226,7 @@ impl Client {
         let mut upgrade_to = None;
         if wants_upgrade {
             let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(ClientUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            req.extensions_mut().insert(ClientUpgrade::new(rx));
             upgrade_to = Some(tx);
         }
         // With a body, the connection goes with the request until the
@@ -573,7 +570,7 @@ async fn refuse(io: &mut ClientIo, refusal: Refusal) {
     let id = new_request_id();
     let mut resp = problem(status, detail, id.to_str().unwrap_or("-"));
     resp.headers_mut()
-        .insert(crate::proxy::headers::X_REQUEST_ID.clone(), id);
+        .insert(crate::http::headers::X_REQUEST_ID.clone(), id);
     let (parts, body) = resp.into_parts();
     let out = &mut Vec::new();
     let len = body.size_hint().exact().unwrap_or(0);
@@ -799,25 +796,6 @@ impl HttpBody for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         lock(&self.shared).framing.size_hint()
-    }
-}
-
-/// The client side of an upgrade, in the request's extensions: resolves to
-/// the connection (and bytes the client sent past its request) once the
-/// 101 has been written. (Extensions must be `Clone`; the first taker
-/// gets the connection.)
-#[derive(Clone)]
-pub struct ClientUpgrade(Arc<Mutex<Option<oneshot::Receiver<Handoff>>>>);
-
-/// A connection handed over after a 101, with the client's bytes read past
-/// its request.
-pub type Handoff = (ClientIo, Bytes);
-
-impl ClientUpgrade {
-    /// The upgraded connection, or `None` if the 101 could not be sent.
-    pub async fn connection(self) -> Option<Handoff> {
-        let receiver = self.0.lock().ok()?.take()?;
-        receiver.await.ok()
     }
 }
 

@@ -25,8 +25,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy::body::{Body, ClientBody};
-use crate::proxy::pipeline::{self, Connection};
+use crate::http::body::Body;
+use crate::proxy::connection::Connection;
+use crate::proxy::pipeline;
+use crate::server::client_body::ClientBody;
 use crate::server::runtime::Runtime;
 
 /// A stream's future (or an upgraded stream's pipe), boxed to be queued.
@@ -64,7 +66,7 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams
 /// Serves HTTP/2 on `io` until the client leaves, or finishes the streams in
 /// flight once the gateway drains. `max_header_list` is hyper's hard cap on
 /// a header list (above the limit the pipeline answers 431 for). The task
-/// must poll [`Activity::poll_expired`](crate::server::registry::Activity::poll_expired)
+/// must poll [`Activity::poll_expired`](crate::proxy::connection::Activity::poll_expired)
 /// to be woken by the drain.
 pub async fn serve<I>(io: I, conn: Arc<Connection>, max_header_list: u32, rt: Arc<Runtime>)
 where
@@ -157,7 +159,7 @@ struct Headless(#[allow(dead_code)] Body);
 
 impl HttpBody for Headless {
     type Data = bytes::Bytes;
-    type Error = crate::proxy::body::BoxError;
+    type Error = crate::http::body::BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,

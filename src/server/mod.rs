@@ -5,15 +5,14 @@
 //! and closes listeners that are gone; a failure at any step leaves the
 //! running configuration untouched.
 
+pub mod client_body;
 pub mod connection;
 pub mod http1;
 pub mod http2;
 mod listen;
-pub mod proxy_protocol;
 pub mod registry;
 pub mod runtime;
 mod ticket_hold;
-pub mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,8 +27,8 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::diagnostics::{ConfigError, ConfigErrors};
 use crate::config::model::Protocol;
-use crate::config::snapshot::Snapshot;
 use crate::observe::metrics::ListenerLabel;
+use crate::proxy::snapshot::Snapshot;
 use crate::upstream::dns::ResolveFn;
 pub use runtime::Runtime;
 
@@ -286,7 +285,7 @@ impl Inner {
     }
 }
 
-fn key_of(plan: &Arc<crate::config::snapshot::ListenerPlan>) -> ListenerKey {
+fn key_of(plan: &Arc<crate::proxy::snapshot::ListenerPlan>) -> ListenerKey {
     ListenerKey {
         name: plan.name.to_string(),
         address: plan.address_text.clone(),

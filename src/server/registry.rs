@@ -8,142 +8,17 @@
 //! small (a tokio timer and a watch waiter are ~250 bytes of task state per
 //! connection); checking 10,000 connections takes tens of microseconds.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use slab::Slab;
 
-use crate::proxy::pipeline::Connection;
-
-/// Set when the connection has been idle past its limit.
-const EXPIRED: u8 = 1;
-/// Set when the gateway drains: finish the request in flight, then close.
-const DRAINING: u8 = 2;
+use crate::proxy::connection::{Connection, DRAINING, EXPIRED, now_ms};
 
 /// Sweeps at least this often, however long the limits.
 const MAX_TICK: Duration = Duration::from_secs(1);
 /// Sweeps at most this often, however short the limits.
 const MIN_TICK: Duration = Duration::from_millis(10);
-
-/// A connection's requests in flight, when the last one ended, and what the
-/// registry has asked of it. An HTTP/1 client has `header_read_timeout`
-/// from the end of one response (or from connecting) to the complete head
-/// of its next request.
-pub struct Activity {
-    busy: AtomicU32,
-    /// The connection's idle limit in milliseconds.
-    limit_ms: u32,
-    /// Milliseconds since [`epoch`] when the connection last became idle.
-    idle_since: AtomicU64,
-    /// Set by the first HTTP/2 request: streams are multiplexed, and the
-    /// sweep leaves HTTP/2 connections alone once they have a request.
-    multiplexed: AtomicBool,
-    /// [`EXPIRED`] and [`DRAINING`].
-    signal: AtomicU8,
-    /// The connection's task, woken when `signal` changes.
-    waker: AtomicWaker,
-    /// Where the connection is registered: its registry and its key there.
-    place: Option<(Arc<Registry>, usize)>,
-}
-
-/// The clock the activity marks count from.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-    *EPOCH
-}
-
-fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
-}
-
-impl Activity {
-    /// A connection that has just been accepted (idle from now) and may
-    /// stay idle for `limit`.
-    pub fn new(limit: Duration) -> Activity {
-        Activity {
-            busy: AtomicU32::new(0),
-            limit_ms: u32::try_from(limit.as_millis()).unwrap_or(u32::MAX),
-            idle_since: AtomicU64::new(now_ms()),
-            multiplexed: AtomicBool::new(false),
-            signal: AtomicU8::new(0),
-            waker: AtomicWaker::new(),
-            place: None,
-        }
-    }
-
-    /// Marks a request as in flight (see [`Busy`]).
-    fn begin(&self, http2: bool) {
-        if http2 {
-            self.multiplexed.store(true, Ordering::Relaxed);
-        }
-        self.busy.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Marks a request as done.
-    fn end(&self) {
-        // Stamp first: the sweep reads `busy`, then `idle_since`.
-        self.idle_since.store(now_ms(), Ordering::Relaxed);
-        self.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Whether the connection has been idle for its whole limit at `now_ms`
-    /// (and has not been told so already).
-    fn newly_expired(&self, now_ms: u64) -> bool {
-        if self.multiplexed.load(Ordering::Relaxed)
-            || self.busy.load(Ordering::Relaxed) > 0
-            || self.signal.load(Ordering::Relaxed) & EXPIRED != 0
-        {
-            return false;
-        }
-        let since = self.idle_since.load(Ordering::Relaxed);
-        since.saturating_add(u64::from(self.limit_ms)) <= now_ms
-    }
-
-    fn signal(&self, flag: u8) {
-        self.signal.fetch_or(flag, Ordering::AcqRel);
-        self.waker.wake();
-    }
-
-    /// Ready when the sweep found the connection idle past its limit;
-    /// otherwise registers the task to be woken by the sweep or the drain.
-    pub fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<()> {
-        // Register before looking, so that a signal set in between wakes us.
-        self.waker.register(cx.waker());
-        if self.signal.load(Ordering::Acquire) & EXPIRED != 0 {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-
-    /// Whether the gateway is draining: finish what is in flight, take no
-    /// more requests. The task is woken when this turns true if it has
-    /// polled [`Activity::poll_expired`] since its last wake.
-    pub fn draining(&self) -> bool {
-        self.signal.load(Ordering::Acquire) & DRAINING != 0
-    }
-}
-
-/// A request in flight on a connection, until dropped (when its response
-/// has been sent, or abandoned).
-pub struct Busy(Arc<Connection>);
-
-impl Busy {
-    /// Marks a request on `conn` as in flight.
-    pub fn new(conn: &Arc<Connection>, http2: bool) -> Busy {
-        conn.activity.begin(http2);
-        Busy(conn.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.activity.end();
-    }
-}
 
 /// The open HTTP connections of a gateway.
 #[derive(Default)]
@@ -166,13 +41,13 @@ impl Registry {
     pub fn register(self: &Arc<Self>, mut conn: Connection) -> Registered {
         let mut state = self.state();
         let entry = state.open.vacant_entry();
-        conn.activity.place = Some((self.clone(), entry.key()));
+        conn.activity.registry_key = entry.key();
         let conn = Arc::new(conn);
         entry.insert(conn.clone());
         if state.draining {
             conn.activity.signal(DRAINING);
         }
-        Registered(conn)
+        Registered(conn, self.clone())
     }
 
     /// Signals every connection idle past its limit.
@@ -204,8 +79,8 @@ impl Registry {
 
 /// A registered connection (one handle per connection, kept by the task
 /// that serves it); the connection leaves the [`Registry`] when it is
-/// dropped. One pointer: it is part of what every idle connection keeps.
-pub struct Registered(Arc<Connection>);
+/// dropped. Two pointers: it is part of what every idle connection keeps.
+pub struct Registered(Arc<Connection>, Arc<Registry>);
 
 impl Registered {
     /// The connection.
@@ -216,9 +91,7 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Some((registry, key)) = &self.0.activity.place {
-            registry.state().open.try_remove(*key);
-        }
+        self.1.state().open.try_remove(self.0.activity.registry_key);
     }
 }
 
@@ -231,7 +104,11 @@ pub fn tick(shortest: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Context;
+
     use super::*;
+    use crate::proxy::connection::Busy;
 
     fn conn(limit: Duration) -> Connection {
         let addr = "127.0.0.1:1".parse().unwrap();
@@ -239,7 +116,7 @@ mod tests {
     }
 
     fn flags(c: &Connection) -> u8 {
-        c.activity.signal.load(Ordering::Acquire)
+        c.activity.signals()
     }
 
     #[test]

@@ -9,15 +9,16 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::compile::compile;
+use crate::compile::compile;
+use crate::config::ConfigErrors;
 use crate::config::load::{Loaded, load_file};
-use crate::config::{ConfigErrors, Snapshot};
 use crate::kept::KeptWhileUsed;
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::{DestinationLabel, Metrics, ResultLabel};
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
 use crate::policy::redis_store::RedisStores;
+use crate::proxy::snapshot::Snapshot;
 use crate::server::registry::Registry;
 use crate::upstream::dns::{self, Dns, ResolveFn, system_resolver};
 use crate::upstream::health::HealthChecks;

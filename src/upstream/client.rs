@@ -36,8 +36,8 @@ use tokio::net::TcpStream;
 
 use super::http1::{self, ConnIo, Failed, Http1Conn, PoolReturn};
 use super::pool::IdlePool;
-use crate::proxy::body::{Body, BoxError};
-use crate::server::proxy_protocol::{self, Version};
+use crate::http::body::{Body, BoxError};
+use crate::net::proxy_protocol::{self, Version};
 
 /// TCP keep-alive probes on upstream connections start after this much
 /// silence, so that a dead peer behind a NAT is noticed.

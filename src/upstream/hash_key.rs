@@ -93,7 +93,7 @@ pub fn hash_bytes(v: &[u8]) -> u64 {
 
 /// Hash of an IP address (IPv4-mapped IPv6 hashes as its IPv4 address).
 pub fn hash_ip(ip: IpAddr) -> u64 {
-    let ip = crate::proxy::context::canonical_ip(ip);
+    let ip = crate::http::headers::canonical_ip(ip);
     let mut h = stable_hasher();
     ip.hash(&mut h);
     h.finish()

@@ -28,9 +28,9 @@ use tokio::task::JoinHandle;
 use super::client::UpstreamBody;
 use super::pool::IdlePool;
 use super::{TargetState, UpstreamClient};
-use crate::config::Snapshot;
 use crate::lock;
 use crate::observe::metrics::TargetLabel;
+use crate::proxy::snapshot::Snapshot;
 
 /// What a check does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,7 +192,7 @@ async fn http_check(
     expect: &RangeInclusive<u16>,
     probe: &Probe,
 ) -> Result<(), Failure> {
-    let mut req = Request::new(crate::proxy::body::empty());
+    let mut req = Request::new(crate::http::body::empty());
     *req.method_mut() = Method::GET;
     *req.uri_mut() = Uri::from(path.clone());
     *req.version_mut() = if probe.http2 {

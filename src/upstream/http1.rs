@@ -32,11 +32,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
 
 use super::pool::IdlePool;
-use crate::codec::{
+use crate::http::body::{Body, BoxError};
+use crate::http::codec::{
     self, BodyWriter, Decoded, Framing, FramingError, Outgoing, READ_MIN, Spans, WriteError,
     poll_write_from,
 };
-use crate::proxy::body::{Body, BoxError};
 
 /// Longest response head accepted (status line and header fields).
 const MAX_HEAD: usize = 64 * 1024;
@@ -531,7 +531,7 @@ impl HttpBody for ResponseBody {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::codec::COALESCE;
+    use crate::http::codec::COALESCE;
     use http::HeaderValue;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -564,7 +564,7 @@ pub(crate) mod tests {
     }
 
     fn get(path: &'static str) -> Request<Body> {
-        let mut req = Request::new(crate::proxy::body::empty());
+        let mut req = Request::new(crate::http::body::empty());
         *req.uri_mut() = http::Uri::from_static(path);
         req.headers_mut()
             .insert(header::HOST, HeaderValue::from_static("api.test"));
@@ -810,7 +810,7 @@ pub(crate) mod tests {
     async fn bodies_of_known_length_go_as_is_and_streams_go_chunked() {
         let mut post = get("/upload");
         *post.method_mut() = Method::POST;
-        *post.body_mut() = crate::proxy::body::full("abc");
+        *post.body_mut() = crate::http::body::full("abc");
         let (conn, mut server) = pair().await;
         let serve = tokio::spawn(async move {
             let got = read_until(&mut server, b"abc").await;

@@ -23,7 +23,7 @@ use hyper::client::conn::http2;
 
 use super::http1::Http1Conn;
 
-use crate::proxy::body::Body;
+use crate::http::body::Body;
 
 /// At most this many idle HTTP/1 connections are kept per target; past it,
 /// the one idle longest is closed.
@@ -219,7 +219,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(65536);
         tokio::spawn(async move {
             let svc = service_fn(|_req: Request<Incoming>| async {
-                Ok::<_, Infallible>(Response::new(crate::proxy::body::empty()))
+                Ok::<_, Infallible>(Response::new(crate::http::body::empty()))
             });
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(server), svc)

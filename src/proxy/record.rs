@@ -13,9 +13,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, Uri};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use super::access_log::AccessLog;
-use super::metrics::{Metrics, RequestLabels, RouteMetrics};
-use crate::proxy::body::{Body, BodyStats, BoxError};
+use crate::http::body::{Body, BodyStats, BoxError};
+use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{Metrics, RequestLabels, RouteMetrics};
 
 /// How an answer went, for policies' log hooks.
 #[derive(Clone, Copy, Debug)]
@@ -49,7 +49,7 @@ pub struct Record {
     pub log: Option<LogFields>,
     /// Keeps the request counted as in flight on its connection until the
     /// response has been sent.
-    pub busy: crate::server::registry::Busy,
+    pub busy: crate::proxy::connection::Busy,
     /// Policies' log hooks, when any asked for them.
     pub on_log: Option<OnLog>,
 }
@@ -116,7 +116,7 @@ impl Record {
 impl LogFields {
     /// The host as the client named it.
     fn host(&self) -> &str {
-        crate::proxy::pipeline::host_from(&self.uri, self.host_header.as_ref()).unwrap_or("")
+        crate::http::headers::host_from(&self.uri, self.host_header.as_ref()).unwrap_or("")
     }
 
     /// The path and query as the client sent them.

@@ -13,10 +13,10 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, StatusCode};
 
-use super::model::Protocol;
+use crate::config::model::Protocol;
+use crate::http::headers::HeaderOps;
 use crate::observe::access_log::AccessLog;
 use crate::policy::Chain;
-use crate::proxy::headers::HeaderOps;
 use crate::proxy::rewrite::Rewrite;
 use crate::proxy::static_files::StaticDir;
 use crate::route::RouteTable;

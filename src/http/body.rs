@@ -1,5 +1,6 @@
 //! The one body type every response and forwarded request uses, so that
-//! streamed upstream bodies, files and gateway-made answers mix freely.
+//! streamed upstream bodies, files and gateway-made answers mix freely; and
+//! the limit on a request body on its way upstream.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
@@ -29,53 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-
-use crate::server::http1::RequestBody;
-use crate::upstream::client::UpstreamBody;
-
-/// A request body as the client sends it: none, or read from an HTTP/1
-/// connection by portcullis, or an HTTP/2 stream from hyper.
-pub enum ClientBody {
-    /// No body.
-    Empty,
-    /// Read from an HTTP/1 connection.
-    Http1(RequestBody),
-    /// An HTTP/2 stream's data.
-    Http2(Incoming),
-}
-
-impl HttpBody for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::Empty => Poll::Ready(None),
-            ClientBody::Http1(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
-            ClientBody::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Empty => true,
-            ClientBody::Http1(body) => body.is_end_stream(),
-            ClientBody::Http2(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Empty => SizeHint::with_exact(0),
-            ClientBody::Http1(body) => body.size_hint(),
-            ClientBody::Http2(body) => body.size_hint(),
-        }
-    }
-}
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 /// What the pipeline learns from a request body while it streams upstream.
 #[derive(Debug, Default)]
@@ -91,8 +46,8 @@ pub struct BodyStats {
 
 /// A request body on its way upstream: counts the bytes (for the access log)
 /// and stops the stream once it exceeds the listener's `max_body`.
-pub struct LimitedBody {
-    inner: ClientBody,
+pub struct LimitedBody<B> {
+    inner: B,
     limit: Option<u64>,
     seen: u64,
     stats: Arc<BodyStats>,
@@ -103,9 +58,9 @@ pub struct LimitedBody {
 #[error("request body larger than the listener's max_body")]
 pub struct BodyTooLarge;
 
-impl LimitedBody {
+impl<B> LimitedBody<B> {
     /// Wraps a client body; `stats` reports back to the pipeline.
-    pub fn new(inner: ClientBody, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
+    pub fn new(inner: B, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
         LimitedBody {
             inner,
             limit,
@@ -115,7 +70,10 @@ impl LimitedBody {
     }
 }
 
-impl HttpBody for LimitedBody {
+impl<B> HttpBody for LimitedBody<B>
+where
+    B: HttpBody<Data = Bytes, Error = BoxError> + Unpin,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -152,40 +110,4 @@ impl HttpBody for LimitedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// An upstream response body on its way to the client, keeping `guard`
-/// (the upstream slot) alive until the body is dropped.
-struct Guarded<G> {
-    inner: UpstreamBody,
-    _guard: G,
-}
-
-impl<G: Send + Unpin + 'static> HttpBody for Guarded<G> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// Wraps an upstream response body so that `guard` lives as long as it.
-pub fn from_upstream<G: Send + Unpin + 'static>(body: UpstreamBody, guard: G) -> Body {
-    Guarded {
-        inner: body,
-        _guard: guard,
-    }
-    .boxed_unsync()
 }

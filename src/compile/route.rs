@@ -9,10 +9,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::config::diagnostics::DocPath;
 use crate::config::model::{self, Config};
-use crate::config::snapshot::{Action, DirectResponse, RouteEntry, Split};
+use crate::http::headers::HeaderOps;
 use crate::policy::NamedPolicy;
-use crate::proxy::headers::HeaderOps;
 use crate::proxy::rewrite::Rewrite;
+use crate::proxy::snapshot::{Action, DirectResponse, RouteEntry, Split};
 use crate::proxy::static_files::StaticDir;
 use crate::route::{PathMatch, RouteSpec};
 use crate::upstream::Upstream;

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Uri};
 
 /// Headers that describe one connection and must never be forwarded (RFC 9110 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -17,6 +18,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
 ];
+
+/// The host the client asked for: the URI authority (HTTP/2, absolute form) or the Host header.
+pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    host_from(req.uri(), req.headers().get(header::HOST))
+}
+
+/// [`host_of`] from a request's target and its `Host` header.
+pub fn host_from<'a>(uri: &'a Uri, host: Option<&'a HeaderValue>) -> Option<&'a str> {
+    uri.authority()
+        .map(|a| a.as_str())
+        .or_else(|| host.and_then(|h| h.to_str().ok()))
+}
+
+/// `ip` as rules and counters must see it: an IPv4 client seen through an
+/// IPv6 socket (`::ffff:10.1.2.3`) is its IPv4 address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

@@ -10,10 +10,10 @@ use http::HeaderName;
 use crate::config::diagnostics::DocPath;
 use crate::config::locate;
 use crate::config::model::{self, Config, Protocol};
-use crate::config::snapshot::{Binding, Limits, ListenerPlan, RouteEntry};
+use crate::net::tls::{self, CertificateFiles, ClientAuth, ServerTlsSettings, TlsVersion};
 use crate::policy::{self, NamedPolicy};
+use crate::proxy::snapshot::{Binding, Limits, ListenerPlan, RouteEntry};
 use crate::route::{RouteSpec, RouteTable};
-use crate::server::tls::{self, CertificateFiles, ClientAuth, ServerTlsSettings, TlsVersion};
 use crate::upstream::Upstream;
 
 use super::Compiler;

@@ -10,9 +10,9 @@ use http::uri::Authority;
 
 use crate::config::diagnostics::DocPath;
 use crate::config::model::{self, Balance, Config};
+use crate::net::proxy_protocol;
+use crate::net::tls::{self, CertificateFiles};
 use crate::observe::metrics::UpstreamLabel;
-use crate::server::proxy_protocol;
-use crate::server::tls::{self, CertificateFiles};
 use crate::upstream::balance::{self, Weighted};
 use crate::upstream::breaker::CircuitBreaker;
 use crate::upstream::client::{PoolSettings, ServerNames, UpstreamClient};

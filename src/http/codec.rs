@@ -17,7 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy::body::{Body, BoxError};
+use crate::http::body::{Body, BoxError};
 
 /// Longest chunk-size line, extensions included.
 pub const MAX_CHUNK_LINE: usize = 4 * 1024;

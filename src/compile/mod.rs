@@ -17,13 +17,13 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use super::diagnostics::{ConfigErrors, Diagnostics, DocPath};
-use super::load::Loaded;
-use super::locate;
-use super::model::Config;
-use super::snapshot::{ConfigInfo, Snapshot};
+use crate::config::diagnostics::{ConfigErrors, Diagnostics, DocPath};
+use crate::config::load::Loaded;
+use crate::config::locate;
+use crate::config::model::Config;
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::policy::{self, NamedPolicy};
+use crate::proxy::snapshot::{ConfigInfo, Snapshot};
 use crate::server::runtime::Runtime;
 
 mod listener;
@@ -70,7 +70,7 @@ fn sub_path(base: &DocPath, dotted: &str) -> DocPath {
 
 impl Compiler<'_> {
     fn resolve(&self, p: &Path) -> std::path::PathBuf {
-        super::resolve_path(&self.base, p)
+        crate::config::resolve_path(&self.base, p)
     }
 
     fn unique_names<'n>(&mut self, section: &str, names: impl Iterator<Item = &'n str>) {

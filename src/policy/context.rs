@@ -1,6 +1,6 @@
 //! Per-request state that policies and phases share.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,15 +28,6 @@ pub struct RequestCtx {
     /// What policies pass from their request phase to their response or
     /// log phase (allocated only when one inserts something).
     pub extensions: http::Extensions,
-}
-
-/// `ip` as rules and counters must see it: an IPv4 client seen through an
-/// IPv6 socket (`::ffff:10.1.2.3`) is its IPv4 address.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 /// An authenticated client.

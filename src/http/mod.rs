@@ -1,0 +1,8 @@
+//! HTTP pieces every layer above shares: the body type, the HTTP/1 codec,
+//! header helpers, problem+json answers and upgraded connections.
+
+pub mod body;
+pub mod codec;
+pub mod headers;
+pub mod problem;
+pub mod upgrade;
