@@ -15,43 +15,40 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use portcullis::config::model::PolicyDef;
 use portcullis::http::body::{Body, empty};
+use portcullis::observe::metrics::Metrics;
 use portcullis::policy::context::RequestCtx;
+use portcullis::policy::jwks::RemoteKeySets;
+use portcullis::policy::rate_limit::CounterRegistry;
 use portcullis::policy::{self, BuildEnv, Flow, Policy};
-use portcullis::server::runtime::Runtime;
 
 const SECRET: &str = "bench-secret-of-at-least-32-bytes!!";
 
-const MINIMAL: &str = "\
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-routes:
-  - name: all
-    upstream: app
-upstreams:
-  - name: app
-    targets: [127.0.0.1:9]
-";
-
+/// The long-lived states a policy is built against.
 struct Env {
-    runtime: Arc<Runtime>,
+    metrics: Metrics,
+    rate_limits: CounterRegistry,
+    key_sets: RemoteKeySets,
     dir: tempfile::TempDir,
 }
 
 impl Env {
-    fn new(rt: &tokio::runtime::Runtime) -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("portcullis.yaml");
-        std::fs::write(&path, MINIMAL).unwrap();
-        let runtime = rt.block_on(Runtime::check(path)).unwrap();
-        Env { runtime, dir }
+    fn new(_rt: &tokio::runtime::Runtime) -> Env {
+        Env {
+            metrics: Metrics::new(),
+            rate_limits: CounterRegistry::default(),
+            key_sets: RemoteKeySets::default(),
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn policy(&self, yaml: &str) -> Arc<dyn Policy> {
         let def: PolicyDef = serde_saphyr::from_str(yaml).unwrap();
         let env = BuildEnv {
             name: "bench",
-            runtime: &self.runtime,
+            metrics: &self.metrics,
+            rate_limits: &self.rate_limits,
+            key_sets: &self.key_sets,
+            check_only: false,
             base: self.dir.path(),
             redis: policy::Store::Absent,
         };

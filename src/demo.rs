@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::http::body::{Body, full};
-use crate::server::{Gateway, StartError};
+use crate::server::StartError;
 
 /// Gateway address of the demo.
 pub const GATEWAY: &str = "127.0.0.1:8080";
@@ -161,7 +161,7 @@ pub async fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let gateway = match Gateway::start(path.clone()).await {
+    let gateway = match crate::gateway::start(path.clone()).await {
         Ok(g) => g,
         Err(StartError::Bind {
             address, source, ..

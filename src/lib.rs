@@ -9,6 +9,7 @@ pub mod admin;
 pub mod compile;
 pub mod config;
 pub mod demo;
+pub mod gateway;
 pub mod http;
 pub mod kept;
 pub mod l4;

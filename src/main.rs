@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use portcullis::server::{Gateway, Runtime, StartError};
+use portcullis::server::{Runtime, StartError};
 
 // A request allocates a few dozen small blocks (headers, bodies, futures);
 // mimalloc's per-thread free lists serve them in far fewer instructions than
@@ -123,7 +123,7 @@ async fn check(config: PathBuf) -> ExitCode {
 }
 
 async fn run(config: PathBuf) -> ExitCode {
-    let gateway = match Gateway::start(config).await {
+    let gateway = match portcullis::gateway::start(config).await {
         Ok(g) => g,
         Err(StartError::Config(errors)) => {
             eprintln!("{errors}");

@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use futures_util::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -16,26 +17,29 @@ use tokio::net::TcpListener;
 use crate::http::body::{Body, full};
 use crate::http::problem::problem;
 use crate::proxy::snapshot::Action;
-use crate::server::Inner;
+use crate::server::Control;
 
-/// Accepts admin connections until the process exits.
-pub async fn serve(listener: TcpListener, inner: Arc<Inner>) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(address = %addr, "admin listening");
-    }
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, inner.clone()));
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+/// Accepts admin connections until the process exits (the gateway's
+/// [`AdminService`](crate::server::AdminService)).
+pub fn serve(listener: TcpListener, control: Arc<dyn Control>) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(address = %addr, "admin listening");
+        }
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            };
+            let control = control.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(req, control.clone()));
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
 
 fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
@@ -60,9 +64,9 @@ fn text_response(content_type: &'static str, body: String) -> Response<Body> {
 /// Answers one admin request.
 pub async fn handle(
     req: Request<Incoming>,
-    inner: Arc<Inner>,
+    control: Arc<dyn Control>,
 ) -> Result<Response<Body>, Infallible> {
-    let rt = &inner.runtime;
+    let rt = control.runtime().clone();
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text_response("text/plain", "ok\n".into()),
         (&Method::GET, "/metrics") => text_response(
@@ -88,7 +92,7 @@ pub async fn handle(
                     "loaded_at_unix": loaded_at,
                     "listeners": s.listeners.iter().map(|l| json!({
                         "name": &*l.name,
-                        "address": inner.listener_addr(&l.name).map(|a| a.to_string()),
+                        "address": control.listener_addr(&l.name).map(|a| a.to_string()),
                         "protocol": format!("{:?}", l.protocol).to_lowercase(),
                     })).collect::<Vec<_>>(),
                 }),
@@ -154,7 +158,7 @@ pub async fn handle(
                 .collect();
             json_response(StatusCode::OK, json!({ "upstreams": ups }))
         }
-        (&Method::POST, "/api/v1/reload") => match inner.reload().await {
+        (&Method::POST, "/api/v1/reload") => match control.clone().reload().await {
             Ok(s) => json_response(
                 StatusCode::OK,
                 json!({"status": "reloaded", "config_hash": s.info.hash}),

@@ -21,22 +21,54 @@ use crate::config::diagnostics::{ConfigErrors, Diagnostics, DocPath};
 use crate::config::load::Loaded;
 use crate::config::locate;
 use crate::config::model::Config;
+use crate::observe::access_log::AccessLogs;
 use crate::observe::access_log::{AccessLog, Destination};
+use crate::observe::metrics::Metrics;
+use crate::policy::jwks::RemoteKeySets;
+use crate::policy::rate_limit::CounterRegistry;
+use crate::policy::redis_store::RedisStores;
 use crate::policy::{self, NamedPolicy};
 use crate::proxy::snapshot::{ConfigInfo, Snapshot};
-use crate::server::runtime::Runtime;
+use crate::upstream::dns::Dns;
+use crate::upstream::{ClientCache, TargetStates};
 
 mod listener;
 mod route;
 mod upstream;
 
+/// The long-lived states a compile reads and adds to: what must outlive a
+/// snapshot (metrics, pools, target health, DNS answers, log writers,
+/// counters, key sets, store connections). The server's runtime owns them;
+/// every reload compiles against the same ones, so a new snapshot reuses
+/// what the old one kept.
+pub struct Env<'a> {
+    /// Exported metrics.
+    pub metrics: &'a Arc<Metrics>,
+    /// Upstream connection pools.
+    pub clients: &'a ClientCache,
+    /// Each target's health and load.
+    pub targets: &'a TargetStates,
+    /// DNS answers for target names.
+    pub dns: &'a Dns,
+    /// Access-log writers.
+    pub access_logs: &'a AccessLogs,
+    /// Rate-limit counters.
+    pub rate_limits: &'a CounterRegistry,
+    /// Key sets fetched by URL.
+    pub key_sets: &'a RemoteKeySets,
+    /// Redis connections.
+    pub redis_stores: &'a RedisStores,
+    /// `portcullis check`: validate without opening or fetching anything.
+    pub check_only: bool,
+}
+
 /// Checks and compiles `loaded` (read from `path`); relative file paths in the
 /// configuration resolve against the file's directory.
-pub fn compile(path: &Path, loaded: &Loaded, runtime: &Runtime) -> Result<Snapshot, ConfigErrors> {
+pub fn compile(path: &Path, loaded: &Loaded, env: &Env) -> Result<Snapshot, ConfigErrors> {
     let mut c = Compiler {
         diag: Diagnostics::new(path, loaded.source.as_ref()),
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        runtime,
+        env,
         broken_policies: HashSet::new(),
     };
     let snapshot = c.snapshot(path, &loaded.config, &loaded.text);
@@ -50,7 +82,7 @@ pub fn compile(path: &Path, loaded: &Loaded, runtime: &Runtime) -> Result<Snapsh
 struct Compiler<'a> {
     diag: Diagnostics<'a>,
     base: std::path::PathBuf,
-    runtime: &'a Runtime,
+    env: &'a Env<'a>,
     /// Policies defined but in error: already reported where they are
     /// defined, so not again as undefined where they are used.
     broken_policies: HashSet<String>,
@@ -141,6 +173,7 @@ impl Compiler<'_> {
             admin,
             shutdown_timeout: cfg.shutdown_timeout.0,
             access_log,
+            metrics: self.env.metrics.clone(),
         })
     }
 
@@ -165,7 +198,7 @@ impl Compiler<'_> {
 impl Compiler<'_> {
     fn redis(&mut self, cfg: &Config) -> Option<policy::SharedStore> {
         let def = cfg.stores.redis.as_ref()?;
-        match self.runtime.redis_stores.get(&def.url, def.timeout.0) {
+        match self.env.redis_stores.get(&def.url, def.timeout.0) {
             Ok(store) => Some(policy::SharedStore {
                 store,
                 key_prefix: def.key_prefix.clone(),
@@ -191,7 +224,10 @@ impl Compiler<'_> {
             let at = DocPath::root().key("policies").key(name);
             let env = policy::BuildEnv {
                 name,
-                runtime: self.runtime,
+                metrics: self.env.metrics,
+                rate_limits: self.env.rate_limits,
+                key_sets: self.env.key_sets,
+                check_only: self.env.check_only,
                 base: &self.base,
                 redis: match (redis, &cfg.stores.redis) {
                     (Some(store), _) => policy::Store::Ready(store),
@@ -253,7 +289,11 @@ impl Compiler<'_> {
             "stdout" => Destination::Stdout,
             p => Destination::File(self.resolve(Path::new(p))),
         };
-        match self.runtime.access_log(destination) {
+        match self
+            .env
+            .access_logs
+            .open(destination, self.env.check_only, self.env.metrics)
+        {
             Ok(l) => l,
             Err(e) => {
                 self.diag.error(

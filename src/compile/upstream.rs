@@ -56,12 +56,12 @@ impl Compiler<'_> {
                             authority: auth,
                             name: None,
                             weight: t.weight(),
-                            state: self.runtime.target_state(&u.name, address),
+                            state: self.env.targets.get(&u.name, address),
                         });
                         continue;
                     }
                     // A name becomes one target per address it resolves to.
-                    let Some(resolved) = self.runtime.dns.cached(address) else {
+                    let Some(resolved) = self.env.dns.cached(address) else {
                         self.diag.error(
                             &tat,
                             format!("cannot resolve `{address}`"),
@@ -76,7 +76,7 @@ impl Compiler<'_> {
                             continue;
                         };
                         targets.push(Target {
-                            state: self.runtime.target_state(&u.name, &text),
+                            state: self.env.targets.get(&u.name, &text),
                             address: Arc::from(text),
                             authority,
                             name: Some(name.clone()),
@@ -157,7 +157,7 @@ impl Compiler<'_> {
             })
             .collect();
         let client = match (proxy_version, tls_setup) {
-            (None, None) => self.runtime.clients.plain(settings),
+            (None, None) => self.env.clients.plain(settings),
             // TLS clients are new on every reload (certificates are read again);
             // a PROXY header names one client, so those connections are never reused.
             (proxy, tls) => UpstreamClient::new(
@@ -280,7 +280,7 @@ impl Compiler<'_> {
         let balancer = balance::build(u.balance, &weighted);
         let name: Arc<str> = Arc::from(u.name.as_str());
         let duration = self
-            .runtime
+            .env
             .metrics
             .upstream_duration
             .get_or_create_owned(&UpstreamLabel {
@@ -289,7 +289,7 @@ impl Compiler<'_> {
         let upstream_label = UpstreamLabel {
             upstream: name.clone(),
         };
-        let metrics = &self.runtime.metrics;
+        let metrics = &self.env.metrics;
         Some(Upstream {
             retries_total: metrics.retries.get_or_create_owned(&upstream_label),
             circuit_open_total: metrics.circuit_open.get_or_create_owned(&upstream_label),
@@ -310,7 +310,7 @@ impl Compiler<'_> {
             response_header_timeout: u.timeouts.response_header.0,
             connect_timeout: u.timeouts.connect.0,
             http2: u.http2,
-            l4: crate::l4::L4Settings {
+            l4: crate::upstream::L4Settings {
                 connect_timeout: u.timeouts.connect.0,
                 idle_timeout: u.timeouts.idle.0,
                 proxy_protocol: proxy_version,

@@ -23,31 +23,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::net::proxy_protocol::{self, Version};
+use crate::net::proxy_protocol;
 use crate::upstream::balance::PickContext;
 use crate::upstream::breaker::{Admitted, Refused};
 use crate::upstream::{InFlight, Upstream};
 
-/// How an upstream treats raw (L4) connections to its targets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct L4Settings {
-    /// Longest wait for a target to accept a connection.
-    pub connect_timeout: Duration,
-    /// A connection (or UDP session) with no bytes either way for this long is closed.
-    pub idle_timeout: Duration,
-    /// PROXY protocol header sent to the target before any payload byte.
-    pub proxy_protocol: Option<Version>,
-}
-
-impl Default for L4Settings {
-    fn default() -> Self {
-        L4Settings {
-            connect_timeout: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(60),
-            proxy_protocol: None,
-        }
-    }
-}
+pub use crate::upstream::L4Settings;
 
 /// What an L4 listener does with each connection or datagram.
 pub enum L4Plan {

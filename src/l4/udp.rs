@@ -18,8 +18,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
 use super::pick_context;
-use crate::server::runtime::Runtime;
 use crate::upstream::{InFlight, Upstream};
+
+/// The upstream the listener's current plan names (`None` once a reload
+/// has removed the listener or made it something else).
+pub type CurrentUpstream = Box<dyn Fn() -> Option<Arc<Upstream>> + Send + Sync>;
 
 /// Largest UDP payload (IPv4 limit; jumbograms are not relayed).
 const MAX_DATAGRAM: usize = 65_535;
@@ -40,12 +43,13 @@ fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Ar
 }
 
 /// Serves the UDP listener `name` on `socket` until `stop` turns true. Each
-/// datagram reads the listener's current plan, so a reload that changes the
-/// upstream applies to new sessions; open sessions keep their target.
+/// new session asks `current` for the listener's upstream, so a reload that
+/// changes the upstream applies to new sessions; open sessions keep their
+/// target.
 pub async fn serve(
     socket: UdpSocket,
     name: Arc<str>,
-    rt: Arc<Runtime>,
+    current: CurrentUpstream,
     gauge: Gauge,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -71,14 +75,10 @@ pub async fn serve(
         let session = match existing {
             Some(s) => s,
             None => {
-                let snapshot = rt.snapshot.load();
-                let Some(plan) = snapshot.listener(&name) else {
+                let Some(upstream) = current() else {
                     return;
                 };
-                let Some(super::L4Plan::Udp(upstream)) = &plan.l4 else {
-                    return;
-                };
-                let Some(session) = open(upstream, client, elapsed_ms(start)).await else {
+                let Some(session) = open(&upstream, client, elapsed_ms(start)).await else {
                     tracing::debug!(listener = %name, %client, "no UDP target available; datagram dropped");
                     continue;
                 };

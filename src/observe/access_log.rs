@@ -221,6 +221,78 @@ fn write_lines(
     }
 }
 
+/// The access-log writers by destination, opened once and shared while
+/// some snapshot uses them (a reload to another file lets the old writer
+/// write its last lines and end).
+#[derive(Default)]
+pub struct AccessLogs(crate::kept::KeptWhileUsed<Destination, AccessLog>);
+
+impl AccessLogs {
+    /// The writer for `destination`, counting dropped lines in `metrics`.
+    /// With `check_only` the destination is only checked and no writer is
+    /// returned.
+    pub fn open(
+        &self,
+        destination: Destination,
+        check_only: bool,
+        metrics: &super::metrics::Metrics,
+    ) -> std::io::Result<Option<Arc<AccessLog>>> {
+        if check_only {
+            if let Destination::File(path) = &destination {
+                check_writable(path)?;
+            }
+            return Ok(None);
+        }
+        let (log, _) = self.0.get_or_make(destination.clone(), || {
+            let label = super::metrics::DestinationLabel {
+                destination: match &destination {
+                    Destination::Stdout => "stdout".to_string(),
+                    Destination::File(path) => path.display().to_string(),
+                },
+            };
+            let dropped = metrics.access_log_dropped.get_or_create_owned(&label);
+            AccessLog::open(destination, dropped)
+        })?;
+        Ok(Some(log))
+    }
+
+    /// Writes out every line queued so far (at shutdown), waiting at most
+    /// `within` for each log.
+    pub fn flush_all(&self, within: Duration) {
+        for log in self.0.live() {
+            if !log.flush(within) {
+                tracing::warn!("the access log could not be written out in {within:?}");
+            }
+        }
+    }
+}
+
+/// Whether a log file could be opened for appending, without creating it.
+fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Err(Error::new(ErrorKind::IsADirectory, "it is a directory")),
+        Ok(m) if m.permissions().readonly() => Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "the file is read-only",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            match parent.map(std::fs::metadata) {
+                Some(Ok(m)) if m.is_dir() => Ok(()),
+                Some(Ok(_)) => Err(Error::new(
+                    ErrorKind::NotADirectory,
+                    "its parent is not a directory",
+                )),
+                Some(Err(e)) => Err(e),
+                None => Ok(()),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

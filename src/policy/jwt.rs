@@ -196,7 +196,7 @@ impl Jwt {
             forward_token: def.forward_token,
             leeway: def.leeway.0.as_secs(),
             cache: TokenCache::new(def.token_cache_size),
-            failures: env.runtime.metrics.auth_failures.clone(),
+            failures: env.metrics.auth_failures.clone(),
         })
     }
 
@@ -242,8 +242,8 @@ impl Jwt {
             ca: def.jwks_ca.as_deref().map(|p| env.resolve(p)),
             refresh: def.jwks_refresh.0,
         };
-        let check_only = env.runtime.check_only();
-        match RemoteKeySet::shared(&env.runtime.key_sets, spec, check_only) {
+        let check_only = env.check_only;
+        match RemoteKeySet::shared(env.key_sets, spec, check_only) {
             Ok(set) => Some(Keys::Remote(set)),
             Err(e) => {
                 let field = match e {

@@ -47,9 +47,8 @@ use http::{Request, Response};
 
 use crate::config::model::PolicyDef;
 use crate::http::body::Body;
+use crate::observe::metrics::Metrics;
 use crate::policy::context::RequestCtx;
-use crate::proxy::record::Outcome;
-use crate::server::runtime::Runtime;
 use crate::upstream::UpstreamError;
 
 /// The request phases, in the order they run.
@@ -150,6 +149,20 @@ pub trait Policy: Send + Sync + 'static {
     fn on_log(&self, _ctx: &RequestCtx, _outcome: &Outcome) {}
 }
 
+/// How an answer went, for policies' log hooks.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// The status sent.
+    pub status: http::StatusCode,
+    /// Body bytes sent.
+    pub bytes_sent: u64,
+    /// From the request's arrival to the last byte (or the client leaving).
+    pub duration: std::time::Duration,
+    /// Whether the whole body was sent (false: the client left, or the
+    /// upstream's body broke, mid-way).
+    pub complete: bool,
+}
+
 /// The policies of one route on one listener, ordered for each direction
 /// once, when the configuration is compiled.
 pub struct Chain {
@@ -205,8 +218,14 @@ pub struct NamedPolicy {
 pub struct BuildEnv<'a> {
     /// The policy's name in the `policies` map.
     pub name: &'a str,
-    /// State that outlives snapshots (counters, key sets, metrics).
-    pub runtime: &'a Runtime,
+    /// Exported metrics.
+    pub metrics: &'a Metrics,
+    /// Rate-limit counters, kept across reloads.
+    pub rate_limits: &'a rate_limit::CounterRegistry,
+    /// Key sets fetched by URL, shared by the policies that name them.
+    pub key_sets: &'a jwks::RemoteKeySets,
+    /// `portcullis check`: build without opening or fetching anything.
+    pub check_only: bool,
     /// The configuration file's directory, for relative file paths.
     pub base: &'a Path,
     /// The file's `stores.redis` server.

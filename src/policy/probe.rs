@@ -15,12 +15,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
-use super::{Flow, Phase, Policy, ResponsePhase};
+use super::{Flow, Outcome, Phase, Policy, ResponsePhase};
 use crate::config::model::ProbeDef;
 use crate::http::body::{Body, BoxError, full};
 use crate::http::problem::problem;
 use crate::policy::context::RequestCtx;
-use crate::proxy::record::Outcome;
 use crate::upstream::UpstreamError;
 
 /// Events by tag, in the order they happened.

@@ -284,7 +284,7 @@ impl RateLimit {
         };
         let name: Arc<str> = Arc::from(env.name);
         let limit_header = HeaderValue::from(def.limit);
-        let refused = env.runtime.metrics.rate_limited.clone();
+        let refused = env.metrics.rate_limited.clone();
         if let Some(shared) = shared {
             return Ok(RateLimit {
                 counters: Counters::Shared(SharedCounters {
@@ -295,7 +295,6 @@ impl RateLimit {
                     burst: burst.get(),
                     on_error: def.on_store_error,
                     errors: env
-                        .runtime
                         .metrics
                         .rate_limit_store_errors
                         .get_or_create_owned(&PolicyLabel {
@@ -316,13 +315,13 @@ impl RateLimit {
         let sweep_every = settings
             .per
             .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let (counters, fresh) = env.runtime.rate_limits.get_or_make(
-            (env.name.to_string(), settings.clone()),
-            || {
-                LocalCounters::new(settings)
-                    .ok_or_else(|| vec![("per".to_string(), "`per` must not be zero".to_string())])
-            },
-        )?;
+        let (counters, fresh) =
+            env.rate_limits
+                .get_or_make((env.name.to_string(), settings.clone()), || {
+                    LocalCounters::new(settings).ok_or_else(|| {
+                        vec![("per".to_string(), "`per` must not be zero".to_string())]
+                    })
+                })?;
         if fresh {
             LocalCounters::sweep_while_used(Arc::downgrade(&counters), sweep_every);
         }

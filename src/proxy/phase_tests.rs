@@ -15,7 +15,7 @@ async fn gateway(config: &str) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.yaml");
     std::fs::write(&path, config).unwrap();
-    match Gateway::start(path).await {
+    match crate::gateway::start(path).await {
         Ok(g) => (g, dir),
         Err(e) => panic!("gateway did not start: {e}\n{config}"),
     }

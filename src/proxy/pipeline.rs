@@ -1,7 +1,8 @@
 //! The life of one HTTP request, phase by phase. Read this file to follow a
 //! request from the listener to the log line:
 //!
-//! 1. **accept**: load the current snapshot once; take or make the request id.
+//! 1. **accept**: the server hands over the snapshot it loaded for this
+//!    request (one atomic load); take or make the request id.
 //! 2. **limits**: header count and size (431), declared body size (413).
 //! 3. **route**: normalize the path, find the most specific route (404 if none).
 //! 4. **request policies**: in fixed phase order (filter, authenticate,
@@ -42,23 +43,21 @@ use crate::policy::context::RequestCtx;
 use crate::policy::{Chain, Flow};
 use crate::proxy::connection::{Busy, Connection};
 use crate::proxy::record::{LogFields, OnLog, Record, RecordedBody};
-use crate::proxy::snapshot::{Action, Binding, Limits, ListenerPlan};
+use crate::proxy::snapshot::{Action, Binding, Limits, ListenerPlan, Snapshot};
 use crate::route::normalize_path;
-use crate::server::runtime::Runtime;
 use crate::upstream::Upstream;
 
 /// Serves one request. Never fails: every error becomes a response.
 pub async fn handle<B>(
     mut req: Request<B>,
     conn: Arc<Connection>,
-    rt: Arc<Runtime>,
+    snapshot: Arc<Snapshot>,
 ) -> Result<Response<Body>, Infallible>
 where
     B: hyper::body::Body<Data = bytes::Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
     // accept
     let started = Instant::now();
-    let snapshot = rt.snapshot.load_full();
     let mut request_id = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if valid_request_id(v) => v.clone(),
         _ => new_request_id(),
@@ -86,7 +85,7 @@ where
         body: body_stats.clone(),
     });
     let mut record = Record {
-        metrics: rt.metrics.clone(),
+        metrics: snapshot.metrics.clone(),
         labels: RequestLabels {
             listener: conn.listener.clone(),
             route: empty_label(),

@@ -16,20 +16,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use crate::http::body::{Body, BodyStats, BoxError};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{Metrics, RequestLabels, RouteMetrics};
-
-/// How an answer went, for policies' log hooks.
-#[derive(Clone, Copy, Debug)]
-pub struct Outcome {
-    /// The status sent.
-    pub status: StatusCode,
-    /// Body bytes sent.
-    pub bytes_sent: u64,
-    /// From the request's arrival to the last byte (or the client leaving).
-    pub duration: std::time::Duration,
-    /// Whether the whole body was sent (false: the client left, or the
-    /// upstream's body broke, mid-way).
-    pub complete: bool,
-}
+use crate::policy::Outcome;
 
 /// Called with the outcome once the answer is over (the pipeline's hook
 /// for the policies that asked for it).

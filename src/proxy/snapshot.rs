@@ -15,7 +15,10 @@ use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::config::model::Protocol;
 use crate::http::headers::HeaderOps;
+use arc_swap::ArcSwap;
+
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
 use crate::policy::Chain;
 use crate::proxy::rewrite::Rewrite;
 use crate::proxy::static_files::StaticDir;
@@ -181,6 +184,34 @@ pub struct Snapshot {
     pub shutdown_timeout: Duration,
     /// The access log, when on.
     pub access_log: Option<Arc<AccessLog>>,
+    /// Exported metrics (the same families in every snapshot).
+    pub metrics: Arc<Metrics>,
+}
+
+/// The snapshot the data plane serves from: loaded once per request or
+/// connection, replaced whole by a reload.
+pub struct Live(ArcSwap<Snapshot>);
+
+impl Live {
+    /// Serves `snapshot` until the next [`Live::store`].
+    pub fn new(snapshot: Snapshot) -> Live {
+        Live(ArcSwap::from_pointee(snapshot))
+    }
+
+    /// The current snapshot, for a short look.
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.0.load()
+    }
+
+    /// The current snapshot, to keep.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    /// Replaces the snapshot; requests already running keep theirs.
+    pub fn store(&self, snapshot: Arc<Snapshot>) {
+        self.0.store(snapshot);
+    }
 }
 
 impl Snapshot {
@@ -192,7 +223,7 @@ impl Snapshot {
 
 impl Snapshot {
     /// A snapshot with nothing in it, used only while the first one compiles.
-    pub fn empty(path: &std::path::Path) -> Snapshot {
+    pub fn empty(path: &std::path::Path, metrics: Arc<Metrics>) -> Snapshot {
         Snapshot {
             info: ConfigInfo {
                 path: path.to_path_buf(),
@@ -206,6 +237,7 @@ impl Snapshot {
             admin: None,
             shutdown_timeout: Duration::from_secs(30),
             access_log: None,
+            metrics,
         }
     }
 }

@@ -244,8 +244,11 @@ impl Client {
             shared
         });
 
-        let mut handling =
-            std::pin::pin!(pipeline::handle(req, self.conn.clone(), self.rt.clone()));
+        let mut handling = std::pin::pin!(pipeline::handle(
+            req,
+            self.conn.clone(),
+            self.rt.snapshot.load_full()
+        ));
         // Meanwhile, a client that closes its end has gone: the request is
         // abandoned, as nginx and hyper do. (With a body, that can be seen
         // once the body has been read.)

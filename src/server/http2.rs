@@ -134,7 +134,7 @@ fn handling(
     rt: Arc<Runtime>,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send {
     let head = req.method() == Method::HEAD;
-    let handled = pipeline::handle(req, conn, rt);
+    let handled = pipeline::handle(req, conn, rt.snapshot.load_full());
     async move {
         let resp = handled.await?;
         // A response to HEAD is its head only (RFC 9110 §9.3.2): a DATA

@@ -1,6 +1,8 @@
 //! Listeners, accept loops, TLS, reload and shutdown.
 //!
-//! A [`Gateway`] owns the running listeners. Reload compiles the new
+//! A [`Gateway`] owns the running listeners. The admin API sits above this
+//! layer: the gateway binds its listener and hands it, with a [`Control`],
+//! to the [`AdminService`] it was started with. Reload compiles the new
 //! configuration, binds any new listeners, and only then swaps the snapshot
 //! and closes listeners that are gone; a failure at any step leaves the
 //! running configuration untouched.
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Mutex, Notify, watch};
 
@@ -45,6 +48,19 @@ struct RunningListener {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
 }
+
+/// What the admin API asks of a running gateway; the server implements it.
+pub trait Control: Send + Sync + 'static {
+    /// The snapshot, metrics and uptime.
+    fn runtime(&self) -> &Arc<Runtime>;
+    /// The bound address of listener `name`.
+    fn listener_addr(&self, name: &str) -> Option<SocketAddr>;
+    /// Reads the configuration file again and applies it, as SIGHUP does.
+    fn reload(self: Arc<Self>) -> BoxFuture<'static, Result<Arc<Snapshot>, ConfigErrors>>;
+}
+
+/// Serves the admin API on the listener the gateway bound for it.
+pub type AdminService = fn(TcpListener, Arc<dyn Control>) -> BoxFuture<'static, ()>;
 
 /// Errors starting the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +104,10 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads `config_path`, binds every listener and the admin listener, and starts serving.
-    pub async fn start(config_path: PathBuf) -> Result<Gateway, StartError> {
-        Self::start_runtime(Runtime::start(config_path).await?).await
+    /// Loads `config_path`, binds every listener and the admin listener, and
+    /// starts serving (the admin API with `admin`).
+    pub async fn start(config_path: PathBuf, admin: AdminService) -> Result<Gateway, StartError> {
+        Self::start_runtime(Runtime::start(config_path).await?, admin).await
     }
 
     /// As [`Gateway::start`], resolving target names with `resolve` instead
@@ -98,11 +115,19 @@ impl Gateway {
     pub async fn start_with_resolver(
         config_path: PathBuf,
         resolve: ResolveFn,
+        admin: AdminService,
     ) -> Result<Gateway, StartError> {
-        Self::start_runtime(Runtime::start_with_resolver(config_path, resolve).await?).await
+        Self::start_runtime(
+            Runtime::start_with_resolver(config_path, resolve).await?,
+            admin,
+        )
+        .await
     }
 
-    async fn start_runtime(runtime: Arc<Runtime>) -> Result<Gateway, StartError> {
+    async fn start_runtime(
+        runtime: Arc<Runtime>,
+        admin: AdminService,
+    ) -> Result<Gateway, StartError> {
         let snapshot = runtime.snapshot.load_full();
         let (drain, _) = watch::channel(false);
         let admin_listener = match snapshot.admin {
@@ -139,7 +164,7 @@ impl Gateway {
         }
         inner.runtime.sync_health_checks();
         if let Some(listener) = admin_listener {
-            tokio::spawn(crate::admin::serve(listener, inner.clone()));
+            tokio::spawn(admin(listener, inner.clone()));
         }
         tokio::spawn(dns_refresh_loop(inner.clone()));
         tokio::spawn(sweep_loop(Arc::downgrade(&inner.runtime)));
@@ -163,7 +188,7 @@ impl Gateway {
 
     /// Reloads the configuration file (as SIGHUP does).
     pub async fn reload(&self) -> Result<Arc<Snapshot>, ConfigErrors> {
-        self.inner.reload().await
+        Inner::reload(&self.inner).await
     }
 
     /// Resolves when shutdown was requested through [`Gateway::request_stop`].
@@ -214,13 +239,27 @@ impl Gateway {
     }
 }
 
+impl Control for Inner {
+    fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        Inner::listener_addr(self, name)
+    }
+
+    fn reload(self: Arc<Self>) -> BoxFuture<'static, Result<Arc<Snapshot>, ConfigErrors>> {
+        Box::pin(async move { Inner::reload(&self).await })
+    }
+}
+
 impl Inner {
     /// Makes `snapshot` the one requests see, and moves the long-lived state
     /// (health checks, target registry) to it.
     fn swap_in(&self, snapshot: &Arc<Snapshot>) {
         let rt = &self.runtime;
         rt.snapshot.store(snapshot.clone());
-        rt.health_checks.sync(snapshot);
+        rt.health_checks.sync(snapshot.upstreams.values());
         rt.prune_targets(snapshot);
     }
 
@@ -381,13 +420,16 @@ fn start_listener(
                 .get_or_create_owned(&ListenerLabel {
                     listener: name.clone(),
                 });
-            tokio::spawn(crate::l4::udp::serve(
-                socket,
-                name,
-                inner.runtime.clone(),
-                gauge,
-                stop_rx,
-            ));
+            let runtime = inner.runtime.clone();
+            let listener = name.clone();
+            let current: crate::l4::udp::CurrentUpstream =
+                Box::new(
+                    move || match &runtime.snapshot.load().listener(&listener)?.l4 {
+                        Some(crate::l4::L4Plan::Udp(upstream)) => Some(upstream.clone()),
+                        _ => None,
+                    },
+                );
+            tokio::spawn(crate::l4::udp::serve(socket, name, current, gauge, stop_rx));
         }
     }
     running.insert(key, RunningListener { local_addr, stop });

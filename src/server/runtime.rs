@@ -7,22 +7,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-
-use crate::compile::compile;
+use crate::compile::{Env, compile};
 use crate::config::ConfigErrors;
 use crate::config::load::{Loaded, load_file};
-use crate::kept::KeptWhileUsed;
-use crate::observe::access_log::{AccessLog, Destination};
-use crate::observe::metrics::{DestinationLabel, Metrics, ResultLabel};
+use crate::observe::access_log::AccessLogs;
+use crate::observe::metrics::{Metrics, ResultLabel};
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
 use crate::policy::redis_store::RedisStores;
-use crate::proxy::snapshot::Snapshot;
+use crate::proxy::snapshot::{Live, Snapshot};
 use crate::server::registry::Registry;
 use crate::upstream::dns::{self, Dns, ResolveFn, system_resolver};
 use crate::upstream::health::HealthChecks;
-use crate::upstream::{ClientCache, TargetState};
+use crate::upstream::{ClientCache, TargetStates};
 
 /// How often target names are resolved again when `dns_refresh` is not set.
 pub const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(30);
@@ -46,15 +43,15 @@ pub struct Runtime {
     /// The configuration file, read again on reload.
     pub config_path: PathBuf,
     /// The current snapshot; swapped whole on reload.
-    pub snapshot: ArcSwap<Snapshot>,
+    pub snapshot: Live,
     /// Exported metrics.
     pub metrics: Arc<Metrics>,
     /// Upstream connection pools.
     pub clients: ClientCache,
     /// Access-log writers by destination, reused across reloads.
-    access_logs: KeptWhileUsed<Destination, AccessLog>,
+    access_logs: AccessLogs,
     /// Live state of every target by (upstream, address), kept across reloads.
-    targets: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+    targets: TargetStates,
     /// Active health checks of the installed snapshot's upstreams.
     pub health_checks: HealthChecks,
     /// When the process started serving.
@@ -109,12 +106,12 @@ impl Runtime {
         let metrics = Arc::new(Metrics::new());
         let runtime = Arc::new(Runtime {
             config_path: config_path.clone(),
-            snapshot: ArcSwap::from_pointee(Snapshot::empty(&config_path)),
+            snapshot: Live::new(Snapshot::empty(&config_path, metrics.clone())),
             health_checks: HealthChecks::new(metrics.upstream_target_healthy.clone()),
             metrics,
             clients: ClientCache::default(),
-            access_logs: KeptWhileUsed::default(),
-            targets: Mutex::new(HashMap::new()),
+            access_logs: AccessLogs::default(),
+            targets: TargetStates::default(),
             started: Instant::now(),
             reload_lock: tokio::sync::Mutex::new(()),
             check_only,
@@ -127,7 +124,7 @@ impl Runtime {
         });
         // Unresolvable names are reported by compile, at their line.
         let _ = runtime.dns.refresh(&dns_names(&loaded.config)).await;
-        let snapshot = compile(&config_path, &loaded, &runtime)?;
+        let snapshot = compile(&config_path, &loaded, &runtime.env())?;
         runtime.snapshot.store(Arc::new(snapshot));
         runtime.keep_loaded(loaded);
         Ok(runtime)
@@ -156,7 +153,7 @@ impl Runtime {
             Err(e) => return (guard, Err(e)),
         };
         let _ = self.dns.refresh(&dns_names(&loaded.config)).await;
-        let result = compile(&self.config_path, &loaded, self);
+        let result = compile(&self.config_path, &loaded, &self.env());
         if result.is_ok() {
             self.keep_loaded(loaded);
         }
@@ -177,7 +174,7 @@ impl Runtime {
         let guard = self.reload_lock.lock().await;
         let loaded = self.current_loaded()?;
         match self.dns.refresh(due).await {
-            Ok(true) => Some((guard, compile(&self.config_path, &loaded, self))),
+            Ok(true) => Some((guard, compile(&self.config_path, &loaded, &self.env()))),
             _ => None,
         }
     }
@@ -209,19 +206,26 @@ impl Runtime {
         self.metrics.config_reloads.get_or_create(&label).inc();
     }
 
-    /// The live state of `address` in `upstream`: the same object for as long
-    /// as a snapshot keeps that target, so health and load survive reloads.
-    pub fn target_state(&self, upstream: &str, address: &str) -> Arc<TargetState> {
-        let mut map = crate::lock(&self.targets);
-        map.entry((upstream.to_string(), address.to_string()))
-            .or_default()
-            .clone()
+    /// The long-lived states a compile reads and adds to.
+    fn env(&self) -> Env<'_> {
+        Env {
+            metrics: &self.metrics,
+            clients: &self.clients,
+            targets: &self.targets,
+            dns: &self.dns,
+            access_logs: &self.access_logs,
+            rate_limits: &self.rate_limits,
+            key_sets: &self.key_sets,
+            redis_stores: &self.redis_stores,
+            check_only: self.check_only,
+        }
     }
 
     /// Brings active health checks in line with the installed snapshot; call
     /// it after every install (start and reload), inside the tokio runtime.
     pub fn sync_health_checks(&self) {
-        self.health_checks.sync(&self.snapshot.load());
+        self.health_checks
+            .sync(self.snapshot.load().upstreams.values());
     }
 
     /// Stops every active health check (shutdown).
@@ -231,11 +235,10 @@ impl Runtime {
 
     /// Forgets the state of targets that `snapshot` no longer has.
     pub fn prune_targets(&self, snapshot: &Snapshot) {
-        let mut map = crate::lock(&self.targets);
-        map.retain(|(upstream, address), _| {
+        self.targets.retain(|upstream, address| {
             snapshot
                 .upstreams
-                .get(upstream.as_str())
+                .get(upstream)
                 .is_some_and(|u| u.targets.iter().any(|t| &*t.address == address))
         });
     }
@@ -243,66 +246,12 @@ impl Runtime {
     /// Writes out every access-log line queued so far (at shutdown),
     /// waiting at most `within` for each log.
     pub fn flush_access_logs(&self, within: Duration) {
-        for log in self.access_logs.live() {
-            if !log.flush(within) {
-                tracing::warn!("the access log could not be written out in {within:?}");
-            }
-        }
+        self.access_logs.flush_all(within);
     }
 
     /// Whether this runtime only checks a file (`portcullis check`): nothing
     /// is opened or fetched.
     pub fn check_only(&self) -> bool {
         self.check_only
-    }
-
-    /// The access-log writer for `destination`, opened once and shared while
-    /// some snapshot uses it (a reload to another file lets the old writer
-    /// write its last lines and end). In check mode the destination is only
-    /// checked, and no writer is returned.
-    pub fn access_log(&self, destination: Destination) -> std::io::Result<Option<Arc<AccessLog>>> {
-        if self.check_only {
-            if let Destination::File(path) = &destination {
-                check_writable(path)?;
-            }
-            return Ok(None);
-        }
-        let (log, _) = self.access_logs.get_or_make(destination.clone(), || {
-            let label = DestinationLabel {
-                destination: match &destination {
-                    Destination::Stdout => "stdout".to_string(),
-                    Destination::File(path) => path.display().to_string(),
-                },
-            };
-            let dropped = self.metrics.access_log_dropped.get_or_create_owned(&label);
-            AccessLog::open(destination, dropped)
-        })?;
-        Ok(Some(log))
-    }
-}
-
-/// Whether a log file could be opened for appending, without creating it.
-fn check_writable(path: &std::path::Path) -> std::io::Result<()> {
-    use std::io::{Error, ErrorKind};
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => Err(Error::new(ErrorKind::IsADirectory, "it is a directory")),
-        Ok(m) if m.permissions().readonly() => Err(Error::new(
-            ErrorKind::PermissionDenied,
-            "the file is read-only",
-        )),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-            match parent.map(std::fs::metadata) {
-                Some(Ok(m)) if m.is_dir() => Ok(()),
-                Some(Ok(_)) => Err(Error::new(
-                    ErrorKind::NotADirectory,
-                    "its parent is not a directory",
-                )),
-                Some(Err(e)) => Err(e),
-                None => Ok(()),
-            }
-        }
-        Err(e) => Err(e),
     }
 }

@@ -30,7 +30,6 @@ use super::pool::IdlePool;
 use super::{TargetState, UpstreamClient};
 use crate::lock;
 use crate::observe::metrics::TargetLabel;
-use crate::proxy::snapshot::Snapshot;
 
 /// What a check does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -383,14 +382,14 @@ impl HealthChecks {
         }
     }
 
-    /// Brings the checks in line with `snapshot`, which has just been
-    /// installed: starts a task for each target of an upstream with a
+    /// Brings the checks in line with `upstreams`, those of the snapshot
+    /// just installed: starts a task for each target of an upstream with a
     /// `health_check`, keeps (and hands the new client to) tasks whose target
     /// and `health_check` are unchanged, restarts those whose `health_check`
     /// changed (from the current verdict), and stops the rest, marking their
     /// targets healthy again since nothing checks them any more. Must run
     /// inside a tokio runtime; without one it starts nothing.
-    pub fn sync(&self, snapshot: &Snapshot) {
+    pub fn sync<'a>(&self, upstreams: impl IntoIterator<Item = &'a Arc<super::Upstream>>) {
         let mut tasks = lock(&self.tasks);
         if tasks.stopped {
             return;
@@ -400,7 +399,7 @@ impl HealthChecks {
             return;
         };
         let mut wanted = HashSet::new();
-        for upstream in snapshot.upstreams.values() {
+        for upstream in upstreams {
             let Some(check) = &upstream.health_check else {
                 continue;
             };

@@ -24,7 +24,28 @@ use std::time::Duration;
 use balance::{Balancer, PickContext};
 pub use client::{ClientCache, UpstreamClient};
 pub use hash_key::HashKey;
-pub use target::{InFlight, Target, TargetState};
+pub use target::{InFlight, Target, TargetState, TargetStates};
+
+/// How an upstream treats raw (L4) connections to its targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4Settings {
+    /// Longest wait for a target to accept a connection.
+    pub connect_timeout: Duration,
+    /// A connection (or UDP session) with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// PROXY protocol header sent to the target before any payload byte.
+    pub proxy_protocol: Option<crate::net::proxy_protocol::Version>,
+}
+
+impl Default for L4Settings {
+    fn default() -> Self {
+        L4Settings {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            proxy_protocol: None,
+        }
+    }
+}
 
 /// Why the gateway made the answer instead of relaying an upstream's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +123,7 @@ pub struct Upstream {
     /// `portcullis_upstream_duration_seconds{upstream}`, resolved once.
     pub duration: prometheus_client::metrics::histogram::Histogram,
     /// Connect and idle timeouts and the PROXY header for raw (L4) connections.
-    pub l4: crate::l4::L4Settings,
+    pub l4: L4Settings,
 }
 
 impl Upstream {

@@ -49,6 +49,29 @@ pub struct TargetState {
     pub pool: Arc<IdlePool>,
 }
 
+/// The live state of every target by (upstream, address), kept across
+/// reloads: the same object for as long as a snapshot keeps that target, so
+/// health and load survive a reload.
+#[derive(Default)]
+pub struct TargetStates(
+    std::sync::Mutex<std::collections::HashMap<(String, String), Arc<TargetState>>>,
+);
+
+impl TargetStates {
+    /// The state of `address` in `upstream`, made on first use.
+    pub fn get(&self, upstream: &str, address: &str) -> Arc<TargetState> {
+        let mut map = crate::lock(&self.0);
+        map.entry((upstream.to_string(), address.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets the targets for which `keep(upstream, address)` is false.
+    pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
+        crate::lock(&self.0).retain(|(upstream, address), _| keep(upstream, address));
+    }
+}
+
 impl Default for TargetState {
     fn default() -> Self {
         TargetState {

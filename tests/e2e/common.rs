@@ -202,7 +202,7 @@ upstreams:
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join(file);
         std::fs::write(&config_path, config).unwrap();
-        let gateway = match Gateway::start(config_path.clone()).await {
+        let gateway = match portcullis::gateway::start(config_path.clone()).await {
             Ok(g) => g,
             Err(e) => panic!("gateway did not start:\n{e}\nconfig:\n{config}"),
         };

@@ -45,7 +45,7 @@ async fn start(dns: &FakeDns, config: &str) -> (Gateway, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.yaml");
     std::fs::write(&path, config).unwrap();
-    let gw = Gateway::start_with_resolver(path, dns.resolver())
+    let gw = portcullis::gateway::start_with_resolver(path, dns.resolver())
         .await
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
     (gw, dir)

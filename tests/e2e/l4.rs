@@ -452,7 +452,7 @@ upstreams:
 "#,
     )
     .unwrap();
-    let errors = match portcullis::server::Gateway::start(path).await {
+    let errors = match portcullis::gateway::start(path).await {
         Ok(_) => panic!("the config must be refused"),
         Err(e) => e.to_string(),
     };

@@ -338,7 +338,7 @@ policies:
 "#,
     )
     .unwrap();
-    let err = match portcullis::server::Gateway::start(path).await {
+    let err = match portcullis::gateway::start(path).await {
         Ok(_) => panic!("a route naming an undefined policy must not load"),
         Err(e) => e.to_string(),
     };
@@ -365,7 +365,7 @@ policies:
 "#,
     )
     .unwrap();
-    let err = match portcullis::server::Gateway::start(path).await {
+    let err = match portcullis::gateway::start(path).await {
         Ok(_) => panic!("a bad CIDR must not load"),
         Err(e) => e.to_string(),
     };

@@ -472,9 +472,7 @@ upstreams: []
 ";
     let config_path = dir.path().join("portcullis.yaml");
     std::fs::write(&config_path, cfg).unwrap();
-    let gateway = portcullis::server::Gateway::start(config_path)
-        .await
-        .unwrap();
+    let gateway = portcullis::gateway::start(config_path).await.unwrap();
     let addr = gateway.listener_addr("websecure").unwrap();
     assert_eq!(served_certificate(addr).await, first);
 
@@ -512,7 +510,7 @@ routes:
     );
     let config_path = dir.path().join("portcullis.yaml");
     std::fs::write(&config_path, &plain).unwrap();
-    let gateway = portcullis::server::Gateway::start(config_path.clone())
+    let gateway = portcullis::gateway::start(config_path.clone())
         .await
         .unwrap();
     let addr = gateway.listener_addr("web").unwrap();
