@@ -1,6 +1,7 @@
-//! Header hygiene on the way to the upstream and back: hop-by-hop removal,
-//! X-Forwarded-*, X-Request-Id, and the `set`/`add`/`remove` operations that
-//! routes configure (parsed once at config compile time).
+//! Header hygiene on the way to the upstream and back: the request's host,
+//! the client address as rules see it, hop-by-hop removal, X-Forwarded-*,
+//! X-Request-Id, and the `set`/`add`/`remove` operations that routes
+//! configure (parsed once at config compile time).
 
 use std::net::IpAddr;
 

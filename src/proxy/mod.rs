@@ -1,5 +1,6 @@
-//! The data plane for HTTP: the request pipeline, forwarding to upstreams,
-//! header hygiene, direct responses, static files and gateway-made errors.
+//! The data plane for HTTP: the snapshot it serves from, the connection a
+//! request came on, the request pipeline, forwarding to upstreams, static
+//! files, and recording each request when its answer ends.
 
 pub mod connection;
 pub mod forward;

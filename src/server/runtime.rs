@@ -1,6 +1,8 @@
 //! State that outlives a configuration snapshot: the current snapshot itself,
-//! metrics, upstream connection pools, target health, DNS answers and
-//! access-log writers.
+//! metrics, upstream connection pools, target health, DNS answers,
+//! access-log writers, rate-limit counters, key sets and Redis connections;
+//! loading, compiling (against those states, see [`crate::compile::Env`])
+//! and the reload lock.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
