@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,12 +40,20 @@ pub enum FramingError {
     /// Content-Length values that are not one number.
     #[error("invalid Content-Length")]
     BadContentLength,
-    /// A transfer coding other than a single `chunked`.
+    /// Transfer-Encoding whose final coding is not one `chunked` (RFC 9112
+    /// §6.3: the body's end cannot be found).
+    #[error("Transfer-Encoding does not end in a single chunked")]
+    ChunkedNotFinal,
+    /// A transfer coding before `chunked` that the gateway does not implement.
     #[error("unsupported Transfer-Encoding")]
     UnsupportedTransferEncoding,
-    /// A request with both Transfer-Encoding and Content-Length.
+    /// Both Transfer-Encoding and Content-Length.
     #[error("both Transfer-Encoding and Content-Length")]
     Ambiguous,
+    /// Transfer-Encoding in an HTTP/1.0 message (RFC 9112 §6.1: its
+    /// framing is faulty).
+    #[error("Transfer-Encoding in an HTTP/1.0 message")]
+    TransferEncodingInHttp10,
     /// A chunked body that breaks the chunk syntax.
     #[error("malformed chunked body: {0}")]
     BadChunk(&'static str),
@@ -74,8 +83,9 @@ pub enum Chunk {
     Data(u64),
     /// Expecting the CRLF after chunk data.
     DataEnd,
-    /// After the last chunk: trailer fields, then an empty line.
-    Trailers,
+    /// After the last chunk: trailer fields, then an empty line; this many
+    /// bytes of the buffer are whole trailer lines already checked.
+    Trailers(usize),
 }
 
 /// One step of decoding.
@@ -135,29 +145,32 @@ impl Framing {
     }
 
     /// One step of the chunked decoder: `None` when the state moved on and
-    /// decoding should continue.
+    /// decoding should continue. Every line of a chunked body ends with
+    /// CRLF; a bare LF is an error at once rather than a wait for a CRLF
+    /// that may never come.
     fn decode_chunked(
         &mut self,
         state: Chunk,
         buf: &mut BytesMut,
     ) -> Result<Option<Decoded>, FramingError> {
         match state {
-            Chunk::Size => match memchr::memmem::find(buf, b"\r\n") {
-                Some(end) => {
-                    let size = parse_chunk_size(&buf[..end])?;
-                    buf.advance(end + 2);
-                    *self = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    });
-                    Ok(None)
-                }
-                None if buf.len() > MAX_CHUNK_LINE => {
-                    Err(FramingError::BadChunk("chunk-size line too long"))
-                }
-                None => Ok(Some(Decoded::More(0))),
-            },
+            Chunk::Size => {
+                let window = &buf[..buf.len().min(MAX_CHUNK_LINE)];
+                let Some(lf) = memchr::memchr(b'\n', window) else {
+                    if buf.len() > MAX_CHUNK_LINE {
+                        return Err(FramingError::BadChunk("chunk-size line too long"));
+                    }
+                    return Ok(Some(Decoded::More(0)));
+                };
+                let size = parse_chunk_line(line_before(buf, lf)?)?;
+                buf.advance(lf + 1);
+                *self = Framing::Chunked(if size == 0 {
+                    Chunk::Trailers(0)
+                } else {
+                    Chunk::Data(size)
+                });
+                Ok(None)
+            }
             Chunk::Data(left) => {
                 if buf.is_empty() {
                     return Ok(Some(Decoded::More(left)));
@@ -173,53 +186,148 @@ impl Framing {
                 Ok(Some(Decoded::Frame(Frame::data(data))))
             }
             Chunk::DataEnd => {
-                if buf.len() < 2 {
-                    return Ok(Some(Decoded::More(0)));
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(FramingError::BadChunk("chunk data not followed by CRLF"));
+                // Judged byte by byte: data longer than its size, or ending
+                // in a bare LF, fails on its first wrong byte.
+                match buf.get(..2.min(buf.len())) {
+                    Some(b"\r\n") => {}
+                    Some(b"" | b"\r") => return Ok(Some(Decoded::More(0))),
+                    _ => return Err(FramingError::BadChunk("chunk data not followed by CRLF")),
                 }
                 buf.advance(2);
                 *self = Framing::Chunked(Chunk::Size);
                 Ok(None)
             }
-            Chunk::Trailers => {
-                if buf.starts_with(b"\r\n") {
-                    buf.advance(2);
+            Chunk::Trailers(checked) => {
+                // Line by line from where the last call stopped, so that a
+                // section arriving byte by byte is not scanned again each time.
+                let mut at = checked;
+                loop {
+                    let Some(lf) = memchr::memchr(b'\n', &buf[at..]).map(|i| at + i) else {
+                        if buf.len() > MAX_TRAILERS {
+                            return Err(FramingError::BadChunk("trailers too large"));
+                        }
+                        *self = Framing::Chunked(Chunk::Trailers(at));
+                        return Ok(Some(Decoded::More(0)));
+                    };
+                    let line = line_before(&buf[at..], lf - at)?;
+                    if !line.is_empty() {
+                        at = lf + 1;
+                        continue;
+                    }
+                    let block = buf.split_to(lf + 1).freeze();
+                    // Done only once the section is known good: a body that
+                    // failed must not look finished (its connection would
+                    // be kept for a next request).
+                    let trailers = if at == 0 {
+                        HeaderMap::new()
+                    } else {
+                        parse_trailers(&block)?
+                    };
                     *self = Framing::Done;
-                    return Ok(Some(Decoded::End));
-                }
-                if let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") {
-                    let block = buf.split_to(end + 4).freeze();
-                    let trailers = parse_trailers(&block)?;
-                    *self = Framing::Done;
+                    if trailers.is_empty() {
+                        return Ok(Some(Decoded::End));
+                    }
                     return Ok(Some(Decoded::Frame(Frame::trailers(trailers))));
                 }
-                if buf.len() > MAX_TRAILERS {
-                    return Err(FramingError::BadChunk("trailers too large"));
-                }
-                Ok(Some(Decoded::More(0)))
             }
         }
     }
 }
 
-/// The size of a chunk from its size line (extensions after `;` ignored).
-fn parse_chunk_size(line: &[u8]) -> Result<u64, FramingError> {
-    let digits = line
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
-        return Err(FramingError::BadChunk("invalid chunk size"));
+/// The line that ends with the LF at `lf`, without its CRLF; an error when
+/// the LF comes alone.
+fn line_before(buf: &[u8], lf: usize) -> Result<&[u8], FramingError> {
+    match lf.checked_sub(1).map(|cr| (cr, buf[cr])) {
+        Some((cr, b'\r')) => Ok(&buf[..cr]),
+        _ => Err(FramingError::BadChunk("line ends with a bare LF")),
     }
-    let text =
-        std::str::from_utf8(digits).map_err(|_| FramingError::BadChunk("invalid chunk size"))?;
-    u64::from_str_radix(text, 16).map_err(|_| FramingError::BadChunk("invalid chunk size"))
 }
 
-/// Trailer fields (`name: value` lines ending with an empty line).
+/// The size of a chunk from its size line (CRLF excluded), held to RFC 9112
+/// §7.1: `1*HEXDIG [ chunk-ext ]`, where each extension is `BWS ";" BWS
+/// token [ BWS "=" BWS ( token / quoted-string ) ]`. Whitespace after the
+/// size is allowed; signs, `0x`, leading whitespace, sizes past 64 bits and
+/// any byte outside that grammar (a bare CR among them) are errors.
+/// Extensions are checked, then dropped: the gateway writes its own chunks.
+fn parse_chunk_line(line: &[u8]) -> Result<u64, FramingError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(FramingError::BadChunk("invalid chunk size"));
+    }
+    let mut size: u64 = 0;
+    for &b in &line[..digits] {
+        // A hex digit always converts; the fallback is never taken.
+        let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(digit))
+            .ok_or(FramingError::BadChunk("chunk size past 64 bits"))?;
+    }
+    check_chunk_ext(&line[digits..])?;
+    Ok(size)
+}
+
+/// Checks the extensions after a chunk size (see [`parse_chunk_line`]).
+fn check_chunk_ext(mut rest: &[u8]) -> Result<(), FramingError> {
+    let bad = || FramingError::BadChunk("invalid chunk extension");
+    loop {
+        rest = skip_ws(rest);
+        let Some(after) = rest.strip_prefix(b";") else {
+            return if rest.is_empty() { Ok(()) } else { Err(bad()) };
+        };
+        rest = skip_token(skip_ws(after)).ok_or_else(bad)?;
+        let after_name = skip_ws(rest);
+        if let Some(value) = after_name.strip_prefix(b"=") {
+            let value = skip_ws(value);
+            rest = match value.first() {
+                Some(b'"') => skip_quoted(value).ok_or_else(bad)?,
+                _ => skip_token(value).ok_or_else(bad)?,
+            };
+        }
+    }
+}
+
+fn skip_ws(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    &s[n..]
+}
+
+/// What follows a token (`1*tchar`, RFC 9110 §5.6.2) at the start of `s`.
+fn skip_token(s: &[u8]) -> Option<&[u8]> {
+    let n = s.iter().take_while(|b| is_tchar(**b)).count();
+    (n > 0).then(|| &s[n..])
+}
+
+/// What follows a quoted-string (RFC 9110 §5.6.4) at the start of `s`.
+fn skip_quoted(s: &[u8]) -> Option<&[u8]> {
+    let mut i = 1;
+    loop {
+        match *s.get(i)? {
+            b'"' => return Some(&s[i + 1..]),
+            b'\\' => {
+                let escaped = *s.get(i + 1)?;
+                if !(escaped == b'\t'
+                    || escaped == b' '
+                    || escaped.is_ascii_graphic()
+                    || escaped >= 0x80)
+                {
+                    return None;
+                }
+                i += 2;
+            }
+            b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Trailer fields (`name: value` lines ending with an empty line), less
+/// those that may not be trailers.
 fn parse_trailers(block: &Bytes) -> Result<HeaderMap, FramingError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
     match httparse::parse_headers(block, &mut fields) {
@@ -230,7 +338,9 @@ fn parse_trailers(block: &Bytes) -> Result<HeaderMap, FramingError> {
                     .map_err(|_| FramingError::BadChunk("invalid trailer name"))?;
                 let value = HeaderValue::from_bytes(h.value)
                     .map_err(|_| FramingError::BadChunk("invalid trailer value"))?;
-                map.append(name, value);
+                if !is_forbidden_trailer(&name) {
+                    map.append(name, value);
+                }
             }
             Ok(map)
         }
@@ -239,40 +349,91 @@ fn parse_trailers(block: &Bytes) -> Result<HeaderMap, FramingError> {
     }
 }
 
-/// RFC 9112 §6.3 for a message that may have a body: `Transfer-Encoding:
-/// chunked` or `Content-Length`, or neither. Only `chunked` is understood
-/// (as nginx): another transfer coding would otherwise pass undeclared.
-/// Returns the framing and whether Content-Length came with
-/// Transfer-Encoding (a smuggling shape: a response is then read as
-/// chunked and its connection not reused; a request is refused).
-/// Without either header a response runs until close and a request has
-/// no body.
-pub fn body_framing(headers: &HeaderMap, request: bool) -> Result<(Framing, bool), FramingError> {
+/// Fields that may not travel as trailers (RFC 9110 §6.5.1): framing,
+/// routing, authentication, cookies, content metadata, caching, and the
+/// fields the gateway itself vouches for. A receiver could otherwise merge
+/// them into the header section after the gateway has checked it. The one
+/// list, for both directions; fields the configuration names (identity
+/// headers) join it when those policies come.
+const FORBIDDEN_TRAILERS: [HeaderName; 13] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::TE,
+    header::TRAILER,
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+    header::CONTENT_TYPE,
+    header::CONTENT_ENCODING,
+    header::CACHE_CONTROL,
+    HeaderName::from_static("x-request-id"),
+];
+
+/// Whether `name` is dropped from trailers ([`FORBIDDEN_TRAILERS`] and every
+/// `X-Forwarded-*`).
+pub fn is_forbidden_trailer(name: &HeaderName) -> bool {
+    FORBIDDEN_TRAILERS.contains(name) || name.as_str().starts_with("x-forwarded-")
+}
+
+/// RFC 9112 §6.1 and §6.3 for a message that may have a body:
+/// `Transfer-Encoding` ending in one `chunked`, or `Content-Length`, or
+/// neither. Refused: Transfer-Encoding with Content-Length, Transfer-Encoding
+/// in HTTP/1.0, `chunked` missing, repeated or not last (400), and any other
+/// transfer coding (501; nginx does the same), as it would otherwise pass
+/// undeclared. A response is held to the same rules: the gateway would
+/// rather answer 502 than read one two ways. Without either header a
+/// response runs until close and a request has no body.
+pub fn body_framing(
+    headers: &HeaderMap,
+    version: Version,
+    request: bool,
+) -> Result<Framing, FramingError> {
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        let mut codings = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|t| t.trim_ascii())
-            .filter(|t| !t.is_empty());
-        let chunked = codings
-            .next()
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        if !chunked || codings.next().is_some() {
-            return Err(FramingError::UnsupportedTransferEncoding);
+        if version == Version::HTTP_10 {
+            return Err(FramingError::TransferEncodingInHttp10);
         }
-        let both = headers.contains_key(header::CONTENT_LENGTH);
-        if both && request {
+        if headers.contains_key(header::CONTENT_LENGTH) {
             return Err(FramingError::Ambiguous);
         }
-        return Ok((Framing::Chunked(Chunk::Size), both));
+        return transfer_codings(headers).map(|()| Framing::Chunked(Chunk::Size));
     }
     Ok(match content_length(headers)? {
-        Some(0) => (Framing::Empty, false),
-        Some(n) => (Framing::Length(n), false),
-        None if request => (Framing::Empty, false),
-        None => (Framing::UntilClose, false),
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None if request => Framing::Empty,
+        None => Framing::UntilClose,
     })
+}
+
+/// Checks that the transfer codings (every Transfer-Encoding field, in
+/// order, empty list elements skipped) end in one `chunked` and hold
+/// nothing else.
+fn transfer_codings(headers: &HeaderMap) -> Result<(), FramingError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| t.trim_ascii())
+        .filter(|t| !t.is_empty())
+        .peekable();
+    let mut found = false;
+    let mut other = false;
+    while let Some(coding) = codings.next() {
+        let chunked = coding.eq_ignore_ascii_case(b"chunked");
+        let last = codings.peek().is_none();
+        if (chunked && (found || !last)) || (!chunked && last) {
+            return Err(FramingError::ChunkedNotFinal);
+        }
+        found |= chunked;
+        other |= !chunked;
+    }
+    match (found, other) {
+        (false, _) => Err(FramingError::ChunkedNotFinal),
+        (true, true) => Err(FramingError::UnsupportedTransferEncoding),
+        (true, false) => Ok(()),
+    }
 }
 
 /// The Content-Length, when there is one; repeated values must agree.
@@ -458,6 +619,8 @@ pub struct BodyWriter {
     pending_crlf: bool,
     /// Bytes of `out` already written.
     written: usize,
+    /// Some of the message has gone out.
+    started: bool,
 }
 
 impl BodyWriter {
@@ -472,7 +635,14 @@ impl BodyWriter {
             pending_written: 0,
             pending_crlf: false,
             written: 0,
+            started: false,
         }
+    }
+
+    /// Whether not one byte of the message has been written yet (so that
+    /// a failure can still be answered with a whole other message).
+    pub fn wrote_nothing(&self) -> bool {
+        !self.started && self.written == 0
     }
 
     /// Whether the body has been read to its end (and written, once
@@ -500,6 +670,7 @@ impl BodyWriter {
             }
             let unwritten = self.written < out.len();
             ready!(poll_write_from(io, cx, out, &mut self.written)).map_err(WriteError::Io)?;
+            self.started |= unwritten;
             if let Some(data) = &self.pending {
                 ready!(poll_write_from(io, cx, data, &mut self.pending_written))
                     .map_err(WriteError::Io)?;
@@ -566,7 +737,7 @@ impl BodyWriter {
                     // they are dropped, as HTTP/1.1 has no place for them.
                     if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                         out.extend_from_slice(b"0\r\n");
-                        write_fields(out, &trailers, |_| false);
+                        write_fields(out, &trailers, is_forbidden_trailer);
                         out.extend_from_slice(b"\r\n");
                         self.done = true;
                     }
@@ -619,24 +790,34 @@ mod tests {
         m
     }
 
+    /// What decoding a whole wire gave: the data and the trailers as
+    /// `name: value` lines, or the error (`None`: it wanted more input).
+    type Outcome = Result<(Vec<u8>, String), Option<FramingError>>;
+
     /// Decodes all of `wire` as `framing`, fed in `step`-byte pieces.
-    fn decode_all(
-        mut framing: Framing,
-        wire: &[u8],
-        step: usize,
-    ) -> Result<(Vec<u8>, Option<HeaderMap>), FramingError> {
+    fn decode_all(mut framing: Framing, wire: &[u8], step: usize) -> Outcome {
         let mut buf = BytesMut::new();
         let mut fed = 0;
-        let (mut data, mut trailers) = (Vec::new(), None);
+        let (mut data, mut trailers) = (Vec::new(), String::new());
         loop {
-            match framing.decode(&mut buf)? {
+            let decoded = framing.decode(&mut buf);
+            if decoded.is_err() {
+                // Its connection would otherwise be kept for a next message.
+                assert!(!framing.is_end(), "a failed body looks finished");
+            }
+            match decoded.map_err(Some)? {
                 Decoded::Frame(f) => match f.into_data() {
                     Ok(d) => data.extend_from_slice(&d),
-                    Err(f) => trailers = f.into_trailers().ok(),
+                    Err(f) => {
+                        for (name, value) in f.into_trailers().iter().flatten() {
+                            let value = value.to_str().unwrap_or("?");
+                            trailers.push_str(&format!("{name}: {value}\n"));
+                        }
+                    }
                 },
                 Decoded::End => return Ok((data, trailers)),
+                Decoded::More(_) if fed == wire.len() => return Err(None),
                 Decoded::More(_) => {
-                    assert!(fed < wire.len(), "ran out of input");
                     let end = (fed + step).min(wire.len());
                     buf.extend_from_slice(&wire[fed..end]);
                     fed = end;
@@ -645,33 +826,146 @@ mod tests {
         }
     }
 
+    /// What a chunked wire decodes to.
+    #[derive(Debug)]
+    enum Expect {
+        /// This data.
+        Data(&'static [u8]),
+        /// An error, as soon as the wire shows it (never a wait for input).
+        Error,
+        /// Nothing wrong so far; more input is needed.
+        More,
+    }
+    use Expect::*;
+
+    /// The chunked decoder's edge cases, one per line: the wire, and what
+    /// it decodes to.
+    #[rustfmt::skip]
+    const CHUNKED: &[(&[u8], Expect)] = &[
+        (b"0\r\n\r\n", Data(b"")),
+        (b"5\r\nhello\r\n0\r\n\r\n", Data(b"hello")),
+        (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", Data(b"hello world")),
+        (b"A\r\n0123456789\r\n0\r\n\r\n", Data(b"0123456789")),
+        (b"a\r\n0123456789\r\n0\r\n\r\n", Data(b"0123456789")),
+        (b"0005\r\nhello\r\n000\r\n\r\n", Data(b"hello")),
+        (b"5 \r\nhello\r\n0\t\r\n\r\n", Data(b"hello")),
+        (b"5;a\r\nhello\r\n0\r\n\r\n", Data(b"hello")),
+        (b"5;a=b\r\nhello\r\n0;c=d\r\n\r\n", Data(b"hello")),
+        (b"5 ; a = b ; c\r\nhello\r\n0\r\n\r\n", Data(b"hello")),
+        (b"5;a=\"b c;d\"\r\nhello\r\n0\r\n\r\n", Data(b"hello")),
+        (b"5;a=\"q\\\"uote\"\r\nhello\r\n0\r\n\r\n", Data(b"hello")),
+        (b"5;a=\"\"\r\nhello\r\n0\r\n\r\n", Data(b"hello")),
+        (b"5\r\nhe\r\nl\r\n0\r\n\r\n", Data(b"he\r\nl")),
+        (b"ffffffffffffffff\r\n", More),
+        (b"", More),
+        (b"\r\n", Error),
+        (b"zz\r\n", Error),
+        (b"+5\r\nhello\r\n0\r\n\r\n", Error),
+        (b"-5\r\nhello\r\n0\r\n\r\n", Error),
+        (b"0x5\r\nhello\r\n0\r\n\r\n", Error),
+        (b" 5\r\nhello\r\n0\r\n\r\n", Error),
+        (b"10000000000000000\r\n", Error),
+        (b"00000000000000000000000000001\r\nx\r\n0\r\n\r\n", Data(b"x")),
+        (b"5\nhello\n0\n\n", Error),
+        (b"5\nhello\r\n0\r\n\r\n", Error),
+        (b"5\rhello\r\n0\r\n\r\n", Error),
+        (b"5\r\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;=b\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;a=\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;a=b c\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;a=\"b\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;a=\"b\"c\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;a\nb\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;a\0\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5 5\r\nhello\r\n0\r\n\r\n", Error),
+        (b"5\r\nhel\r\n0\r\n\r\n", Error),
+        (b"5\r\nhello world\r\n0\r\n\r\n", Error),
+        (b"5\r\nhello\n0\r\n\r\n", Error),
+        (b"5\r\nhelloX", Error),
+        (b"5\r\nhello\r\n0\n\n", Error),
+        (b"5\r\nhello\r\n0\r\n\n", Error),
+        (b"5\r\nhello\r\n0\r\nx: 1\n\r\n", Error),
+        (b"5\r\nhello\r\n0\r\nx: 1\r\n\n", Error),
+        (b"5\r\nhello\r\n0\r\nx 1\r\n\r\n", Error),
+        (b"5\r\nhello\r\n0\r\nx: a\0b\r\n\r\n", Error),
+        (b"5\r\nhello\r\n0\r\nx: a\rb\r\n\r\n", Error),
+        (b"5\r\nhello\r\n0\r\nx: 1\r\n y\r\n\r\n", Error),
+        (b"5\r\nhello\r\n0\r\nx : 1\r\n\r\n", Error),
+    ];
+
     #[test]
-    fn chunked_bodies_decode_in_any_split_with_trailers() {
-        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n";
-        for step in [1, 2, 3, 7, wire.len()] {
-            let (data, trailers) = decode_all(Framing::Chunked(Chunk::Size), wire, step).unwrap();
-            assert_eq!(data, b"hello world");
-            assert_eq!(trailers.unwrap()["x-sum"], "42");
+    fn chunked_edge_cases_decode_or_fail_in_any_split() {
+        for (wire, expected) in CHUNKED {
+            for step in [1, 2, 3, 7, wire.len().max(1)] {
+                let got = decode_all(Framing::Chunked(Chunk::Size), wire, step);
+                let shown = String::from_utf8_lossy(wire);
+                let ok = match (expected, &got) {
+                    (Data(data), Ok((got, _))) => got == data,
+                    (Error, Err(Some(_))) | (More, Err(None)) => true,
+                    _ => false,
+                };
+                assert!(
+                    ok,
+                    "{shown:?} in steps of {step}: {got:?}, not {expected:?}"
+                );
+            }
         }
-        let (data, trailers) = decode_all(Framing::Chunked(Chunk::Size), b"0\r\n\r\n", 1).unwrap();
-        assert!(data.is_empty() && trailers.is_none());
+    }
+
+    /// Trailer sections, one per line: the wire after the last chunk and
+    /// the fields kept (`None`: an error).
+    #[rustfmt::skip]
+    const TRAILERS: &[(&[u8], Option<&str>)] = &[
+        (b"\r\n", Some("")),
+        (b"x-sum: 42\r\n\r\n", Some("x-sum: 42\n")),
+        (b"x-sum: 42\r\ngrpc-status: 0\r\n\r\n", Some("x-sum: 42\ngrpc-status: 0\n")),
+        (b"content-length: 5\r\ntransfer-encoding: chunked\r\nhost: h\r\nte: trailers\r\ntrailer: x\r\n\r\n", Some("")),
+        (b"authorization: a\r\ncookie: c\r\nset-cookie: s\r\nproxy-authorization: p\r\n\r\n", Some("")),
+        (b"content-type: t\r\ncontent-encoding: gzip\r\ncache-control: no-cache\r\n\r\n", Some("")),
+        (b"x-forwarded-for: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nx-request-id: r\r\nx-ok: 1\r\n\r\n", Some("x-ok: 1\n")),
+        (b"x-sum: 42\n\r\n", None),
+        (b"x-sum: 42\r\n\n", None),
+        (b"\n", None),
+    ];
+
+    #[test]
+    fn trailers_keep_only_the_fields_allowed_there() {
+        for (section, expected) in TRAILERS {
+            let wire = [&b"0\r\n"[..], section].concat();
+            for step in [1, 4, wire.len()] {
+                let got = decode_all(Framing::Chunked(Chunk::Size), &wire, step);
+                let shown = String::from_utf8_lossy(section);
+                match expected {
+                    Some(fields) => {
+                        assert_eq!(got.ok().map(|g| g.1).as_deref(), Some(*fields), "{shown:?}")
+                    }
+                    None => assert!(matches!(got, Err(Some(_))), "{shown:?}: {got:?}"),
+                }
+            }
+        }
     }
 
     #[test]
-    fn broken_chunks_are_errors() {
-        for wire in [
-            &b"zz\r\n"[..],
-            b"5\r\nhelloXX",
-            b"-1\r\n",
-            b"1234567890abcdef0\r\n",
-        ] {
-            assert!(
-                decode_all(Framing::Chunked(Chunk::Size), wire, 64).is_err(),
-                "{wire:?}"
-            );
-        }
-        let long = vec![b'1'; MAX_CHUNK_LINE + 10];
-        assert!(decode_all(Framing::Chunked(Chunk::Size), &long, long.len()).is_err());
+    fn a_long_chunk_size_line_is_an_error_without_its_end() {
+        let long = [&b"1;a="[..], &[b'b'; MAX_CHUNK_LINE + 10]].concat();
+        assert!(matches!(
+            decode_all(Framing::Chunked(Chunk::Size), &long, long.len()),
+            Err(Some(_))
+        ));
+    }
+
+    #[test]
+    fn trailers_are_not_written_with_forbidden_fields() {
+        let trailers = map(&[
+            ("x-sum", "42"),
+            ("content-length", "5"),
+            ("x-forwarded-for", "1"),
+        ]);
+        let mut out = Vec::new();
+        write_fields(&mut out, &trailers, is_forbidden_trailer);
+        assert_eq!(out, b"x-sum: 42\r\n");
     }
 
     #[test]
@@ -686,45 +980,54 @@ mod tests {
         assert_eq!(&buf[..], b"def", "the next message stays in the buffer");
     }
 
+    /// Header fields as a test writes them.
+    type Fields = &'static [(&'static str, &'static str)];
+
+    /// Framing headers, one case per line: the fields, whether it is a
+    /// request, and the framing or the error.
     #[test]
+    #[rustfmt::skip]
     fn framing_follows_rfc_9112() {
+        use FramingError as E;
         let chunked = Framing::Chunked(Chunk::Size);
-        assert_eq!(
-            body_framing(&map(&[("transfer-encoding", "chunked")]), true).unwrap(),
-            (chunked, false)
-        );
-        assert_eq!(
-            body_framing(&map(&[("content-length", "10")]), true).unwrap(),
-            (Framing::Length(10), false)
-        );
-        assert_eq!(
-            body_framing(&map(&[("content-length", "10, 10")]), true).unwrap(),
-            (Framing::Length(10), false)
-        );
-        assert_eq!(
-            body_framing(&map(&[]), true).unwrap(),
-            (Framing::Empty, false)
-        );
-        assert_eq!(
-            body_framing(&map(&[]), false).unwrap(),
-            (Framing::UntilClose, false)
-        );
-        let both = map(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
-        assert!(matches!(
-            body_framing(&both, true),
-            Err(FramingError::Ambiguous)
-        ));
-        assert_eq!(body_framing(&both, false).unwrap(), (chunked, true));
-        for bad in [
-            map(&[("content-length", "1, 2")]),
-            map(&[("content-length", "-1")]),
-            map(&[("content-length", "1"), ("content-length", "2")]),
-            map(&[("content-length", "+5")]),
-            map(&[("transfer-encoding", "gzip, chunked")]),
-            map(&[("transfer-encoding", "chunked, gzip")]),
-            map(&[("transfer-encoding", "identity")]),
-        ] {
-            assert!(body_framing(&bad, true).is_err(), "{bad:?}");
+        let cases: &[(Fields, bool, Result<Framing, FramingError>)] = &[
+            (&[("transfer-encoding", "chunked")], true, Ok(chunked)),
+            (&[("transfer-encoding", "CHUNKED")], true, Ok(chunked)),
+            (&[("transfer-encoding", ", chunked ,")], true, Ok(chunked)),
+            (&[("content-length", "10")], true, Ok(Framing::Length(10))),
+            (&[("content-length", "10, 10")], true, Ok(Framing::Length(10))),
+            (&[("content-length", "10"), ("content-length", "10")], true, Ok(Framing::Length(10))),
+            (&[("content-length", "007")], true, Ok(Framing::Length(7))),
+            (&[("content-length", "0")], true, Ok(Framing::Empty)),
+            (&[], true, Ok(Framing::Empty)),
+            (&[], false, Ok(Framing::UntilClose)),
+            (&[("transfer-encoding", "chunked"), ("content-length", "3")], true, Err(E::Ambiguous)),
+            (&[("transfer-encoding", "chunked"), ("content-length", "3")], false, Err(E::Ambiguous)),
+            (&[("content-length", "1, 2")], true, Err(E::BadContentLength)),
+            (&[("content-length", "-1")], true, Err(E::BadContentLength)),
+            (&[("content-length", "1"), ("content-length", "2")], false, Err(E::BadContentLength)),
+            (&[("content-length", "+5")], true, Err(E::BadContentLength)),
+            (&[("content-length", "18446744073709551616")], true, Err(E::BadContentLength)),
+            (&[("transfer-encoding", "gzip, chunked")], true, Err(E::UnsupportedTransferEncoding)),
+            (&[("transfer-encoding", "identity, chunked")], false, Err(E::UnsupportedTransferEncoding)),
+            (&[("transfer-encoding", "chunked, gzip")], true, Err(E::ChunkedNotFinal)),
+            (&[("transfer-encoding", "chunked, identity")], true, Err(E::ChunkedNotFinal)),
+            (&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")], true, Err(E::ChunkedNotFinal)),
+            (&[("transfer-encoding", "identity")], true, Err(E::ChunkedNotFinal)),
+            (&[("transfer-encoding", "xchunked")], false, Err(E::ChunkedNotFinal)),
+            (&[("transfer-encoding", "chunked;q=1")], true, Err(E::ChunkedNotFinal)),
+            (&[("transfer-encoding", "")], true, Err(E::ChunkedNotFinal)),
+        ];
+        for (fields, request, expected) in cases {
+            let got = body_framing(&map(fields), Version::HTTP_11, *request);
+            assert_eq!(format!("{got:?}"), format!("{expected:?}"), "{fields:?}");
+        }
+        let te = map(&[("transfer-encoding", "chunked")]);
+        for request in [true, false] {
+            assert!(matches!(
+                body_framing(&te, Version::HTTP_10, request),
+                Err(E::TransferEncodingInHttp10)
+            ));
         }
     }
 }

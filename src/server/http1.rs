@@ -9,9 +9,13 @@
 //! for it; once the response is ready the loop takes the connection back.
 //!
 //! Framing is strict (RFC 9112): a request with both Transfer-Encoding and
-//! Content-Length, a transfer coding other than `chunked`, or Content-Length
-//! values that disagree is refused (400, 501) and the connection closed, so
-//! that no two parsers can read one request differently. `Expect:
+//! Content-Length, Transfer-Encoding in HTTP/1.0 or not ending in one
+//! `chunked`, a transfer coding other than `chunked` (501), Content-Length
+//! values that disagree, or a chunked body that breaks the chunk grammar
+//! (a bare LF included) is refused with 400 and the connection closed, so
+//! that no two parsers can read one request differently; what is forwarded
+//! is re-framed by the gateway. A response body that fails before its first
+//! byte is written becomes a 502. `Expect:
 //! 100-continue` is answered when the body is first read. A request that
 //! asks for an upgrade gets the connection handed to its tunnel after the
 //! 101. A connection that opens with the HTTP/2 preface is handed back to
@@ -27,7 +31,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -197,8 +201,8 @@ impl Client {
             version,
             headers,
         } = head;
-        let framing = match codec::body_framing(&headers, true) {
-            Ok((framing, _)) => framing,
+        let framing = match codec::body_framing(&headers, version, true) {
+            Ok(framing) => framing,
             Err(e) => {
                 refuse(&mut self.io, Refusal::Framing(e)).await;
                 return Next::Close;
@@ -386,6 +390,26 @@ impl Client {
                 tracing::debug!(error = %e, "writing the response failed");
                 return Next::Close;
             }
+            Err(WriteError::Body(e)) if writer.wrote_nothing() => {
+                // The body failed before a byte went out (an upstream's
+                // malformed chunk is seen at once): the client can still
+                // be told, with the same request id.
+                tracing::debug!(error = %e, "the response body failed before it was sent");
+                let id = parts
+                    .headers
+                    .get(&crate::proxy::headers::X_REQUEST_ID)
+                    .cloned()
+                    .unwrap_or_else(new_request_id);
+                drop(writer);
+                answer_and_close(
+                    &mut self.io,
+                    StatusCode::BAD_GATEWAY,
+                    "the response body failed before it could be sent",
+                    id,
+                )
+                .await;
+                return Next::Close;
+            }
             Err(WriteError::Body(e)) => {
                 // Mid-body: closing is the only way left to say so.
                 tracing::debug!(error = %e, "the response body failed; closing the connection");
@@ -556,21 +580,34 @@ async fn refuse(io: &mut ClientIo, refusal: Refusal) {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "the request head is too large",
         ),
-        Refusal::Framing(FramingError::UnsupportedTransferEncoding) => (
-            StatusCode::NOT_IMPLEMENTED,
-            "only the chunked transfer coding is accepted",
-        ),
-        Refusal::Framing(FramingError::Ambiguous) => (
-            StatusCode::BAD_REQUEST,
-            "the request has both Transfer-Encoding and Content-Length",
-        ),
-        Refusal::Framing(_) => (
-            StatusCode::BAD_REQUEST,
-            "the request's Content-Length is invalid",
-        ),
+        Refusal::Framing(e) => framing_refusal(e),
     };
     tracing::debug!(?refusal, "refusing a request");
-    let id = new_request_id();
+    answer_and_close(io, status, detail, new_request_id()).await;
+}
+
+/// The status and detail that refuse a request whose framing is `e`.
+fn framing_refusal(e: &FramingError) -> (StatusCode, &'static str) {
+    let detail = match e {
+        FramingError::UnsupportedTransferEncoding => {
+            return (
+                StatusCode::NOT_IMPLEMENTED,
+                "only the chunked transfer coding is accepted",
+            );
+        }
+        FramingError::Ambiguous => "the request has both Transfer-Encoding and Content-Length",
+        FramingError::ChunkedNotFinal => {
+            "the request's Transfer-Encoding does not end in a single chunked"
+        }
+        FramingError::TransferEncodingInHttp10 => "an HTTP/1.0 request has Transfer-Encoding",
+        FramingError::BadContentLength => "the request's Content-Length is invalid",
+        FramingError::BadChunk(what) => what,
+    };
+    (StatusCode::BAD_REQUEST, detail)
+}
+
+/// Writes a problem+json answer that closes the connection, then closes it.
+async fn answer_and_close(io: &mut ClientIo, status: StatusCode, detail: &str, id: HeaderValue) {
     let mut resp = problem(status, detail, id.to_str().unwrap_or("-"));
     resp.headers_mut()
         .insert(crate::http::headers::X_REQUEST_ID.clone(), id);

@@ -10,10 +10,12 @@
 //! target's pool.
 //!
 //! Message framing follows RFC 9112: a response to HEAD, a 1xx, 204 or 304
-//! has no body; `Transfer-Encoding` ending in `chunked` wins over
-//! `Content-Length` (and the connection is then not reused, as a guard
-//! against request smuggling); differing `Content-Length` values are an
-//! error; otherwise the body runs until the connection closes.
+//! has no body; otherwise `Transfer-Encoding: chunked` or `Content-Length`
+//! delimits it, or the connection's end. A response that could be read two
+//! ways (both headers, differing lengths, codings other than one final
+//! `chunked`, Transfer-Encoding in HTTP/1.0, a malformed chunk) is an
+//! error, as nginx has it: the client gets 502 and the connection, left
+//! mid-message, is closed rather than pooled.
 
 use std::io;
 use std::pin::Pin;
@@ -364,9 +366,8 @@ impl Http1Conn {
             {
                 (Framing::Empty, true)
             } else {
-                // Content-Length with chunked is read as chunked, then closed.
-                let (framing, suspect) = codec::body_framing(&headers, false)?;
-                (framing, !suspect && framing != Framing::UntilClose)
+                let framing = codec::body_framing(&headers, version, false)?;
+                (framing, framing != Framing::UntilClose)
             };
             keep_alive &= match version {
                 Version::HTTP_10 => codec::has_token(&headers, "keep-alive"),
@@ -711,15 +712,15 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn smuggling_shapes_are_refused_or_not_reused() {
-        // Transfer-Encoding and Content-Length together: chunked wins, no reuse.
+    async fn smuggling_shapes_are_refused_and_not_reused() {
+        // Transfer-Encoding and Content-Length together: an error, no reuse.
         let (_, got, pool) = exchange(
             get("/"),
             b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
             false,
         )
         .await;
-        assert_eq!(&got.unwrap().1[..], b"ok");
+        assert!(got.is_err());
         assert_eq!(pool.idle_http1(), 0);
         // Two different lengths: an error.
         let (_, got, _) = exchange(

@@ -561,13 +561,25 @@ async fn transfer_encoding_with_content_length_is_refused_with_400_and_closed() 
 async fn a_transfer_coding_other_than_chunked_is_refused_with_501_and_closed() {
     assert_refused(
         &[
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ],
+        501,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn transfer_encoding_not_ending_in_chunked_is_refused_with_400_and_closed() {
+    // RFC 9112 §6.3: the body's end cannot be found; 400 and close.
+    assert_refused(
+        &[
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nxxxx",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n",
         ],
-        501,
+        400,
     )
     .await;
 }

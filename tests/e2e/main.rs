@@ -11,6 +11,7 @@ mod dns;
 mod examples;
 mod forwarding;
 mod health;
+mod http1_desync;
 mod http1_wire;
 mod http2;
 mod jwt;
