@@ -397,7 +397,7 @@ impl Client {
                 tracing::debug!(error = %e, "the response body failed before it was sent");
                 let id = parts
                     .headers
-                    .get(&crate::proxy::headers::X_REQUEST_ID)
+                    .get(&crate::http::headers::X_REQUEST_ID)
                     .cloned()
                     .unwrap_or_else(new_request_id);
                 drop(writer);
