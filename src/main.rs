@@ -65,9 +65,15 @@ fn init_logging() {
     // rustls warns about what a client's hello gets wrong (an IP address as
     // SNI, as every client of https://10.0.0.1/ sends): a line per
     // connection that clients decide. Failed handshakes are logged by the
-    // gateway itself (debug).
+    // gateway itself (debug). Likewise the h2 crate warns for every PING ACK
+    // a client sends unasked, which it then ignores (RFC 9113 §6.7): a flood
+    // of them must not become a flood of log lines.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    let filter = match "h2::proto::ping_pong=error".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -56,6 +56,8 @@ pub use crate::net::stream::{ClientIo, ClientStream};
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The length of the preface's first line, `PRI * HTTP/2.0\r\n`.
+const PREFACE_LINE: usize = 16;
 /// Bytes read from an idle connection before a buffer is allocated.
 const FIRST_READ: usize = 4 * 1024;
 /// Header fields parsed without a heap allocation.
@@ -495,6 +497,8 @@ enum Refusal {
     Framing(FramingError),
     /// The connection failed while reading the head.
     Io(io::Error),
+    /// The HTTP/2 preface's first line, then something else.
+    BrokenPreface,
 }
 
 /// Reads until `buf` holds a complete head and parses it. `None` when the
@@ -510,6 +514,10 @@ async fn read_head(
             if buf.len() >= PREFACE.len() {
                 return Ok(Some(Head::Http2));
             }
+        } else if first && buf.starts_with(&PREFACE[..PREFACE_LINE]) {
+            // HTTP/2's first line with a broken rest: an HTTP/2 client
+            // whose preface is invalid (RFC 9113 §3.4), not an HTTP/1 one.
+            return Err(Refusal::BrokenPreface);
         } else if let Some(head) = parse_head(buf, caps)? {
             return Ok(Some(Head::Request(head)));
         }
@@ -581,6 +589,16 @@ async fn refuse(io: &mut ClientIo, refusal: Refusal) {
             "the request head is too large",
         ),
         Refusal::Framing(e) => framing_refusal(e),
+        Refusal::BrokenPreface => {
+            // As a pure HTTP/2 port answers it: the server's SETTINGS, then
+            // GOAWAY (last stream 0, PROTOCOL_ERROR), then close.
+            const SETTINGS: [u8; 9] = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+            const GOAWAY: [u8; 17] = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x1];
+            tracing::debug!("an invalid HTTP/2 connection preface");
+            let _ = io.write_all(&[SETTINGS.as_slice(), &GOAWAY].concat()).await;
+            let _ = io.shutdown().await;
+            return;
+        }
     };
     tracing::debug!(?refusal, "refusing a request");
     answer_and_close(io, status, detail, new_request_id()).await;

@@ -83,7 +83,7 @@ where
         // boxed, a move is a pointer instead of the pipeline's several KiB.
         Box::into_pin(Box::write(
             Box::new_uninit(),
-            handling(req.map(ClientBody::Http2), conn.clone(), rt.clone()),
+            handling(req.map(ClientBody::http2), conn.clone(), rt.clone()),
         ))
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);

@@ -14,6 +14,7 @@ mod health;
 mod http1_desync;
 mod http1_wire;
 mod http2;
+mod http2_conformance;
 mod jwt;
 mod l4;
 mod limits;
