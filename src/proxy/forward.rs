@@ -626,3 +626,62 @@ fn from_upstream<G: Send + Unpin + 'static>(body: UpstreamBody, guard: G) -> Bod
     }
     .boxed_unsync()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade_headers(values: &[&str]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for v in values {
+            h.append(header::UPGRADE, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_the_protocols_a_route_allows_are_offered_upstream() {
+        let websocket: Box<[Box<str>]> = Box::new([Box::from("websocket")]);
+        let two: Box<[Box<str>]> = Box::new([Box::from("websocket"), Box::from("foo")]);
+        let cases: &[(&[&str], &[Box<str>], Option<&str>)] = &[
+            (&["websocket"], &websocket, Some("websocket")),
+            (&["WebSocket"], &websocket, Some("WebSocket")),
+            (&["h2c"], &websocket, None),
+            (&["foo"], &websocket, None),
+            (&["h2c, websocket"], &websocket, Some("websocket")),
+            (&["h2c", "websocket"], &websocket, Some("websocket")),
+            (&["foo/2, h2c, websocket"], &two, Some("foo/2, websocket")),
+            (&[" , "], &websocket, None),
+            (&[], &websocket, None),
+        ];
+        for (offered, allowed, expected) in cases {
+            let got = allowed_upgrade(&upgrade_headers(offered), allowed);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap()),
+                *expected,
+                "{offered:?} with {allowed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_switch_counts_only_to_a_protocol_the_request_offered() {
+        let offered = HeaderValue::from_static("foo/2, websocket");
+        let cases: &[(&[&str], bool)] = &[
+            (&["websocket"], true),
+            (&["WebSocket"], true),
+            (&["foo/2"], true),
+            (&["foo"], false),
+            (&["h2c"], false),
+            (&["websocket, h2c"], false),
+            (&[], false),
+        ];
+        for (chosen, expected) in cases {
+            assert_eq!(
+                switched_to_offered(&upgrade_headers(chosen), &offered),
+                *expected,
+                "{chosen:?}"
+            );
+        }
+    }
+}
