@@ -643,7 +643,9 @@ mod tests {
     fn only_the_protocols_a_route_allows_are_offered_upstream() {
         let websocket: Box<[Box<str>]> = Box::new([Box::from("websocket")]);
         let two: Box<[Box<str>]> = Box::new([Box::from("websocket"), Box::from("foo")]);
-        let cases: &[(&[&str], &[Box<str>], Option<&str>)] = &[
+        // (offered Upgrade headers, the route's list, what goes upstream)
+        type Case<'a> = (&'a [&'a str], &'a [Box<str>], Option<&'a str>);
+        let cases: &[Case] = &[
             (&["websocket"], &websocket, Some("websocket")),
             (&["WebSocket"], &websocket, Some("WebSocket")),
             (&["h2c"], &websocket, None),
