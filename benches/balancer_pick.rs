@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use portcullis::config::model::Balance;
 use portcullis::upstream::TargetState;
+use portcullis::upstream::balance::Algorithm;
 use portcullis::upstream::balance::{PickContext, Weighted, build};
 
-const ALGORITHMS: [(&str, Balance); 6] = [
-    ("round_robin", Balance::RoundRobin),
-    ("least_connections", Balance::LeastConnections),
-    ("random", Balance::Random),
-    ("p2c_ewma", Balance::P2cEwma),
-    ("ip_hash", Balance::IpHash),
-    ("consistent_hash", Balance::ConsistentHash),
+const ALGORITHMS: [(&str, Algorithm); 6] = [
+    ("round_robin", Algorithm::RoundRobin),
+    ("least_connections", Algorithm::LeastConnections),
+    ("random", Algorithm::Random),
+    ("p2c_ewma", Algorithm::P2cEwma),
+    ("ip_hash", Algorithm::IpHash),
+    ("consistent_hash", Algorithm::ConsistentHash),
 ];
 
 /// `n` targets with weights 1 to 3 and some load and latency figures, as a

@@ -277,7 +277,7 @@ impl Compiler<'_> {
             Some(h) => Some(self.health_check(&at.key("health_check"), h)?),
             None => None,
         };
-        let balancer = balance::build(u.balance, &weighted);
+        let balancer = balance::build(algorithm(u.balance), &weighted);
         let name: Arc<str> = Arc::from(u.name.as_str());
         let duration = self
             .env
@@ -411,5 +411,18 @@ impl Compiler<'_> {
             healthy_threshold,
             unhealthy_threshold,
         })
+    }
+}
+
+/// The upstream layer's name for a configured `balance`.
+fn algorithm(balance: model::Balance) -> balance::Algorithm {
+    use balance::Algorithm;
+    match balance {
+        model::Balance::RoundRobin => Algorithm::RoundRobin,
+        model::Balance::LeastConnections => Algorithm::LeastConnections,
+        model::Balance::Random => Algorithm::Random,
+        model::Balance::P2cEwma => Algorithm::P2cEwma,
+        model::Balance::IpHash => Algorithm::IpHash,
+        model::Balance::ConsistentHash => Algorithm::ConsistentHash,
     }
 }

@@ -24,7 +24,23 @@ pub use random::Random;
 pub use round_robin::RoundRobin;
 
 use super::target::TargetState;
-use crate::config::model::Balance;
+
+/// The balancing algorithms, as `balance:` names them in the configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Smooth weighted round robin.
+    RoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    LeastConnections,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on latency (EWMA) times load.
+    P2cEwma,
+    /// Consistent hash of the client IP.
+    IpHash,
+    /// Consistent hash of `hash_key`.
+    ConsistentHash,
+}
 
 /// What a pick may depend on besides the targets' state.
 #[derive(Clone, Copy, Debug, Default)]
@@ -55,19 +71,19 @@ pub struct Weighted {
 }
 
 /// Builds the balancer for `algorithm` over `targets`.
-pub fn build(algorithm: Balance, targets: &[Weighted]) -> Box<dyn Balancer> {
+pub fn build(algorithm: Algorithm, targets: &[Weighted]) -> Box<dyn Balancer> {
     match algorithm {
-        Balance::RoundRobin => Box::new(RoundRobin::new(
+        Algorithm::RoundRobin => Box::new(RoundRobin::new(
             &targets.iter().map(|t| t.weight).collect::<Vec<_>>(),
         )),
-        Balance::LeastConnections => Box::new(LeastConnections::new(targets)),
-        Balance::Random => Box::new(Random::new(
+        Algorithm::LeastConnections => Box::new(LeastConnections::new(targets)),
+        Algorithm::Random => Box::new(Random::new(
             &targets.iter().map(|t| t.weight).collect::<Vec<_>>(),
         )),
-        Balance::P2cEwma => Box::new(P2cEwma::new(targets)),
+        Algorithm::P2cEwma => Box::new(P2cEwma::new(targets)),
         // The same Maglev table serves both: only the hashed key differs,
         // and the caller computes it.
-        Balance::IpHash | Balance::ConsistentHash => Box::new(ConsistentHash::new(targets)),
+        Algorithm::IpHash | Algorithm::ConsistentHash => Box::new(ConsistentHash::new(targets)),
     }
 }
 
@@ -120,12 +136,12 @@ mod tests {
     fn every_algorithm_builds_and_skips_ineligible_targets() {
         let targets = testing::targets(&[1, 1, 1]);
         for algorithm in [
-            Balance::RoundRobin,
-            Balance::LeastConnections,
-            Balance::Random,
-            Balance::P2cEwma,
-            Balance::IpHash,
-            Balance::ConsistentHash,
+            Algorithm::RoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::Random,
+            Algorithm::P2cEwma,
+            Algorithm::IpHash,
+            Algorithm::ConsistentHash,
         ] {
             let b = build(algorithm, &targets);
             for hash in 0..50 {
@@ -139,11 +155,11 @@ mod tests {
     #[test]
     fn every_algorithm_handles_no_targets() {
         for algorithm in [
-            Balance::RoundRobin,
-            Balance::LeastConnections,
-            Balance::Random,
-            Balance::P2cEwma,
-            Balance::ConsistentHash,
+            Algorithm::RoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::Random,
+            Algorithm::P2cEwma,
+            Algorithm::ConsistentHash,
         ] {
             let b = build(algorithm, &[]);
             assert_eq!(b.pick(&PickContext::default(), &|_| true), None);
