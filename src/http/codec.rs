@@ -202,10 +202,12 @@ impl Framing {
                 // section arriving byte by byte is not scanned again each time.
                 let mut at = checked;
                 loop {
-                    let Some(lf) = memchr::memchr(b'\n', &buf[at..]).map(|i| at + i) else {
-                        if buf.len() > MAX_TRAILERS {
-                            return Err(FramingError::BadChunk("trailers too large"));
-                        }
+                    let lf = memchr::memchr(b'\n', &buf[at..]).map(|i| at + i);
+                    if lf.unwrap_or(buf.len()) >= MAX_TRAILERS {
+                        // The same verdict whether the section came whole or in pieces.
+                        return Err(FramingError::BadChunk("trailers too large"));
+                    }
+                    let Some(lf) = lf else {
                         *self = Framing::Chunked(Chunk::Trailers(at));
                         return Ok(Some(Decoded::More(0)));
                     };
@@ -778,6 +780,94 @@ pub fn poll_write_from<W: AsyncWrite + Unpin>(
     Poll::Ready(Ok(()))
 }
 
+/// Entry points for the fuzz targets in `fuzz/`, beside the decoder they
+/// exercise, so that they build with the crate and unit tests run them.
+#[doc(hidden)]
+pub mod fuzz_logic {
+    use super::*;
+
+    /// What decoding a body gave.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Read {
+        /// The data frames, joined.
+        pub data: Vec<u8>,
+        /// The trailer fields, in order.
+        pub trailers: Vec<(HeaderName, HeaderValue)>,
+        /// Bytes the body took from the wire, or the error.
+        pub verdict: Result<usize, String>,
+    }
+
+    /// Decodes `wire` as `framing`, fed `step` bytes at a time, until the
+    /// body ends, fails, or wants more than there is. Checks what holds
+    /// for every body: no data past a length, and a failed body never
+    /// looks finished.
+    pub fn decode(mut framing: Framing, wire: &[u8], step: usize) -> Read {
+        let limit = match framing {
+            Framing::Length(n) => n,
+            Framing::Empty | Framing::Done => 0,
+            _ => u64::MAX,
+        };
+        let mut buf = BytesMut::new();
+        let (mut fed, mut data, mut trailers) = (0, Vec::new(), Vec::new());
+        let verdict = loop {
+            match framing.decode(&mut buf) {
+                Err(e) => {
+                    assert!(!framing.is_end(), "a failed body looks finished");
+                    break Err(e.to_string());
+                }
+                Ok(Decoded::Frame(frame)) => match frame.into_data() {
+                    Ok(d) => data.extend_from_slice(&d),
+                    Err(frame) => {
+                        let fields = frame.into_trailers().unwrap_or_default();
+                        assert!(fields.keys().all(|n| !is_forbidden_trailer(n)));
+                        let mut name = None;
+                        for (n, v) in fields {
+                            name = n.or(name);
+                            if let Some(n) = &name {
+                                trailers.push((n.clone(), v));
+                            }
+                        }
+                    }
+                },
+                Ok(Decoded::End) => break Ok(fed - buf.len()),
+                Ok(Decoded::More(_)) if fed == wire.len() => {
+                    break Err("more input wanted".to_string());
+                }
+                Ok(Decoded::More(_)) => {
+                    let end = (fed + step.max(1)).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+            }
+        };
+        assert!(data.len() as u64 <= limit, "data past the body's length");
+        Read {
+            data,
+            trailers,
+            verdict,
+        }
+    }
+
+    /// Decodes `data` (after its first byte) as a chunked body whole and in
+    /// pieces of a size that first byte picks: both must read it the same
+    /// way, or a message could mean one thing in one read and another in
+    /// two.
+    pub fn chunked(data: &[u8]) {
+        let Some((&step, wire)) = data.split_first() else {
+            return;
+        };
+        let chunked = Framing::Chunked(Chunk::Size);
+        let whole = decode(chunked, wire, wire.len());
+        let pieces = decode(chunked, wire, usize::from(step % 32) + 1);
+        assert_eq!(
+            whole,
+            pieces,
+            "read whole and in pieces of {}",
+            step % 32 + 1
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -944,6 +1034,33 @@ mod tests {
                     None => assert!(matches!(got, Err(Some(_))), "{shown:?}: {got:?}"),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_edge_case_reads_the_same_whole_and_in_pieces() {
+        for (wire, _) in CHUNKED {
+            for step in 0..32u8 {
+                fuzz_logic::chunked(&[&[step][..], wire].concat());
+            }
+        }
+        for (section, _) in TRAILERS {
+            fuzz_logic::chunked(&[&b"\x05"[..], b"0\r\n", section].concat());
+        }
+    }
+
+    #[test]
+    fn a_long_trailer_section_is_an_error_whole_or_in_pieces() {
+        let mut wire = b"0\r\n".to_vec();
+        while wire.len() < MAX_TRAILERS + 100 {
+            wire.extend_from_slice(
+                b"x-long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+            );
+        }
+        wire.extend_from_slice(b"\r\n");
+        for step in [7, wire.len()] {
+            let read = fuzz_logic::decode(Framing::Chunked(Chunk::Size), &wire, step);
+            assert!(read.verdict.is_err(), "in steps of {step}");
         }
     }
 

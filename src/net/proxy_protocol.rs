@@ -73,15 +73,25 @@ enum Parsed {
 /// Longest v1 header, `\r\n` included.
 const MAX_V1: usize = 107;
 
-fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
+fn parse(mut buf: &[u8]) -> Result<Parsed, ProxyError> {
     // ppp judges some cut-off v1 lines as complete (an empty port is
-    // "invalid", not "missing"), so a v1 line is parsed only once its end
-    // has arrived, or once it is too long to be a header.
-    let v1_line_open = buf.starts_with(b"PROXY ")
-        && !buf.iter().take(MAX_V1).any(|b| *b == b'\n')
-        && buf.len() < MAX_V1;
-    if v1_line_open {
-        return Ok(Parsed::Incomplete);
+    // "invalid", not "missing"), and reads past a bare LF looking for a
+    // CRLF, so its verdict could depend on how the bytes arrived. A v1 line
+    // is parsed once its first LF has arrived, alone, and only when a CR
+    // precedes that LF (found by fuzzing: `… 56324 \n4\r\r\n` was refused
+    // whole and accepted a byte at a time).
+    if buf.starts_with(b"PROXY ") {
+        match buf.iter().take(MAX_V1).position(|b| *b == b'\n') {
+            None if buf.len() < MAX_V1 => return Ok(Parsed::Incomplete),
+            None => {}
+            // lf >= 6: the line starts with "PROXY ".
+            Some(lf) if buf[lf - 1] != b'\r' => {
+                return Err(ProxyError::Malformed(
+                    "the v1 header does not end in CRLF".into(),
+                ));
+            }
+            Some(lf) => buf = &buf[..=lf],
+        }
     }
     let result = HeaderResult::parse(buf);
     if result.is_incomplete() {
@@ -513,6 +523,29 @@ mod tests {
         bad_v2.extend_from_slice(&[0x31, 0x11, 0, 12]);
         bad_v2.extend_from_slice(&[0; 12]);
         assert!(matches!(parse(&bad_v2), Err(ProxyError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_v1_line_is_judged_the_same_whole_or_in_pieces() {
+        // A fuzzing find: refused whole, accepted when read a byte at a time.
+        for wire in [
+            &b"PROXY TCP4 192.168.0.1 10.0.0.1 5632 56324 \n4\r\r\n"[..],
+            b"PROXY TCP4 192.168.0.1 10.0.0.1 1 2\n\r\n",
+            b"PROXY TCP4 192.168.0.1 10.0.0.1 1 2\r\nGET / HTTP/1.1\r\n",
+        ] {
+            let whole = parse(wire).map_err(|e| e.to_string());
+            for cut in 1..wire.len() {
+                match parse(&wire[..cut]) {
+                    Ok(Parsed::Incomplete) => {}
+                    prefix => assert_eq!(
+                        prefix.map_err(|e| e.to_string()),
+                        whole,
+                        "{:?} cut at {cut}",
+                        String::from_utf8_lossy(wire)
+                    ),
+                }
+            }
+        }
     }
 
     #[tokio::test]

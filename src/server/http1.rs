@@ -881,3 +881,112 @@ impl AsyncWrite for Detached {
         Poll::Ready(Ok(()))
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/`, beside the parser they
+/// exercise, so that they build with the crate and unit tests run them.
+#[doc(hidden)]
+pub mod fuzz_logic {
+    use super::*;
+    use crate::http::codec::fuzz_logic::decode;
+
+    /// The framing fields, which the gateway always writes itself.
+    fn is_framing_field(name: &header::HeaderName) -> bool {
+        name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING
+    }
+
+    /// Reads `data` as a client's request (head, then body) and checks that
+    /// a request the gateway accepts is forwarded as one that reads back the
+    /// same: same method, target, fields and framing, nothing left over.
+    pub fn request(data: &[u8]) {
+        let caps = Caps {
+            head_bytes: 64 * 1024,
+            fields: 128,
+        };
+        let mut buf = BytesMut::from(data);
+        let Ok(Some(head)) = parse_head(&mut buf, caps) else {
+            return;
+        };
+        let Ok(framing) = codec::body_framing(&head.headers, head.version, true) else {
+            return;
+        };
+        decode(framing, &buf, buf.len());
+
+        let target = head
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
+        let mut out = Vec::new();
+        out.extend_from_slice(head.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        codec::write_fields(&mut out, &head.headers, is_framing_field);
+        let length = match framing {
+            Framing::Length(n) => Some(n),
+            Framing::Empty => Some(0),
+            _ => None,
+        };
+        codec::write_framing(&mut out, length);
+        out.extend_from_slice(b"\r\n");
+
+        let mut again = BytesMut::from(&out[..]);
+        let wide = Caps {
+            head_bytes: u32::MAX,
+            fields: 256,
+        };
+        let shown = String::from_utf8_lossy(&out).into_owned();
+        let forwarded = match parse_head(&mut again, wide) {
+            Ok(Some(forwarded)) => forwarded,
+            Ok(None) => panic!("the forwarded head is incomplete: {shown:?}"),
+            Err(e) => panic!("the forwarded head is refused ({e:?}): {shown:?}"),
+        };
+        assert!(again.is_empty(), "bytes past the forwarded head: {shown:?}");
+        assert_eq!(forwarded.method, head.method, "{shown:?}");
+        assert_eq!(
+            forwarded.uri.path_and_query().map(|p| p.as_str()),
+            Some(target),
+            "{shown:?}"
+        );
+        let fields = |h: &HeaderMap| {
+            let mut h = h.clone();
+            h.remove(header::CONTENT_LENGTH);
+            h.remove(header::TRANSFER_ENCODING);
+            h
+        };
+        assert_eq!(
+            fields(&forwarded.headers),
+            fields(&head.headers),
+            "{shown:?}"
+        );
+        let reframed = codec::body_framing(&forwarded.headers, forwarded.version, true);
+        let same = match (framing, reframed) {
+            (Framing::Chunked(_), Ok(Framing::Chunked(_))) => true,
+            (original, Ok(again)) => original == again,
+            (_, Err(_)) => false,
+        };
+        assert!(same, "the forwarded request is framed otherwise: {shown:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_requests_are_forwarded_as_requests_that_read_back_the_same() {
+        for request in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"POST /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 005\r\n\r\nhello",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n",
+            b"GET /lf HTTP/1.1\nHost: x\nX-A:  spaced\t \n\n",
+            b"GET http://h/abs?q HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.0\r\nX-Obs: caf\xe9\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+        ] {
+            fuzz_logic::request(request);
+        }
+    }
+}

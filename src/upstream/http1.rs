@@ -299,7 +299,7 @@ impl Http1Conn {
     ) -> Poll<Result<ParsedHead, Http1Error>> {
         loop {
             if !self.buf.is_empty()
-                && let Some(head) = self.parse_head(head_only, upgrade)?
+                && let Some(head) = parse_head(&mut self.buf, head_only, upgrade)?
             {
                 return Poll::Ready(Ok(head));
             }
@@ -311,75 +311,6 @@ impl Http1Conn {
             if n == 0 {
                 return Poll::Ready(Err(Http1Error::ClosedBeforeHead));
             }
-        }
-    }
-
-    /// Parses a complete head from the buffer (consuming it), or `None`
-    /// when more bytes are needed. Interim 1xx heads are consumed and skipped.
-    fn parse_head(
-        &mut self,
-        head_only: bool,
-        upgrade: bool,
-    ) -> Result<Option<ParsedHead>, Http1Error> {
-        loop {
-            let mut fields = [std::mem::MaybeUninit::uninit(); MAX_HEADERS];
-            let mut parsed = httparse::Response::new(&mut []);
-            let config = httparse::ParserConfig::default();
-            let len = match config.parse_response_with_uninit_headers(
-                &mut parsed,
-                &self.buf,
-                &mut fields,
-            ) {
-                Ok(httparse::Status::Complete(len)) => len,
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::HeadTooLarge),
-                Err(e) => return Err(Http1Error::Malformed(codec::parse_error(e))),
-            };
-            let code = parsed.code.unwrap_or(0);
-            let status = StatusCode::from_u16(code)
-                .map_err(|_| Http1Error::Malformed("invalid status code"))?;
-            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-                // 100 Continue, 103 Early Hints: the final answer follows.
-                self.buf.advance(len);
-                continue;
-            }
-            if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
-                return Err(Http1Error::Malformed(
-                    "101 to a request that asked for no upgrade",
-                ));
-            }
-            let version = if parsed.version == Some(0) {
-                Version::HTTP_10
-            } else {
-                Version::HTTP_11
-            };
-            // Header values point into the head's bytes: share, do not copy.
-            let spans = Spans::new(&self.buf, parsed.headers);
-            let head = self.buf.split_to(len).freeze();
-            // Room for what the gateway adds (X-Request-Id, a route's
-            // response headers) without growing the map.
-            let headers = spans.header_map(&head, 4).map_err(Http1Error::Malformed)?;
-            let (framing, mut keep_alive) = if head_only
-                || status.is_informational()
-                || status == StatusCode::NO_CONTENT
-                || status == StatusCode::NOT_MODIFIED
-            {
-                (Framing::Empty, true)
-            } else {
-                let framing = codec::body_framing(&headers, version, false)?;
-                (framing, framing != Framing::UntilClose)
-            };
-            keep_alive &= match version {
-                Version::HTTP_10 => codec::has_token(&headers, "keep-alive"),
-                _ => !codec::has_token(&headers, "close"),
-            };
-            return Ok(Some(ParsedHead {
-                status,
-                version,
-                headers,
-                framing,
-                keep_alive,
-            }));
         }
     }
 
@@ -406,6 +337,71 @@ impl Http1Conn {
             response,
             upgraded: None,
         }
+    }
+}
+
+/// Parses a complete response head from `buf` (consuming it), or `None`
+/// when more bytes are needed. Interim 1xx heads are consumed and skipped.
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    upgrade: bool,
+) -> Result<Option<ParsedHead>, Http1Error> {
+    loop {
+        let mut fields = [std::mem::MaybeUninit::uninit(); MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Http1Error::HeadTooLarge),
+            Err(e) => return Err(Http1Error::Malformed(codec::parse_error(e))),
+        };
+        let code = parsed.code.unwrap_or(0);
+        let status =
+            StatusCode::from_u16(code).map_err(|_| Http1Error::Malformed("invalid status code"))?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            buf.advance(len);
+            continue;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+            return Err(Http1Error::Malformed(
+                "101 to a request that asked for no upgrade",
+            ));
+        }
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        // Header values point into the head's bytes: share, do not copy.
+        let spans = Spans::new(buf, parsed.headers);
+        let head = buf.split_to(len).freeze();
+        // Room for what the gateway adds (X-Request-Id, a route's
+        // response headers) without growing the map.
+        let headers = spans.header_map(&head, 4).map_err(Http1Error::Malformed)?;
+        let (framing, mut keep_alive) = if head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            (Framing::Empty, true)
+        } else {
+            let framing = codec::body_framing(&headers, version, false)?;
+            (framing, framing != Framing::UntilClose)
+        };
+        keep_alive &= match version {
+            Version::HTTP_10 => codec::has_token(&headers, "keep-alive"),
+            _ => !codec::has_token(&headers, "close"),
+        };
+        return Ok(Some(ParsedHead {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
     }
 }
 
@@ -526,6 +522,40 @@ impl HttpBody for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.framing.size_hint()
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/`, beside the parser they
+/// exercise, so that they build with the crate and unit tests run them.
+#[doc(hidden)]
+pub mod fuzz_logic {
+    use super::*;
+    use crate::http::codec::fuzz_logic::decode;
+
+    /// Reads `data` (after its first byte, whose low bits say whether the
+    /// request was a HEAD and whether it asked for an upgrade) as an
+    /// upstream's answer: interim heads, the final head, then its body, in
+    /// one piece and byte by byte. Checks that both reads agree and that a
+    /// connection is kept only when the body's end is known.
+    pub fn response(data: &[u8]) {
+        let Some((&flags, wire)) = data.split_first() else {
+            return;
+        };
+        let (head_only, upgrade) = (flags & 1 == 1, flags & 2 == 2);
+        let mut buf = BytesMut::from(wire);
+        let Ok(Some(head)) = parse_head(&mut buf, head_only, upgrade) else {
+            return;
+        };
+        assert!(
+            !head.keep_alive || head.framing != Framing::UntilClose,
+            "a connection kept with a body that runs until close"
+        );
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return;
+        }
+        let whole = decode(head.framing, &buf, buf.len());
+        let pieces = decode(head.framing, &buf, 1);
+        assert_eq!(whole, pieces, "the body read whole and byte by byte");
     }
 }
 
@@ -957,6 +987,20 @@ pub(crate) mod tests {
         )
         .await;
         assert!(got.is_err());
+    }
+
+    #[test]
+    fn answers_read_the_same_whole_and_byte_by_byte() {
+        for answer in [
+            &b"\0HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            b"\0HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: 1\r\n\r\n",
+            b"\x01HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n",
+            b"\x02HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\nframe",
+            b"\0HTTP/1.0 200 OK\r\n\r\nuntil close",
+            b"\0HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\nok\n0\n\n",
+        ] {
+            fuzz_logic::response(answer);
+        }
     }
 
     #[tokio::test]
