@@ -1,8 +1,9 @@
 //! Cost of the gateway policies on a request that passes them: a `jwt`
 //! policy checking a bearer token (HS256 against a secret, ES256 and RS256
 //! against a key set file; a token seen before, and one verified from
-//! scratch), and a `rate_limit` policy whose budget is never spent (by
-//! client address and by header).
+//! scratch), an `api_key` policy among 10 and among 100,000 consumers, and
+//! a `rate_limit` policy whose budget is never spent (by client address and
+//! by header).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -13,9 +14,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use portcullis::config::model::PolicyDef;
+use portcullis::config::model::{ConsumerDef, ConsumerHeadersDef, PolicyDef};
 use portcullis::http::body::{Body, empty};
 use portcullis::observe::metrics::Metrics;
+use portcullis::policy::consumer::{Consumers, hash_key};
 use portcullis::policy::context::RequestCtx;
 use portcullis::policy::jwks::RemoteKeySets;
 use portcullis::policy::rate_limit::CounterRegistry;
@@ -42,6 +44,10 @@ impl Env {
     }
 
     fn policy(&self, yaml: &str) -> Arc<dyn Policy> {
+        self.policy_with(yaml, &Arc::new(Consumers::empty()))
+    }
+
+    fn policy_with(&self, yaml: &str, consumers: &Arc<Consumers>) -> Arc<dyn Policy> {
         let def: PolicyDef = serde_saphyr::from_str(yaml).unwrap();
         let env = BuildEnv {
             name: "bench",
@@ -51,6 +57,7 @@ impl Env {
             check_only: false,
             base: self.dir.path(),
             redis: policy::Store::Absent,
+            consumers,
         };
         match policy::build(&def, &env) {
             Ok(p) => p,
@@ -139,6 +146,7 @@ fn request(token: &str) -> Request<Body> {
         .header("host", "api.example.com")
         .header("authorization", format!("Bearer {token}"))
         .header("x-api-user", "user-4711")
+        .header("x-api-key", "key-7")
         .body(empty())
         .unwrap()
 }
@@ -205,6 +213,23 @@ fn policies(c: &mut Criterion) {
             ));
             bench_policy(c, &format!("{name}{suffix}"), &p, &token);
         }
+    }
+
+    // The same key among few and many consumers: one hash, one probe.
+    for n in [10, 100_000] {
+        let defs: Vec<ConsumerDef> = (0..n)
+            .map(|i| ConsumerDef {
+                name: format!("consumer-{i}"),
+                groups: vec!["partners".into()],
+                api_keys: vec![hash_key(format!("key-{i}").as_bytes())],
+                password_hash: None,
+                rate_limits: Default::default(),
+            })
+            .collect();
+        let consumers =
+            Arc::new(Consumers::build(&defs, &ConsumerHeadersDef::default(), |_| false).unwrap());
+        let p = env.policy_with("{ type: api_key }", &consumers);
+        bench_policy(c, &format!("api_key_{n}_consumers"), &p, "x");
     }
 
     // A budget no benchmark loop can spend.

@@ -1,4 +1,4 @@
-//! The portcullis command line: run, check, demo, version.
+//! The portcullis command line: run, check, demo, hash-key, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,12 @@ enum Command {
     },
     /// A self-contained tour: demo backends and a gateway on 127.0.0.1:8080.
     Demo,
+    /// Print the SHA-256 of an API key, as `consumers[].api_keys` stores it.
+    HashKey {
+        /// The key; read from standard input (one line) when absent, which
+        /// keeps it out of the shell's history.
+        key: Option<String>,
+    },
     /// Print the version.
     Version,
 }
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { config } => with_runtime(check(config)),
+        Command::HashKey { key } => hash_key(key),
         Command::Run { config } => {
             init_logging();
             with_runtime(run(config))
@@ -59,6 +66,26 @@ fn main() -> ExitCode {
             with_runtime(portcullis::demo::run())
         }
     }
+}
+
+fn hash_key(key: Option<String>) -> ExitCode {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut line = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("cannot read the key from standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if key.is_empty() {
+        eprintln!("the key is empty; give it as an argument or on standard input");
+        return ExitCode::FAILURE;
+    }
+    println!("{}", portcullis::policy::consumer::hash_key(key.as_bytes()));
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {

@@ -68,6 +68,13 @@ impl Compiler<'_> {
             .map(|(k, (r, _, _))| (&*r.name, k))
             .collect();
 
+        // Which `skip_policies` entries named a policy some listener of
+        // their route attaches, by route file index.
+        let mut skipped: Vec<Vec<bool>> = cfg
+            .routes
+            .iter()
+            .map(|r| vec![false; r.skip_policies.len()])
+            .collect();
         let mut out = Vec::new();
         for (li, l) in cfg.listeners.iter().enumerate() {
             let at = DocPath::root().key("listeners").index(li);
@@ -115,7 +122,14 @@ impl Compiler<'_> {
                     continue;
                 };
                 let (route, spec, route_policies) = &routes[*k];
-                let mut all = listener_policies.clone();
+                let skip = &cfg.routes[*ri].skip_policies;
+                let mut all: Vec<NamedPolicy> = Vec::with_capacity(listener_policies.len());
+                for p in &listener_policies {
+                    match skip.iter().position(|s| **s == *p.name) {
+                        Some(i) => skipped[*ri][i] = true,
+                        None => all.push(p.clone()),
+                    }
+                }
                 all.extend(route_policies.iter().cloned());
                 specs.push(spec.clone());
                 bindings.push(Binding {
@@ -147,6 +161,22 @@ impl Compiler<'_> {
                 proxy_protocol: l.proxy_protocol,
                 l4: None,
             }));
+        }
+        for (ri, used) in skipped.iter().enumerate() {
+            for (i, used) in used.iter().enumerate() {
+                let name = &cfg.routes[ri].skip_policies[i];
+                if !used && !self.broken_policies.contains(name) {
+                    self.diag.error(
+                        &DocPath::root()
+                            .key("routes")
+                            .index(ri)
+                            .key("skip_policies")
+                            .index(i),
+                        format!("no listener of route `{}` attaches policy `{name}`", cfg.routes[ri].name),
+                        Some("skip_policies names policies from the `policies` of the route's listeners; remove it".into()),
+                    );
+                }
+            }
         }
         out
     }

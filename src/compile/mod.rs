@@ -20,10 +20,11 @@ use sha2::{Digest, Sha256};
 use crate::config::diagnostics::{ConfigErrors, Diagnostics, DocPath};
 use crate::config::load::Loaded;
 use crate::config::locate;
-use crate::config::model::Config;
+use crate::config::model::{Config, PolicyDef};
 use crate::observe::access_log::AccessLogs;
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::Metrics;
+use crate::policy::consumer::Consumers;
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
 use crate::policy::redis_store::RedisStores;
@@ -70,6 +71,7 @@ pub fn compile(path: &Path, loaded: &Loaded, env: &Env) -> Result<Snapshot, Conf
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         env,
         broken_policies: HashSet::new(),
+        consumers: Arc::new(Consumers::empty()),
     };
     let snapshot = c.snapshot(path, &loaded.config, &loaded.text);
     if c.diag.is_empty() {
@@ -86,6 +88,8 @@ struct Compiler<'a> {
     /// Policies defined but in error: already reported where they are
     /// defined, so not again as undefined where they are used.
     broken_policies: HashSet<String>,
+    /// The compiled `consumers` section (empty until compiled).
+    consumers: Arc<Consumers>,
 }
 
 /// Turns a dotted sub-path from a component ("allow.1") into a document path.
@@ -144,6 +148,7 @@ impl Compiler<'_> {
 
         let upstreams = self.upstreams(cfg);
         let redis = self.redis(cfg);
+        self.consumers(cfg);
         let policies = self.policies(cfg, redis.as_ref());
         let routes = self.routes(cfg, &upstreams, &policies);
         let listeners = self.listeners(cfg, &routes, &policies, &upstreams);
@@ -174,6 +179,7 @@ impl Compiler<'_> {
             shutdown_timeout: cfg.shutdown_timeout.0,
             access_log,
             metrics: self.env.metrics.clone(),
+            consumers: self.consumers.clone(),
         })
     }
 
@@ -214,6 +220,20 @@ impl Compiler<'_> {
         }
     }
 
+    fn consumers(&mut self, cfg: &Config) {
+        let is_rate_limit =
+            |name: &str| matches!(cfg.policies.get(name), Some(PolicyDef::RateLimit(_)));
+        match Consumers::build(&cfg.consumers, &cfg.consumer_headers, is_rate_limit) {
+            Ok(c) => self.consumers = Arc::new(c),
+            Err(errors) => {
+                for (field, message) in errors {
+                    self.diag
+                        .error(&sub_path(&DocPath::root(), &field), message, None);
+                }
+            }
+        }
+    }
+
     fn policies(
         &mut self,
         cfg: &Config,
@@ -234,6 +254,7 @@ impl Compiler<'_> {
                     (None, Some(_)) => policy::Store::InError,
                     (None, None) => policy::Store::Absent,
                 },
+                consumers: &self.consumers,
             };
             match policy::build(def, &env) {
                 Ok(p) => {

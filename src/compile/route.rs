@@ -59,6 +59,7 @@ impl Compiler<'_> {
                         response_headers,
                         metrics,
                         upgrades,
+                        consumer_headers: self.consumers.headers.clone(),
                     }),
                     spec,
                     route_policies,

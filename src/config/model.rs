@@ -41,6 +41,76 @@ pub struct Config {
     /// Shared stores (Redis, for rate limits shared by every instance).
     #[serde(default)]
     pub stores: Stores,
+    /// Who calls the APIs: names, groups and credentials that every
+    /// authentication policy resolves requests to.
+    #[serde(default)]
+    pub consumers: Vec<ConsumerDef>,
+    /// The request headers that tell the upstream who the consumer is.
+    #[serde(default)]
+    pub consumer_headers: ConsumerHeadersDef,
+}
+
+/// One entry of `consumers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerDef {
+    /// Unique; also the basic-auth user name and the JWT subject it matches.
+    pub name: String,
+    /// Groups, for `allow` policies and the upstream's `X-Consumer-Groups`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// SHA-256 digests (hex) of this consumer's API keys.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// An argon2id or bcrypt hash of the basic-auth password.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Overrides of rate-limit policies' settings for this consumer, by
+    /// policy name.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitOverride>,
+}
+
+/// A consumer's own `limit`/`per`/`burst` for one rate-limit policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverride {
+    /// Requests allowed per `per`.
+    pub limit: u32,
+    /// The period `limit` is counted over.
+    pub per: Dur,
+    /// Requests allowed at once (default: `limit`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// `consumer_headers`: where the upstream learns who the consumer is.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerHeadersDef {
+    /// The consumer's name.
+    #[serde(default = "default_consumer_header")]
+    pub consumer: String,
+    /// The consumer's groups, comma-separated.
+    #[serde(default = "default_groups_header")]
+    pub groups: String,
+}
+
+impl Default for ConsumerHeadersDef {
+    fn default() -> Self {
+        ConsumerHeadersDef {
+            consumer: default_consumer_header(),
+            groups: default_groups_header(),
+        }
+    }
+}
+
+fn default_consumer_header() -> String {
+    "x-consumer".to_string()
+}
+
+fn default_groups_header() -> String {
+    "x-consumer-groups".to_string()
 }
 
 fn default_shutdown_timeout() -> Dur {
@@ -169,6 +239,9 @@ pub struct Route {
     /// Policies for this route, run in phase order.
     #[serde(default)]
     pub policies: Vec<String>,
+    /// Policies of the route's listeners that do not run on this route.
+    #[serde(default)]
+    pub skip_policies: Vec<String>,
     /// Forward to this upstream.
     #[serde(default)]
     pub upstream: Option<String>,
@@ -585,6 +658,10 @@ pub enum PolicyDef {
     RateLimit(RateLimitDef),
     /// Bearer tokens (JWT) verified against a secret or a key set.
     Jwt(JwtDef),
+    /// API keys of `consumers`, from a header or a query parameter.
+    ApiKey(ApiKeyDef),
+    /// Who may use the route: consumers, groups, claims, client networks.
+    Allow(AllowDef),
     /// A policy that records what the pipeline asks of it (unit tests of
     /// the phases only; never in a build users run).
     #[cfg(test)]
@@ -743,6 +820,13 @@ pub struct JwtDef {
     /// How many verified tokens are remembered (0: verify every request).
     #[serde(default = "default_token_cache_size")]
     pub token_cache_size: usize,
+    /// The claim that names the consumer.
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+}
+
+fn default_consumer_claim() -> String {
+    "sub".to_string()
 }
 
 fn default_token_cache_size() -> usize {
@@ -763,16 +847,62 @@ fn yes() -> bool {
 
 /// Accepts `x` or `[x, y]`.
 fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     })
+}
+
+/// `type: api_key`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyDef {
+    /// The request header that carries the key (default `x-api-key`
+    /// unless `query` is set).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// The query parameter that carries the key.
+    #[serde(default)]
+    pub query: Option<String>,
+}
+
+/// `type: allow`: every listed kind of condition must hold, any value
+/// within a kind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowDef {
+    /// Consumer names.
+    #[serde(default)]
+    pub consumers: Vec<String>,
+    /// Consumer groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// JWT claims and the values any of which the claim must hold.
+    #[serde(default)]
+    pub claims: BTreeMap<String, OneOrMany>,
+    /// Client networks.
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+}
+
+/// `x` or `[x, y]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single value.
+    One(String),
+    /// A list.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values, as a list.
+    pub fn values(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// `type: ip_filter`.

@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use http::HeaderValue;
 
+use crate::policy::consumer::Consumer;
+
 /// What the pipeline knows about one request besides the request itself.
 pub struct RequestCtx {
     /// The X-Request-Id sent upstream and logged (kept from the client when valid).
@@ -20,8 +22,9 @@ pub struct RequestCtx {
     pub route: Option<Arc<str>>,
     /// Whether the client connection is TLS.
     pub tls: bool,
-    /// Who the client is, once an authentication policy has said so.
-    pub identity: Option<Box<Identity>>,
+    /// Who the client is, once an authentication policy has said so
+    /// (shared: a consumer's or a cached token's identity is built once).
+    pub identity: Option<Arc<Identity>>,
     /// Why the upstream gave no answer, when it did not (the gateway's
     /// 502/503/504 then stands in for it).
     pub upstream_error: Option<crate::upstream::UpstreamError>,
@@ -33,10 +36,18 @@ pub struct RequestCtx {
 /// An authenticated client.
 #[derive(Debug, Default)]
 pub struct Identity {
-    /// The consumer's name (a JWT's `sub`).
-    pub consumer: Option<Arc<str>>,
-    /// The verified token's claims, when a `jwt` policy authenticated the request.
+    /// The consumer: an entry of `consumers`, or a verified token's
+    /// subject that names none (`Consumer::configured` tells them apart).
+    pub consumer: Option<Arc<Consumer>>,
+    /// The verified token's claims, when a token authenticated the request.
     pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Identity {
+    /// The consumer's name, if there is a consumer.
+    pub fn consumer_name(&self) -> Option<&str> {
+        self.consumer.as_deref().map(|c| &*c.name)
+    }
 }
 
 impl RequestCtx {

@@ -59,7 +59,8 @@ impl IpFilter {
     }
 }
 
-fn parse_net(s: &str) -> Option<IpNet> {
+/// An IP network or a single address (as a /32 or /128).
+pub fn parse_net(s: &str) -> Option<IpNet> {
     s.parse::<IpNet>()
         .ok()
         .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))

@@ -1,6 +1,7 @@
 //! `jwt`: the request must carry `Authorization: Bearer <JWT>` signed by a
 //! trusted key, unexpired, from an accepted issuer, for an accepted audience,
-//! with the required claims; its subject becomes the request's consumer and
+//! with the required claims; its subject (or `consumer_claim`) becomes the
+//! request's consumer (the entry of `consumers` of that name, if any) and
 //! chosen claims go upstream as headers.
 //!
 //! Refusals follow RFC 6750: 401 with `WWW-Authenticate: Bearer` for a
@@ -25,6 +26,7 @@ use crate::config::model::JwtDef;
 use crate::http::body::Body;
 use crate::http::problem::problem;
 use crate::observe::metrics::AuthFailureLabels;
+use crate::policy::consumer::{Consumer, Consumers};
 use crate::policy::context::{Identity, RequestCtx};
 
 /// Where the keys come from.
@@ -54,6 +56,9 @@ pub struct Jwt {
     /// Seconds of clock skew allowed on `exp`.
     leeway: u64,
     cache: Option<TokenCache>,
+    /// The claim naming the consumer, and the consumers it may name.
+    consumer_claim: String,
+    consumers: Arc<Consumers>,
     failures: Family<AuthFailureLabels, Counter>,
 }
 
@@ -196,6 +201,8 @@ impl Jwt {
             forward_token: def.forward_token,
             leeway: def.leeway.0.as_secs(),
             cache: TokenCache::new(def.token_cache_size),
+            consumer_claim: def.consumer_claim.clone(),
+            consumers: env.consumers.clone(),
             failures: env.metrics.auth_failures.clone(),
         })
     }
@@ -306,8 +313,18 @@ impl Jwt {
         let exp = claims
             .get("exp")
             .and_then(|e| e.as_u64().or_else(|| e.as_f64().map(|f| f.max(0.0) as u64)));
+        // A subject that names a configured consumer is that consumer
+        // (its groups and limits apply); another still authenticates, as
+        // an anonymous consumer of that name.
+        let consumer = claims
+            .get(&self.consumer_claim)
+            .and_then(Value::as_str)
+            .map(|name| match self.consumers.by_name(name) {
+                Some(known) => known.consumer.clone(),
+                None => Some(Arc::new(Consumer::anonymous(name))),
+            })
+            .unwrap_or_default();
         let verified = Arc::new(Verified {
-            consumer: claims.get("sub").and_then(Value::as_str).map(Arc::from),
             forwarded: self
                 .forward
                 .iter()
@@ -315,7 +332,10 @@ impl Jwt {
                 .collect(),
             expires: exp.map(|e| e.saturating_add(self.leeway)),
             generation: keys.generation,
-            claims: Arc::new(claims),
+            identity: Arc::new(Identity {
+                consumer,
+                claims: Arc::new(claims),
+            }),
         });
         if let Some(cache) = &self.cache {
             cache.insert(token, verified.clone(), now);
@@ -392,7 +412,7 @@ impl Jwt {
 
 /// Whether claim `have` holds `want`: equal, a member of an array, or a
 /// word of a space-separated list (OAuth's `scope`).
-fn has_member(have: &Value, want: &str) -> bool {
+pub fn has_member(have: &Value, want: &str) -> bool {
     match have {
         Value::String(s) => s == want || s.split_whitespace().any(|w| w == want),
         Value::Array(items) => items.iter().any(|i| i.as_str() == Some(want)),
@@ -458,10 +478,7 @@ impl Policy for Jwt {
         if !self.forward_token {
             headers.remove(header::AUTHORIZATION);
         }
-        ctx.identity = Some(Box::new(Identity {
-            consumer: verified.consumer.clone(),
-            claims: verified.claims.clone(),
-        }));
+        ctx.identity = Some(verified.identity.clone());
         Flow::Continue
     }
 }

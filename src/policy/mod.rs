@@ -29,6 +29,10 @@
 //!
 //! Adding a policy means one file in this folder plus one line in [`build`].
 
+pub mod allow;
+pub mod api_key;
+pub mod auth;
+pub mod consumer;
 pub mod context;
 pub mod ip_filter;
 pub mod jwks;
@@ -230,6 +234,8 @@ pub struct BuildEnv<'a> {
     pub base: &'a Path,
     /// The file's `stores.redis` server.
     pub redis: Store<'a>,
+    /// The configured consumers.
+    pub consumers: &'a Arc<consumer::Consumers>,
 }
 
 /// A shared store section of the configuration, as policies find it.
@@ -265,6 +271,8 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::IpFilter(d) => Ok(Arc::new(ip_filter::IpFilter::build(d)?)),
         PolicyDef::RateLimit(d) => Ok(Arc::new(rate_limit::RateLimit::build(d, env)?)),
         PolicyDef::Jwt(d) => Ok(Arc::new(jwt::Jwt::build(d, env)?)),
+        PolicyDef::ApiKey(d) => Ok(Arc::new(api_key::ApiKey::build(d, env)?)),
+        PolicyDef::Allow(d) => Ok(Arc::new(allow::Allow::build(d, env)?)),
         #[cfg(test)]
         PolicyDef::Probe(d) => Ok(Arc::new(probe::Probe::build(d, env.name))),
     }
@@ -278,8 +286,27 @@ pub fn in_phase_order(mut policies: Vec<NamedPolicy>) -> Vec<NamedPolicy> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A build environment for unit tests of one policy: no stores, no
+    /// remote key sets, the current directory as the file's.
+    pub(crate) fn env<'a>(
+        name: &'a str,
+        metrics: &'a Metrics,
+        consumers: &'a Arc<consumer::Consumers>,
+    ) -> BuildEnv<'a> {
+        BuildEnv {
+            name,
+            metrics,
+            rate_limits: Box::leak(Box::default()),
+            key_sets: Box::leak(Box::default()),
+            check_only: false,
+            base: Path::new("."),
+            redis: Store::Absent,
+            consumers,
+        }
+    }
 
     struct InPhase(Phase);
     impl Policy for InPhase {

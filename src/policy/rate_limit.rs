@@ -79,9 +79,7 @@ impl LimitKey {
         let given = match self {
             LimitKey::ClientIp => None,
             LimitKey::Header(name) => req.headers().get(name).map(HeaderValue::as_bytes),
-            LimitKey::Consumer => identity
-                .and_then(|i| i.consumer.as_deref())
-                .map(str::as_bytes),
+            LimitKey::Consumer => identity.and_then(|i| i.consumer_name()).map(str::as_bytes),
             LimitKey::Claim(claim) => match identity.and_then(|i| i.claims.get(claim)) {
                 Some(serde_json::Value::String(s)) => Some(s.as_bytes()),
                 // Numbers and the like: rare enough to format.
@@ -415,6 +413,7 @@ pub type CounterRegistry = KeptWhileUsed<(String, Settings), LocalCounters>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::consumer::Consumer;
     use crate::policy::context::Identity;
 
     fn settings(limit: u32, per: Duration, burst: u32) -> Settings {
@@ -519,13 +518,13 @@ mod tests {
         let mut claims = serde_json::Map::new();
         claims.insert("tenant".into(), "acme".into());
         claims.insert("level".into(), 3.into());
-        alice.identity = Some(Box::new(Identity {
-            consumer: Some("alice".into()),
+        alice.identity = Some(Arc::new(Identity {
+            consumer: Some(Arc::new(Consumer::anonymous("alice"))),
             claims: Arc::new(claims),
         }));
         let mut bob = ctx("10.0.0.1");
-        bob.identity = Some(Box::new(Identity {
-            consumer: Some("bob".into()),
+        bob.identity = Some(Arc::new(Identity {
+            consumer: Some(Arc::new(Consumer::anonymous("bob"))),
             claims: Arc::default(),
         }));
         let consumer = LimitKey::Consumer;

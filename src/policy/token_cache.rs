@@ -15,14 +15,13 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use http::HeaderValue;
-use serde_json::{Map, Value};
+
+use crate::policy::context::Identity;
 
 /// What a verified token grants, ready to apply to a request.
 pub struct Verified {
-    /// The token's `sub`.
-    pub consumer: Option<Arc<str>>,
-    /// All its claims.
-    pub claims: Arc<Map<String, Value>>,
+    /// Who it names (the consumer) and all its claims.
+    pub identity: Arc<Identity>,
     /// The value of each `forward_claims` header, in the policy's order.
     pub forwarded: Vec<Option<HeaderValue>>,
     /// Unix time (seconds, leeway included) after which it is expired.
@@ -128,8 +127,7 @@ mod tests {
 
     fn verified(expires: Option<u64>, generation: u64) -> Arc<Verified> {
         Arc::new(Verified {
-            consumer: Some(Arc::from("alice")),
-            claims: Arc::default(),
+            identity: Arc::default(),
             forwarded: Vec::new(),
             expires,
             generation,

@@ -588,6 +588,9 @@ fn prepare_headers(
             headers.insert(cert.header.clone(), subject.clone());
         }
     }
+    route
+        .consumer_headers
+        .apply(ctx.identity.as_deref(), headers);
     route.request_headers.apply(headers);
 }
 

@@ -15,6 +15,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 
 use crate::config::model::Protocol;
 use crate::http::headers::HeaderOps;
+use crate::policy::consumer::{ConsumerHeaders, Consumers};
 use arc_swap::ArcSwap;
 
 use crate::observe::access_log::AccessLog;
@@ -111,6 +112,8 @@ pub struct RouteEntry {
     pub metrics: Arc<crate::observe::metrics::RouteMetrics>,
     /// Protocol names (lower case) a client may upgrade to on this route.
     pub upgrades: Box<[Box<str>]>,
+    /// The headers that carry the consumer upstream (client copies removed).
+    pub consumer_headers: Arc<ConsumerHeaders>,
 }
 
 /// What a route does.
@@ -186,6 +189,8 @@ pub struct Snapshot {
     pub access_log: Option<Arc<AccessLog>>,
     /// Exported metrics (the same families in every snapshot).
     pub metrics: Arc<Metrics>,
+    /// The configured consumers.
+    pub consumers: Arc<Consumers>,
 }
 
 /// The snapshot the data plane serves from: loaded once per request or
@@ -238,6 +243,7 @@ impl Snapshot {
             shutdown_timeout: Duration::from_secs(30),
             access_log: None,
             metrics,
+            consumers: Arc::new(Consumers::empty()),
         }
     }
 }

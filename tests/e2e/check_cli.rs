@@ -780,3 +780,46 @@ policies:
     ];
     assert_eq!(found, expected, "stderr:\n{}", out.stderr);
 }
+
+#[test]
+fn check_reports_consumer_mistakes_and_a_skip_of_no_listener_policy_at_their_lines() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    policies: [keys]
+routes:
+  - name: health
+    match: { path: /health }
+    skip_policies: [key]
+    respond: { status: 200 }
+  - name: all
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+policies:
+  keys: { type: api_key }
+  staff: { type: allow }
+consumers:
+  - name: acme
+    api_keys: [secret-in-clear]
+    rate_limits: { keys: { limit: 5, per: 1m } }
+  - name: acme
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("SHA-256");
+    assert_eq!(line, 20, "{message}");
+    assert!(message.contains("hash-key"), "{message}");
+    let (line, _, message) = out.error_with("not a rate_limit policy");
+    assert_eq!(line, 21, "{message}");
+    let (line, _, _) = out.error_with("duplicate consumer name `acme`");
+    assert_eq!(line, 22);
+    let (line, _, _) = out.error_with("needs a condition");
+    assert_eq!(line, 17);
+    let (line, _, _) = out.error_with("attaches policy `key`");
+    assert_eq!(line, 8);
+}

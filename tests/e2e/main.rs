@@ -7,6 +7,7 @@ mod admin;
 mod balancing;
 mod check_cli;
 mod common;
+mod consumers;
 mod dns;
 mod examples;
 mod forwarding;
