@@ -12,16 +12,14 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, StatusCode, Uri, header};
+use http::{HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Notify;
 
+use super::service::{CallError, Service};
 use crate::kept::KeptWhileUsed;
-use crate::upstream::client::{PoolSettings, ServerNames, UpstreamClient};
-use crate::upstream::pool::IdlePool;
 
 /// One verification key.
 #[derive(Debug)]
@@ -261,7 +259,7 @@ impl RemoteKeySet {
                         set.refresh
                     }
                     Err(e) => {
-                        let url = &set.fetcher.url;
+                        let url = set.fetcher.service.url();
                         tracing::warn!(%url, "JWKS {e}; trying again in {retry:?}");
                         let wait = retry;
                         retry = (retry * 2).min(set.refresh);
@@ -297,67 +295,21 @@ pub enum FetchError {
     Timeout(Duration),
 }
 
-/// A key set URL taken apart once, and the gateway's own upstream client
-/// (pooled keep-alive, TLS with SNI) to fetch it with.
+/// A key set URL and the gateway's own client to fetch it with.
 struct Fetcher {
-    url: String,
-    /// `host:port`, the port filled in from the scheme: what is connected to.
-    target: Authority,
-    /// The URL's own authority, for the Host header.
-    host: HeaderValue,
-    path: PathAndQuery,
-    client: UpstreamClient,
-    pool: Arc<IdlePool>,
+    service: Service,
 }
 
 impl Fetcher {
     /// Checks `url` (http or https with a host) and `ca` (for https; the
     /// Mozilla roots by default), without connecting.
     fn new(url: &str, ca: Option<&Path>) -> Result<Fetcher, FetchError> {
-        let bad = || FetchError::BadUrl(url.to_string());
-        let uri: Uri = url.parse().map_err(|_| bad())?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(bad()),
-        };
-        let authority = uri
-            .authority()
-            .filter(|a| !a.host().is_empty())
-            .ok_or_else(bad)?;
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let target: Authority = format!("{}:{port}", authority.host())
-            .parse()
-            .map_err(|_| bad())?;
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| bad())?;
-        let settings = PoolSettings {
-            http2: false,
-            connect_timeout: FETCH_TIMEOUT,
-            idle_timeout: Duration::from_secs(90),
-        };
-        let tls = if https {
-            let config = crate::net::tls::upstream_client_config(ca, None)
-                .map_err(|e| FetchError::Ca(e.to_string()))?;
-            Some(config)
-        } else {
-            None
-        };
-        let client = UpstreamClient::new(
-            settings,
-            tls.as_deref().map(|c| (c, ServerNames::default())),
-            None,
-        );
-        Ok(Fetcher {
-            url: url.to_string(),
-            target,
-            host,
-            path: uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-            client,
-            pool: Arc::default(),
-        })
+        let service = Service::new(url, ca, FETCH_TIMEOUT).map_err(|e| match e {
+            CallError::BadUrl(u) => FetchError::BadUrl(u),
+            CallError::Ca(e) => FetchError::Ca(e),
+            other => FetchError::Send(other.to_string()),
+        })?;
+        Ok(Fetcher { service })
     }
 
     /// GETs the URL and returns its body.
@@ -369,22 +321,18 @@ impl Fetcher {
     }
 
     async fn fetch_once(&self) -> Result<String, FetchError> {
-        let mut req = Request::new(crate::http::body::empty());
-        *req.uri_mut() = Uri::from(self.path.clone());
-        let headers = req.headers_mut();
-        headers.insert(header::HOST, self.host.clone());
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        // `None`: the fetch is the gateway's own request, not a client's.
-        let sent = self
-            .client
-            .send(&self.target, &self.pool, req, None)
-            .await
-            .map_err(|e| FetchError::Send(e.detail))?;
-        let status = sent.response.status();
+        let mut req = self.service.request(crate::http::body::empty());
+        req.headers_mut()
+            .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let response = self.service.call(req).await.map_err(|e| match e {
+            CallError::Timeout(t) => FetchError::Timeout(t),
+            other => FetchError::Send(other.to_string()),
+        })?;
+        let status = response.status();
         if status != StatusCode::OK {
             return Err(FetchError::Status(status));
         }
-        let body = Limited::new(sent.response.into_body(), MAX_JWKS_BYTES)
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
             .collect()
             .await
             .map_err(|_| FetchError::Body)?
@@ -461,7 +409,7 @@ mod tests {
 
     #[test]
     fn only_http_and_https_urls_with_a_host_are_fetched() {
-        let check_url = |url: &str| Fetcher::new(url, None).map(|f| f.target);
+        let check_url = |url: &str| Fetcher::new(url, None).map(|f| f.service.target().clone());
         assert!(check_url("https://idp.example.com/.well-known/jwks.json").is_ok());
         assert!(check_url("http://127.0.0.1:9000/keys").is_ok());
         for bad in [

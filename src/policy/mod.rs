@@ -41,6 +41,7 @@ pub mod jwt;
 pub mod probe;
 pub mod rate_limit;
 pub mod redis_store;
+pub mod service;
 pub mod token_cache;
 
 use std::path::Path;
