@@ -736,19 +736,37 @@ pub struct RateLimitDef {
     /// or `jwt:CLAIM`.
     #[serde(default = "default_rate_limit_key")]
     pub key: String,
-    /// Requests allowed per `per`.
-    pub limit: u32,
+    /// Requests allowed per `per` (the rate form).
+    #[serde(default)]
+    pub limit: Option<u32>,
     /// The period `limit` is counted over.
-    pub per: Dur,
+    #[serde(default)]
+    pub per: Option<Dur>,
     /// Requests allowed at once (default: `limit`).
     #[serde(default)]
     pub burst: Option<u32>,
+    /// A fixed budget per long window (per day, per month), instead of a rate.
+    #[serde(default)]
+    pub quota: Option<QuotaDef>,
     /// Where counters live.
     #[serde(default)]
     pub store: RateLimitStore,
     /// What to do when the store cannot answer.
     #[serde(default)]
     pub on_store_error: OnStoreError,
+    /// Whether answers carry `RateLimit-Policy` and `RateLimit`.
+    #[serde(default = "yes")]
+    pub headers: bool,
+}
+
+/// `quota: { limit, per }`: `limit` requests per window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaDef {
+    /// Requests allowed per window.
+    pub limit: u64,
+    /// The window: a duration (`1d`: UTC days) or `month` (UTC calendar months).
+    pub per: String,
 }
 
 fn default_rate_limit_key() -> String {

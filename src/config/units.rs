@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-/// A duration written as a number and a unit: `ms`, `s`, `m`, `h` (`250ms`, `2s`, `1m`).
+/// A duration written as a number and a unit: `ms`, `s`, `m`, `h`, `d` (`250ms`, `2s`, `1m`, `1d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
@@ -16,7 +16,7 @@ pub struct Dur(pub Duration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
-/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`.
+/// Parses `250ms`, `2s`, `1.5s`, `1m`, `1h`, `1d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -31,9 +31,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{text}`; use ms, s, m or h"
+                "unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"
             ));
         }
     };
@@ -122,6 +123,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::policy::consumer::Consumer;
 
@@ -31,6 +31,10 @@ pub struct RequestCtx {
     /// What policies pass from their request phase to their response or
     /// log phase (allocated only when one inserts something).
     pub extensions: http::Extensions,
+    /// Headers policies add to whatever answer the client gets (the
+    /// rate-limit state), after the response phases: a cached answer never
+    /// keeps them, and a refusal carries them as an upstream answer does.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// An authenticated client.
@@ -70,6 +74,7 @@ impl RequestCtx {
             identity: None,
             upstream_error: None,
             extensions: http::Extensions::new(),
+            response_headers: Vec::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! another client's counter. The counters belong to the policy's name and
 //! outlive reloads that keep its settings.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -19,6 +20,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderName, HeaderValue, Request, StatusCode, header};
@@ -29,7 +31,7 @@ use rustc_hash::FxBuildHasher;
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use super::redis_store::RedisStore;
+use super::redis_store::{Counted, RedisStore, StoreError};
 use super::{BuildEnv, Flow, Phase, Policy, Store};
 use crate::config::model::{OnStoreError, RateLimitDef, RateLimitStore};
 use crate::http::body::Body;
@@ -142,7 +144,12 @@ enum KeyValue<'a> {
     Client(IpAddr),
 }
 
-type Limiter = RateLimiter<u64, DashMapStateStore<u64, FxBuildHasher>, DefaultClock>;
+type Limiter = RateLimiter<
+    u64,
+    DashMapStateStore<u64, FxBuildHasher>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
 
 /// The settings that decide whether counters can be kept across a reload.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -165,17 +172,27 @@ impl LocalCounters {
         let quota =
             Quota::with_period(settings.per / settings.limit.get())?.allow_burst(settings.burst);
         Some(LocalCounters {
-            limiter: RateLimiter::dashmap_with_hasher(quota, FxBuildHasher),
+            limiter: RateLimiter::dashmap_with_hasher(quota, FxBuildHasher)
+                .with_middleware::<StateInformationMiddleware>(),
             hasher: RandomState::new(),
             settings,
         })
     }
 
-    /// How long until the request is allowed (zero: allowed now).
-    fn check(&self, key: u64) -> Duration {
+    /// Counts a request against `key`: how much is left, or how long to wait.
+    fn check(&self, key: u64) -> Verdict {
         match self.limiter.check_key(&key) {
-            Ok(()) => Duration::ZERO,
-            Err(not_until) => not_until.wait_time_from(self.limiter.clock().now()),
+            Ok(state) => {
+                let remaining = state.remaining_burst_capacity();
+                let used = self.settings.burst.get().saturating_sub(remaining);
+                Verdict::Allowed {
+                    remaining: u64::from(remaining),
+                    full_in: state.quota().replenish_interval() * used,
+                }
+            }
+            Err(not_until) => {
+                Verdict::Refused(not_until.wait_time_from(self.limiter.clock().now()))
+            }
         }
     }
 
@@ -198,22 +215,48 @@ impl LocalCounters {
     }
 }
 
-/// Where a policy counts.
-enum Counters {
-    /// In this process.
-    Local(Arc<LocalCounters>),
-    /// In Redis, shared by every instance.
-    Shared(SharedCounters),
+/// What counting one request decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Allowed: this many are left now, and the budget is whole again after
+    /// `full_in` (the end of the window, for a quota).
+    Allowed { remaining: u64, full_in: Duration },
+    /// Refused until this long from now.
+    Refused(Duration),
 }
 
-/// Counters in a shared store.
-struct SharedCounters {
-    key: LimitKey,
+/// One budget: the policy's own, or a consumer's override of it.
+struct Budget {
+    counting: Counting,
+    /// `"NAME";q=…;w=…` for `RateLimit-Policy`.
+    policy_header: HeaderValue,
+}
+
+/// Where and how a budget counts.
+enum Counting {
+    /// A rate, in this process.
+    Local(Arc<LocalCounters>),
+    /// A rate, in Redis.
+    Shared {
+        /// `{key_prefix}rl:{policy}:` (and the consumer, for an override).
+        prefix: String,
+        interval: Duration,
+        burst: u32,
+    },
+    /// A fixed budget per window, in Redis.
+    Quota {
+        /// `{key_prefix}q:{policy}:` (and the consumer, for an override),
+        /// then each key's digest and `:`; the window start follows.
+        prefix: String,
+        limit: u64,
+        /// None: calendar months.
+        period: Option<Duration>,
+    },
+}
+
+/// The shared store a policy counts in, and what to do when it fails.
+struct SharedStore {
     store: Arc<RedisStore>,
-    /// `{key_prefix}rl:{policy}:`, before each key's digest.
-    prefix: String,
-    interval: Duration,
-    burst: u32,
     on_error: OnStoreError,
     errors: Counter,
 }
@@ -221,10 +264,26 @@ struct SharedCounters {
 /// A compiled `rate_limit` policy.
 pub struct RateLimit {
     name: Arc<str>,
-    counters: Counters,
-    /// `limit` as a header value, for the 429.
-    limit_header: HeaderValue,
+    key: LimitKey,
+    budget: Budget,
+    /// Consumers' own budgets, by consumer name.
+    overrides: HashMap<Arc<str>, Budget, FxBuildHasher>,
+    store: Option<SharedStore>,
+    headers: bool,
     refused: Family<PolicyLabels, Counter>,
+}
+
+/// The limit and window a policy states, as given.
+enum Form {
+    Rate {
+        limit: NonZeroU32,
+        per: Duration,
+        burst: NonZeroU32,
+    },
+    Quota {
+        limit: u64,
+        period: Option<Duration>,
+    },
 }
 
 impl RateLimit {
@@ -234,35 +293,8 @@ impl RateLimit {
         let key = LimitKey::parse(&def.key)
             .map_err(|e| errors.push(("key".to_string(), e)))
             .ok();
-        let limit = NonZeroU32::new(def.limit);
-        if limit.is_none() {
-            errors.push((
-                "limit".into(),
-                "`limit` must be at least 1 (to refuse everything, use an ip_filter)".into(),
-            ));
-        }
-        let burst = match def.burst {
-            None => limit,
-            Some(b) => {
-                let burst = NonZeroU32::new(b);
-                if burst.is_none() {
-                    errors.push(("burst".into(), "`burst` must be at least 1".into()));
-                }
-                burst
-            }
-        };
-        if let Some(limit) = limit
-            && def.per.0 / limit.get() < Duration::from_micros(1)
-        {
-            errors.push((
-                "per".into(),
-                format!(
-                    "{} requests per {:?} is more than one per microsecond; use a longer `per`",
-                    limit, def.per.0
-                ),
-            ));
-        }
-        let shared = match (def.store, env.redis) {
+        let form = Self::form(def, &mut errors);
+        let store = match (def.store, env.redis) {
             (RateLimitStore::Local, _) => None,
             (RateLimitStore::Redis, Store::Ready(store)) => Some(store),
             // Reported where `stores.redis` is; the policy cannot be built.
@@ -276,59 +308,241 @@ impl RateLimit {
                 None
             }
         };
-        let (Some(key), Some(limit), Some(burst), true) = (key, limit, burst, errors.is_empty())
-        else {
+        if matches!(form, Some(Form::Quota { .. })) && def.store == RateLimitStore::Local {
+            errors.push((
+                "store".into(),
+                "a quota must outlive restarts and hold for every instance: set `store: redis`"
+                    .into(),
+            ));
+        }
+        let (Some(key), Some(form), true) = (key, form, errors.is_empty()) else {
             return Err(errors);
         };
         let name: Arc<str> = Arc::from(env.name);
-        let limit_header = HeaderValue::from(def.limit);
-        let refused = env.metrics.rate_limited.clone();
-        if let Some(shared) = shared {
-            return Ok(RateLimit {
-                counters: Counters::Shared(SharedCounters {
-                    key,
-                    store: shared.store.clone(),
-                    prefix: format!("{}rl:{}:", shared.key_prefix, env.name),
-                    interval: def.per.0 / limit.get(),
-                    burst: burst.get(),
-                    on_error: def.on_store_error,
-                    errors: env
-                        .metrics
-                        .rate_limit_store_errors
-                        .get_or_create_owned(&PolicyLabel {
-                            policy: name.clone(),
-                        }),
-                }),
-                name,
-                limit_header,
-                refused,
-            });
-        }
-        let settings = Settings {
-            key,
-            limit,
-            per: def.per.0,
-            burst,
-        };
-        let sweep_every = settings
-            .per
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let (counters, fresh) =
-            env.rate_limits
-                .get_or_make((env.name.to_string(), settings.clone()), || {
-                    LocalCounters::new(settings).ok_or_else(|| {
-                        vec![("per".to_string(), "`per` must not be zero".to_string())]
-                    })
-                })?;
-        if fresh {
-            LocalCounters::sweep_while_used(Arc::downgrade(&counters), sweep_every);
+        let budget = Self::budget(env, &key, &form, store, None)?;
+        let mut overrides = HashMap::default();
+        for consumer in env.consumers.iter() {
+            let Some(o) = consumer.rate_limits.get(env.name) else {
+                continue;
+            };
+            let form = match form {
+                Form::Rate { .. } => Form::Rate {
+                    limit: o.limit,
+                    per: o.per,
+                    burst: o.burst,
+                },
+                Form::Quota { .. } => Form::Quota {
+                    limit: u64::from(o.limit.get()),
+                    period: Some(o.per),
+                },
+            };
+            let b = Self::budget(env, &key, &form, store, Some(&consumer.name))?;
+            overrides.insert(consumer.name.clone(), b);
         }
         Ok(RateLimit {
+            store: store.map(|s| SharedStore {
+                store: s.store.clone(),
+                on_error: def.on_store_error,
+                errors: env
+                    .metrics
+                    .rate_limit_store_errors
+                    .get_or_create_owned(&PolicyLabel {
+                        policy: name.clone(),
+                    }),
+            }),
             name,
-            limit_header,
-            counters: Counters::Local(counters),
-            refused,
+            key,
+            budget,
+            overrides,
+            headers: def.headers,
+            refused: env.metrics.rate_limited.clone(),
         })
+    }
+
+    /// The rate or quota `def` states; mistakes go to `errors`.
+    fn form(def: &RateLimitDef, errors: &mut Vec<(String, String)>) -> Option<Form> {
+        if let Some(q) = &def.quota {
+            if def.limit.is_some() || def.per.is_some() || def.burst.is_some() {
+                errors.push((
+                    "quota".into(),
+                    "give either `limit`/`per`/`burst` (a rate) or `quota`, not both".into(),
+                ));
+                return None;
+            }
+            if q.limit == 0 {
+                errors.push(("quota.limit".into(), "`limit` must be at least 1".into()));
+            }
+            let period = match q.per.trim() {
+                "month" => None,
+                text => match crate::config::units::parse_duration(text) {
+                    Ok(d) if d >= Duration::from_secs(1) && d.subsec_nanos() == 0 => Some(d),
+                    Ok(_) => {
+                        errors.push((
+                            "quota.per".into(),
+                            "a quota window is whole seconds, at least 1s".into(),
+                        ));
+                        return None;
+                    }
+                    Err(e) => {
+                        errors.push((
+                            "quota.per".into(),
+                            format!("{e}; or `month` for calendar months"),
+                        ));
+                        return None;
+                    }
+                },
+            };
+            return (q.limit > 0).then_some(Form::Quota {
+                limit: q.limit,
+                period,
+            });
+        }
+        let (Some(limit), Some(per)) = (def.limit, def.per) else {
+            errors.push((
+                String::new(),
+                "a rate_limit needs `limit` and `per` (a rate), or `quota: { limit, per }`".into(),
+            ));
+            return None;
+        };
+        let Some(limit) = NonZeroU32::new(limit) else {
+            errors.push((
+                "limit".into(),
+                "`limit` must be at least 1 (to refuse everything, use an ip_filter)".into(),
+            ));
+            return None;
+        };
+        let Some(burst) = NonZeroU32::new(def.burst.unwrap_or(limit.get())) else {
+            errors.push(("burst".into(), "`burst` must be at least 1".into()));
+            return None;
+        };
+        if per.0 / limit.get() < Duration::from_micros(1) {
+            errors.push((
+                "per".into(),
+                format!(
+                    "{} requests per {:?} is more than one per microsecond; use a longer `per`",
+                    limit, per.0
+                ),
+            ));
+            return None;
+        }
+        Some(Form::Rate {
+            limit,
+            per: per.0,
+            burst,
+        })
+    }
+
+    /// Makes (or finds, for local counters) the counters of one budget:
+    /// the policy's, or `consumer`'s override.
+    fn budget(
+        env: &BuildEnv,
+        key: &LimitKey,
+        form: &Form,
+        store: Option<&super::SharedStore>,
+        consumer: Option<&str>,
+    ) -> Result<Budget, Vec<(String, String)>> {
+        let owner = match consumer {
+            None => env.name.to_string(),
+            Some(c) => format!("{}@{c}", env.name),
+        };
+        let (counting, q, w) = match (form, store) {
+            (Form::Rate { limit, per, burst }, None) => {
+                let settings = Settings {
+                    key: key.clone(),
+                    limit: *limit,
+                    per: *per,
+                    burst: *burst,
+                };
+                let sweep_every = (*per).clamp(Duration::from_secs(1), Duration::from_secs(60));
+                let (counters, fresh) =
+                    env.rate_limits.get_or_make((owner, settings.clone()), || {
+                        LocalCounters::new(settings).ok_or_else(|| {
+                            vec![("per".to_string(), "`per` must not be zero".to_string())]
+                        })
+                    })?;
+                if fresh {
+                    LocalCounters::sweep_while_used(Arc::downgrade(&counters), sweep_every);
+                }
+                let interval = *per / limit.get();
+                (
+                    Counting::Local(counters),
+                    u64::from(burst.get()),
+                    interval * burst.get(),
+                )
+            }
+            (Form::Rate { limit, per, burst }, Some(store)) => {
+                let interval = *per / limit.get();
+                (
+                    Counting::Shared {
+                        prefix: format!("{}rl:{owner}:", store.key_prefix),
+                        interval,
+                        burst: burst.get(),
+                    },
+                    u64::from(burst.get()),
+                    interval * burst.get(),
+                )
+            }
+            (Form::Quota { limit, period }, Some(store)) => (
+                Counting::Quota {
+                    prefix: format!("{}q:{owner}:", store.key_prefix),
+                    limit: *limit,
+                    period: *period,
+                },
+                *limit,
+                // A calendar month is stated as 30 days: `w` is a hint.
+                period.unwrap_or(Duration::from_secs(30 * 86400)),
+            ),
+            (Form::Quota { .. }, None) => {
+                return Err(vec![(
+                    "store".into(),
+                    "a quota needs `store: redis`".into(),
+                )]);
+            }
+        };
+        let text = format!("{};q={q};w={}", sf_string(env.name), seconds_up(w).max(1));
+        Ok(Budget {
+            counting,
+            policy_header: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("\"rate_limit\"")),
+        })
+    }
+
+    /// The budget this request counts against: its consumer's own, if it
+    /// has one for this policy.
+    fn budget_for(&self, ctx: &RequestCtx) -> &Budget {
+        if self.overrides.is_empty() {
+            return &self.budget;
+        }
+        ctx.identity
+            .as_deref()
+            .and_then(|i| i.consumer.as_deref())
+            .filter(|c| c.configured)
+            .and_then(|c| self.overrides.get(&c.name))
+            .unwrap_or(&self.budget)
+    }
+
+    /// Notes the verdict for the answer's headers and refuses when it says so.
+    fn apply(&self, ctx: &mut RequestCtx, budget: &Budget, verdict: Verdict) -> Flow {
+        let (remaining, reset) = match verdict {
+            Verdict::Allowed { remaining, full_in } => (remaining, full_in),
+            Verdict::Refused(wait) => (0, wait),
+        };
+        if self.headers {
+            let state = format!(
+                "{};r={remaining};t={}",
+                sf_string(&self.name),
+                seconds_up(reset)
+            );
+            if let Ok(state) = HeaderValue::from_str(&state) {
+                ctx.response_headers
+                    .push((RATELIMIT_POLICY, budget.policy_header.clone()));
+                ctx.response_headers.push((RATELIMIT, state));
+            }
+        }
+        match verdict {
+            Verdict::Allowed { .. } => Flow::Continue,
+            Verdict::Refused(wait) => self.refuse(ctx, wait),
+        }
     }
 
     fn refuse(&self, ctx: &RequestCtx, wait: Duration) -> Flow {
@@ -340,25 +554,91 @@ impl RateLimit {
                 })
                 .inc();
         }
-        // Whole seconds, rounded up: a client that waits that long is let in.
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut resp = problem(
             StatusCode::TOO_MANY_REQUESTS,
             "too many requests; retry after the time in Retry-After",
             ctx.request_id_str(),
         );
-        let headers = resp.headers_mut();
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        headers.insert(RATELIMIT_LIMIT, self.limit_header.clone());
-        headers.insert(RATELIMIT_REMAINING, HeaderValue::from_static("0"));
-        headers.insert(RATELIMIT_RESET, HeaderValue::from(secs));
+        // Whole seconds, rounded up: a client that waits that long is let in.
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds_up(wait)));
         Flow::Respond(resp)
+    }
+
+    /// Counts the request in the shared store.
+    async fn count_shared(
+        &self,
+        store: &SharedStore,
+        budget: &Budget,
+        digest: &str,
+    ) -> Result<Verdict, StoreError> {
+        match &budget.counting {
+            Counting::Shared {
+                prefix,
+                interval,
+                burst,
+            } => {
+                let key = format!("{prefix}{digest}");
+                Ok(match store.store.check(&key, *interval, *burst).await? {
+                    Counted::Allowed(full_in) => {
+                        // Whole requests left once this one is counted.
+                        let spent = full_in.as_micros().div_ceil(interval.as_micros().max(1));
+                        Verdict::Allowed {
+                            remaining: u64::from(*burst).saturating_sub(spent as u64),
+                            full_in,
+                        }
+                    }
+                    Counted::Refused(wait) => Verdict::Refused(wait),
+                })
+            }
+            Counting::Quota {
+                prefix,
+                limit,
+                period,
+            } => {
+                let key = format!("{prefix}{digest}:");
+                let count = store.store.count_quota(&key, *limit, *period).await?;
+                Ok(if count.allowed {
+                    Verdict::Allowed {
+                        remaining: limit.saturating_sub(count.used),
+                        full_in: count.resets_in,
+                    }
+                } else {
+                    Verdict::Refused(count.resets_in)
+                })
+            }
+            // Local budgets count in `on_request`, never here.
+            Counting::Local(_) => unreachable!("a local budget counted as a shared one"),
+        }
     }
 }
 
-const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
-const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
-const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// `text` as a Structured Field string (RFC 8941 §3.3.3): quoted, with `"`
+/// and `\` escaped; a character a header cannot carry becomes `?`.
+fn sf_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whole seconds, rounded up.
+fn seconds_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 impl Policy for RateLimit {
     fn phase(&self) -> Phase {
@@ -366,15 +646,14 @@ impl Policy for RateLimit {
     }
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request<Body>) -> Flow {
-        let Counters::Local(c) = &self.counters else {
+        let budget = self.budget_for(ctx);
+        let Counting::Local(c) = &budget.counting else {
             // Shared counters answer in `on_request_async`.
             return Flow::Continue;
         };
-        let key = c.settings.key.hash(&c.hasher, ctx, req);
-        match c.check(key) {
-            Duration::ZERO => Flow::Continue,
-            wait => self.refuse(ctx, wait),
-        }
+        let key = self.key.hash(&c.hasher, ctx, req);
+        let verdict = c.check(key);
+        self.apply(ctx, budget, verdict)
     }
 
     fn on_request_async<'a>(
@@ -382,18 +661,19 @@ impl Policy for RateLimit {
         ctx: &'a mut RequestCtx,
         req: &'a mut Request<Body>,
     ) -> Option<BoxFuture<'a, Flow>> {
-        let Counters::Shared(c) = &self.counters else {
+        let store = self.store.as_ref()?;
+        let budget = self.budget_for(ctx);
+        if let Counting::Local(_) = budget.counting {
             return None;
-        };
-        let key = format!("{}{}", c.prefix, c.key.shared_name(ctx, req));
+        }
+        let digest = self.key.shared_name(ctx, req);
         Some(Box::pin(async move {
-            match c.store.check(&key, c.interval, c.burst).await {
-                Ok(Duration::ZERO) => Flow::Continue,
-                Ok(wait) => self.refuse(ctx, wait),
+            match self.count_shared(store, budget, &digest).await {
+                Ok(verdict) => self.apply(ctx, budget, verdict),
                 Err(e) => {
-                    c.errors.inc();
+                    store.errors.inc();
                     tracing::debug!(policy = %self.name, "rate-limit store: {e}");
-                    match c.on_error {
+                    match store.on_error {
                         OnStoreError::Allow => Flow::Continue,
                         OnStoreError::Deny => Flow::Respond(problem(
                             StatusCode::SERVICE_UNAVAILABLE,
@@ -458,17 +738,35 @@ mod tests {
     #[test]
     fn burst_is_allowed_at_once_then_one_per_interval() {
         let c = LocalCounters::new(settings(2, Duration::from_secs(3600), 3)).unwrap();
-        for _ in 0..3 {
-            assert_eq!(c.check(7), Duration::ZERO);
+        // One request is earned every 30 minutes: after n of the burst of
+        // 3, 3 - n are left and the budget is whole after n × 30 min.
+        for n in 1..=3u32 {
+            match c.check(7) {
+                Verdict::Allowed { remaining, full_in } => {
+                    assert_eq!(remaining, u64::from(3 - n));
+                    assert_eq!(full_in, Duration::from_secs(1800) * n);
+                }
+                refused => panic!("request {n}: {refused:?}"),
+            }
         }
-        let wait = c.check(7);
-        // One request is earned every 30 minutes.
+        let Verdict::Refused(wait) = c.check(7) else {
+            panic!("the 4th request passed");
+        };
         assert!(
             wait > Duration::from_secs(1790) && wait <= Duration::from_secs(1800),
             "{wait:?}"
         );
         // Other keys have their own counters.
-        assert_eq!(c.check(8), Duration::ZERO);
+        assert!(matches!(c.check(8), Verdict::Allowed { remaining: 2, .. }));
+    }
+
+    #[test]
+    fn names_become_structured_field_strings() {
+        assert_eq!(sf_string("per-user"), "\"per-user\"");
+        assert_eq!(sf_string("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(sf_string("naïve"), "\"na?ve\"");
+        assert_eq!(seconds_up(Duration::from_millis(1001)), 2);
+        assert_eq!(seconds_up(Duration::from_secs(3)), 3);
     }
 
     #[test]

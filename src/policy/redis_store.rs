@@ -1,6 +1,7 @@
 //! Rate-limit counters in Redis, shared by every gateway instance that
 //! names the same server (`stores.redis`), so that a limit holds for the
-//! whole fleet rather than per instance.
+//! whole fleet rather than per instance, and quotas (a budget per day or
+//! per month) that outlive a restart of any instance.
 //!
 //! Each key is one Redis string holding its GCRA "theoretical arrival
 //! time" in microseconds, read and advanced by one Lua script, so that the
@@ -17,7 +18,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::kept::KeptWhileUsed;
 
 /// Checks one request against a key and, when allowed, counts it.
-/// Returns `{allowed (1|0), microseconds until the next request is allowed}`.
+/// Returns `{1, microseconds until the budget is full again}` when allowed,
+/// `{0, microseconds until the next request is allowed}` when not.
 const GCRA: &str = r#"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -32,8 +34,85 @@ if ahead > allowance then
   return {0, ahead - allowance}
 end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(ahead / 1000))
-return {1, 0}
+return {1, ahead}
 "#;
+
+/// Counts one request against a fixed window's budget, the window taken
+/// from the Redis server's clock: `ARGV[2]` seconds long and aligned to
+/// multiples of it since the Unix epoch (`86400`: UTC days), or, when 0,
+/// the UTC calendar month. A refused request is not counted. The window's
+/// counter expires a minute after the window ends. Returns `{allowed (1|0),
+/// requests counted in the window, seconds until it ends}`.
+///
+/// The key is made here from `KEYS[1]` and the window's start, so a single
+/// Redis server (not a cluster) is assumed.
+const QUOTA: &str = r#"
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local now = tonumber(redis.call('TIME')[1])
+local start, stop
+if period > 0 then
+  start = now - (now % period)
+  stop = start + period
+else
+  -- Howard Hinnant's civil-from-days and days-from-civil, in whole days.
+  local function civil(z)
+    z = z + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local m = mp < 10 and mp + 3 or mp - 9
+    local y = yoe + era * 400
+    if m <= 2 then y = y + 1 end
+    return y, m
+  end
+  local function first_day(y, m)
+    if m <= 2 then y = y - 1 end
+    local era = math.floor(y / 400)
+    local yoe = y - era * 400
+    local mp = m > 2 and m - 3 or m + 9
+    local doy = math.floor((153 * mp + 2) / 5)
+    local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+  end
+  local y, m = civil(math.floor(now / 86400))
+  start = first_day(y, m) * 86400
+  if m == 12 then y = y + 1; m = 1 else m = m + 1 end
+  stop = first_day(y, m) * 86400
+end
+local key = KEYS[1] .. start
+local used = tonumber(redis.call('GET', key)) or 0
+if used >= limit then
+  return {0, used, stop - now}
+end
+used = redis.call('INCR', key)
+if used == 1 then
+  redis.call('EXPIREAT', key, stop + 60)
+end
+return {1, used, stop - now}
+"#;
+
+/// A request counted against a rate (GCRA) or a quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// Allowed; the budget is full again after this long.
+    Allowed(Duration),
+    /// Refused; the next request is allowed after this long.
+    Refused(Duration),
+}
+
+/// A request counted against a quota window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaCount {
+    /// Whether it was allowed (and counted).
+    pub allowed: bool,
+    /// Requests counted in the window so far.
+    pub used: u64,
+    /// Until the window ends.
+    pub resets_in: Duration,
+}
 
 /// Why the store could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +140,7 @@ pub struct RedisStore {
     timeout: Duration,
     connection: OnceLock<ConnectionManager>,
     script: redis::Script,
+    quota: redis::Script,
 }
 
 impl RedisStore {
@@ -79,6 +159,7 @@ impl RedisStore {
             timeout,
             connection: OnceLock::new(),
             script: redis::Script::new(GCRA),
+            quota: redis::Script::new(QUOTA),
         })
     }
 
@@ -98,14 +179,13 @@ impl RedisStore {
     }
 
     /// Counts a request against `key` (`burst` requests at once, one more
-    /// every `interval`); returns how long until it would be allowed (zero:
-    /// allowed and counted).
+    /// every `interval`).
     pub async fn check(
         &self,
         key: &str,
         interval: Duration,
         burst: u32,
-    ) -> Result<Duration, StoreError> {
+    ) -> Result<Counted, StoreError> {
         let mut connection = self.connection()?;
         let mut invocation = self.script.key(key);
         invocation.arg(interval.as_micros() as u64).arg(burst);
@@ -116,9 +196,33 @@ impl RedisStore {
         .await
         .map_err(|_| StoreError::Timeout(self.timeout))??;
         Ok(match answer {
-            (1, _) => Duration::ZERO,
+            (1, full_in) => Counted::Allowed(Duration::from_micros(full_in.max(0) as u64)),
             // A refusal always waits a little, even if rounding said 0.
-            (_, wait) => Duration::from_micros(wait.max(1) as u64),
+            (_, wait) => Counted::Refused(Duration::from_micros(wait.max(1) as u64)),
+        })
+    }
+
+    /// Counts a request against the quota window of `key_prefix`: `limit`
+    /// per window of `period` (None: the calendar month).
+    pub async fn count_quota(
+        &self,
+        key_prefix: &str,
+        limit: u64,
+        period: Option<Duration>,
+    ) -> Result<QuotaCount, StoreError> {
+        let mut connection = self.connection()?;
+        let mut invocation = self.quota.key(key_prefix);
+        invocation.arg(limit).arg(period.map_or(0, |p| p.as_secs()));
+        let (allowed, used, left) = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<(i64, i64, i64)>(&mut connection),
+        )
+        .await
+        .map_err(|_| StoreError::Timeout(self.timeout))??;
+        Ok(QuotaCount {
+            allowed: allowed == 1,
+            used: used.max(0) as u64,
+            resets_in: Duration::from_secs(left.max(1) as u64),
         })
     }
 }

@@ -216,6 +216,9 @@ where
             pending.await;
         }
     }
+    for (name, value) in ctx.response_headers.drain(..) {
+        resp.headers_mut().append(name, value);
+    }
     route.response_headers.apply(resp.headers_mut());
 
     // log: the policies that asked are called after the answer's last byte

@@ -30,8 +30,13 @@ async fn past_the_burst_requests_get_429_with_retry_after_and_are_counted() {
     // One request is earned every 20 minutes.
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1190..=1200).contains(&retry), "Retry-After: {retry}");
-    assert_eq!(headers["ratelimit-limit"], "3");
-    assert_eq!(headers["ratelimit-remaining"], "0");
+    // The IETF httpapi fields: the policy (3 at once, whole again after
+    // an hour) and where the client stands.
+    assert_eq!(headers["ratelimit-policy"], "\"limit\";q=3;w=3600");
+    assert_eq!(
+        headers["ratelimit"],
+        format!("\"limit\";r=0;t={retry}").as_str()
+    );
     assert_eq!(
         backend.seen().len(),
         3,
@@ -138,4 +143,115 @@ policies:
     assert_eq!(status_with(&gw.url("web", "/b"), &[]).await, 200);
     assert_eq!(status_with(&gw.url("web", "/a"), &[]).await, 429);
     assert_eq!(status_with(&gw.url("web", "/b"), &[]).await, 429);
+}
+
+#[tokio::test]
+async fn allowed_answers_say_how_much_is_left_unless_headers_are_off() {
+    let backend = Backend::echo("app").await;
+    let gw = TestGateway::start(&policy_config(
+        backend.addr,
+        &[
+            ("hourly", "{ type: rate_limit, limit: 3, per: 1h }"),
+            (
+                "quiet",
+                "{ type: rate_limit, limit: 100, per: 1s, headers: false }",
+            ),
+        ],
+        "",
+    ))
+    .await;
+    let url = gw.url("web", "/x");
+    for (left, full_in) in [(2, 1200), (1, 2400), (0, 3600)] {
+        let (status, headers, _) = get(&url).await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["ratelimit-policy"], "\"hourly\";q=3;w=3600");
+        let state = headers["ratelimit"].to_str().unwrap();
+        // `t` rounds up a wait that started a moment ago.
+        assert!(
+            [full_in, full_in - 1]
+                .iter()
+                .any(|t| state == format!("\"hourly\";r={left};t={t}")),
+            "{state}"
+        );
+        assert_eq!(
+            headers.get_all("ratelimit").iter().count(),
+            1,
+            "quiet adds none"
+        );
+    }
+    let (status, headers, _) = get(&url).await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+
+    let gw = TestGateway::start(&policy_config(
+        backend.addr,
+        &[(
+            "quiet",
+            "{ type: rate_limit, limit: 1, per: 1h, headers: false }",
+        )],
+        "",
+    ))
+    .await;
+    let url = gw.url("web", "/x");
+    let (_, headers, _) = get(&url).await;
+    assert!(!headers.contains_key("ratelimit") && !headers.contains_key("ratelimit-policy"));
+    let (status, headers, _) = get(&url).await;
+    assert_eq!(status, 429);
+    assert!(
+        headers.contains_key("retry-after"),
+        "Retry-After is always sent"
+    );
+    assert!(!headers.contains_key("ratelimit"));
+}
+
+#[tokio::test]
+async fn a_consumer_has_its_own_limit_and_key_consumer_counts_by_consumer() {
+    let backend = Backend::echo("app").await;
+    let digest = |k: &str| portcullis::policy::consumer::hash_key(k.as_bytes());
+    let consumers = format!(
+        r#"
+consumers:
+  - name: acme
+    api_keys: ["{}", "{}"]
+    rate_limits: {{ per-consumer: {{ limit: 5, per: 1h }} }}
+  - name: ops
+    api_keys: ["{}"]
+"#,
+        digest("acme-1"),
+        digest("acme-2"),
+        digest("ops-1")
+    );
+    // Listed before the key policy: authentication still runs first.
+    let gw = TestGateway::start(&policy_config(
+        backend.addr,
+        &[
+            (
+                "per-consumer",
+                "{ type: rate_limit, key: consumer, limit: 2, per: 1h }",
+            ),
+            ("keys", "{ type: api_key }"),
+        ],
+        &consumers,
+    ))
+    .await;
+    let url = gw.url("web", "/x");
+    // ops has the policy's 2; acme its own 5, shared by both its keys.
+    assert_eq!(status_with(&url, &[("x-api-key", "ops-1")]).await, 200);
+    assert_eq!(status_with(&url, &[("x-api-key", "ops-1")]).await, 200);
+    assert_eq!(status_with(&url, &[("x-api-key", "ops-1")]).await, 429);
+    for i in 0..5 {
+        let key = if i % 2 == 0 { "acme-1" } else { "acme-2" };
+        let r = client()
+            .get(&url)
+            .header("x-api-key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(
+            r.headers()["ratelimit-policy"],
+            "\"per-consumer\";q=5;w=3600"
+        );
+    }
+    assert_eq!(status_with(&url, &[("x-api-key", "acme-2")]).await, 429);
 }

@@ -249,3 +249,124 @@ async fn a_redis_answering_errors_is_a_store_error_until_it_recovers() {
     assert_eq!(status_with(&url, &[]).await, 200);
     assert_eq!(backend.seen().len(), 2);
 }
+
+/// GETs `url` and returns the status and the `ratelimit` field.
+async fn quota_call(url: &str) -> (u16, String) {
+    let r = client().get(url).send().await.unwrap();
+    let state = r
+        .headers()
+        .get("ratelimit")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (r.status().as_u16(), state)
+}
+
+#[tokio::test]
+async fn a_quota_is_exact_across_instances_and_survives_a_restart() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo("app").await;
+    let policy = "{ type: rate_limit, quota: { limit: 7, per: 1d }, store: redis }";
+    let a = gateway(backend.addr, &redis.url(), policy).await;
+    let b = gateway(backend.addr, &redis.url(), policy).await;
+    let (ua, ub) = (a.url("web", "/x"), b.url("web", "/x"));
+
+    // Both instances at once, 20 requests: exactly 7 pass.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let url = if i % 2 == 0 { ua.clone() } else { ub.clone() };
+            tokio::spawn(async move { quota_call(&url).await })
+        })
+        .collect();
+    let mut passed = 0;
+    for c in calls {
+        let (status, _) = c.await.unwrap();
+        match status {
+            200 => passed += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    assert_eq!(passed, 7);
+    assert_eq!(backend.seen().len(), 7);
+
+    // The window is the UTC day, from Redis's clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86400 - now % 86400;
+    let r = client().get(&ua).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry.abs_diff(to_midnight) <= 2, "{retry} vs {to_midnight}");
+    assert_eq!(r.headers()["ratelimit-policy"], "\"limit\";q=7;w=86400");
+
+    // A restarted instance finds the same count.
+    drop(a);
+    let a = gateway(backend.addr, &redis.url(), policy).await;
+    assert_eq!(quota_call(&a.url("web", "/x")).await.0, 429);
+}
+
+#[tokio::test]
+async fn a_monthly_quota_counts_to_the_end_of_the_utc_month() {
+    let redis = Redis::start().await;
+    let backend = Backend::echo("app").await;
+    let gw = gateway(
+        backend.addr,
+        &redis.url(),
+        "{ type: rate_limit, quota: { limit: 2, per: month }, store: redis }",
+    )
+    .await;
+    let url = gw.url("web", "/x");
+    let (status, state) = quota_call(&url).await;
+    assert_eq!(status, 200);
+    // Seconds to the first day of next month, 00:00 UTC, computed here
+    // from the civil calendar.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (y, m) = civil_year_month(now.div_euclid(86400));
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let next = days_from_civil(ny, nm) * 86400;
+    let t: i64 = state
+        .rsplit("t=")
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{state}"));
+    assert!(
+        (t - (next - now)).abs() <= 2,
+        "{state}: expected t={}",
+        next - now
+    );
+    assert!(state.starts_with("\"limit\";r=1;"), "{state}");
+    assert_eq!(quota_call(&url).await.0, 200);
+    assert_eq!(quota_call(&url).await.0, 429);
+}
+
+/// The (year, month) of a day number since 1970-01-01.
+fn civil_year_month(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+/// The day number of the first of month `m` of year `y`.
+fn days_from_civil(y: i64, m: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
