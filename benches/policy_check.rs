@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use portcullis::config::model::{ConsumerDef, ConsumerHeadersDef, PolicyDef};
 use portcullis::http::body::{Body, empty};
 use portcullis::observe::metrics::Metrics;
-use portcullis::policy::consumer::{Consumers, hash_key};
+use portcullis::policy::consumer::{Analytics, Consumers, hash_key};
 use portcullis::policy::context::RequestCtx;
 use portcullis::policy::jwks::RemoteKeySets;
 use portcullis::policy::rate_limit::CounterRegistry;
@@ -226,8 +226,13 @@ fn policies(c: &mut Criterion) {
                 rate_limits: Default::default(),
             })
             .collect();
-        let consumers =
-            Arc::new(Consumers::build(&defs, &ConsumerHeadersDef::default(), |_| false).unwrap());
+        let analytics = Analytics {
+            metrics: None,
+            max_series: 1000,
+        };
+        let consumers = Arc::new(
+            Consumers::build(&defs, &ConsumerHeadersDef::default(), |_| false, analytics).unwrap(),
+        );
         let p = env.policy_with("{ type: api_key }", &consumers);
         bench_policy(c, &format!("api_key_{n}_consumers"), &p, "x");
     }

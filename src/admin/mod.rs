@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::http::body::{Body, full};
 use crate::http::problem::problem;
+use crate::policy::consumer::Consumers;
 use crate::proxy::snapshot::Action;
 use crate::server::Control;
 
@@ -59,6 +60,41 @@ fn text_response(content_type: &'static str, body: String) -> Response<Body> {
         http::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// `GET /api/v1/consumers`: every configured consumer, by name, with its
+/// activity since it was first configured (kept across reloads) and its
+/// own rate limits.
+fn consumers(all: &Consumers) -> serde_json::Value {
+    let mut list: Vec<_> = all.iter().collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let list: Vec<_> = list
+        .into_iter()
+        .map(|c| {
+            let activity = c.activity.as_deref();
+            let last_seen = activity.and_then(|a| a.last_seen());
+            let mut limits: Vec<_> = c.rate_limits.iter().collect();
+            limits.sort_by(|a, b| a.0.cmp(b.0));
+            json!({
+                "name": &*c.name,
+                "groups": c.groups.iter().map(|g| &**g).collect::<Vec<_>>(),
+                "requests": activity.map_or(0, |a| a.requests()),
+                "rate_limited": activity.map_or(0, |a| a.rate_limited()),
+                "last_seen": last_seen.map(httpdate::fmt_http_date),
+                "last_seen_unix": last_seen
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+                "metrics_series": c.series.name(),
+                "rate_limits": limits.into_iter().map(|(policy, o)| json!({
+                    "policy": &**policy,
+                    "limit": o.limit.get(),
+                    "per_seconds": o.per.as_secs_f64(),
+                    "burst": o.burst.get(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "consumers": list })
 }
 
 /// Answers one admin request.
@@ -158,6 +194,10 @@ pub async fn handle(
                 .collect();
             json_response(StatusCode::OK, json!({ "upstreams": ups }))
         }
+        (&Method::GET, "/api/v1/consumers") => {
+            let s = rt.snapshot.load();
+            json_response(StatusCode::OK, consumers(&s.consumers))
+        }
         (&Method::POST, "/api/v1/reload") => match control.clone().reload().await {
             Ok(s) => json_response(
                 StatusCode::OK,
@@ -181,7 +221,7 @@ pub async fn handle(
         (
             _,
             path @ ("/healthz" | "/metrics" | "/api/v1/status" | "/api/v1/routes"
-            | "/api/v1/upstreams" | "/api/v1/reload"),
+            | "/api/v1/upstreams" | "/api/v1/consumers" | "/api/v1/reload"),
         ) => {
             let mut resp = problem(
                 StatusCode::METHOD_NOT_ALLOWED,

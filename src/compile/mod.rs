@@ -23,8 +23,9 @@ use crate::config::locate;
 use crate::config::model::{Config, PolicyDef};
 use crate::observe::access_log::AccessLogs;
 use crate::observe::access_log::{AccessLog, Destination};
+use crate::observe::consumer_metrics;
 use crate::observe::metrics::Metrics;
-use crate::policy::consumer::Consumers;
+use crate::policy::consumer::{Analytics, Consumers};
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
 use crate::policy::redis_store::RedisStores;
@@ -74,6 +75,9 @@ pub fn compile(path: &Path, loaded: &Loaded, env: &Env) -> Result<Snapshot, Conf
         consumers: Arc::new(Consumers::empty()),
     };
     let snapshot = c.snapshot(path, &loaded.config, &loaded.text);
+    // Series only an older configuration named go now (the running one
+    // still holds its own).
+    env.metrics.consumers.prune();
     if c.diag.is_empty() {
         snapshot.ok_or_else(|| c.diag.into_errors())
     } else {
@@ -223,7 +227,19 @@ impl Compiler<'_> {
     fn consumers(&mut self, cfg: &Config) {
         let is_rate_limit =
             |name: &str| matches!(cfg.policies.get(name), Some(PolicyDef::RateLimit(_)));
-        match Consumers::build(&cfg.consumers, &cfg.consumer_headers, is_rate_limit) {
+        let analytics = Analytics {
+            metrics: (!self.env.check_only).then_some(&*self.env.metrics.consumers),
+            max_series: cfg
+                .observability
+                .max_consumer_series
+                .unwrap_or(consumer_metrics::DEFAULT_MAX_SERIES),
+        };
+        match Consumers::build(
+            &cfg.consumers,
+            &cfg.consumer_headers,
+            is_rate_limit,
+            analytics,
+        ) {
             Ok(c) => self.consumers = Arc::new(c),
             Err(errors) => {
                 for (field, message) in errors {

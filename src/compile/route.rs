@@ -49,7 +49,8 @@ impl Compiler<'_> {
             let upgrades = self.upgrades(&at.key("upgrades"), r.upgrades.as_deref());
             if let (Some(spec), Some(action)) = (spec, action) {
                 let name: Arc<str> = Arc::from(r.name.as_str());
-                let metrics = Arc::new(self.env.metrics.route(name.clone()));
+                let metrics =
+                    Arc::new(self.env.metrics.route(name.clone(), self.consumers.slots()));
                 out.push((
                     Arc::new(RouteEntry {
                         name,

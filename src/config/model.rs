@@ -942,6 +942,10 @@ pub struct Observability {
     /// One JSON line per request.
     #[serde(default)]
     pub access_log: Option<AccessLog>,
+    /// How many consumers (in file order) have analytics series of their
+    /// own; the others count as `other`.
+    #[serde(default)]
+    pub max_consumer_series: Option<usize>,
 }
 
 /// Access log settings.

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::consumer_metrics::{ConsumerMetrics, ConsumerSeries, RouteConsumerCounts};
+
 /// The empty label value (no route, no upstream), shared so that using it
 /// allocates nothing.
 pub fn empty_label() -> Arc<str> {
@@ -133,6 +135,9 @@ pub struct Metrics {
     pub rate_limit_store_errors: Family<PolicyLabel, Counter>,
     /// `portcullis_access_log_dropped_total{destination}`.
     pub access_log_dropped: Family<DestinationLabel, Counter>,
+    /// `portcullis_consumer_requests_total` and
+    /// `portcullis_consumer_request_duration_seconds`.
+    pub consumers: Arc<ConsumerMetrics>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -218,7 +223,10 @@ impl Metrics {
             "Configuration reloads by result",
             config_reloads.clone(),
         );
+        let consumers = Arc::new(ConsumerMetrics::default());
+        registry.register_collector(Box::new(consumers.clone()));
         Metrics {
+            consumers,
             registry,
             requests,
             request_duration,
@@ -237,8 +245,9 @@ impl Metrics {
 
     /// The handles one route's requests record into, resolved once per
     /// route and snapshot.
-    pub fn route(&self, route: Arc<str>) -> RouteMetrics {
+    pub fn route(&self, route: Arc<str>, consumers: &[Arc<ConsumerSeries>]) -> RouteMetrics {
         RouteMetrics {
+            consumers: self.consumers.route_counts(&route, consumers),
             duration: self.request_duration.get_or_create_owned(&RouteLabel {
                 route: route.clone(),
             }),
@@ -269,12 +278,23 @@ pub struct RouteMetrics {
     /// `portcullis_request_duration_seconds{route}`.
     pub duration: Histogram,
     requests: std::sync::RwLock<Vec<KnownCounter>>,
+    /// Its requests by consumer slot (the last is `other`).
+    consumers: Box<[Arc<RouteConsumerCounts>]>,
 }
 
 /// A `requests_total` counter and its listener, upstream and status.
 type KnownCounter = (Arc<str>, Arc<str>, u16, Counter);
 
 impl RouteMetrics {
+    /// The per-consumer counters of consumer slot `slot` (`other` for a
+    /// slot past the configured ones).
+    pub fn consumer(&self, slot: usize) -> Option<&RouteConsumerCounts> {
+        self.consumers
+            .get(slot)
+            .or_else(|| self.consumers.last())
+            .map(|c| &**c)
+    }
+
     /// The `requests_total` counter for a request on `listener` to
     /// `upstream` answered with `status`.
     pub fn requests(
@@ -323,7 +343,7 @@ mod tests {
     #[test]
     fn route_counters_are_the_families_counters() {
         let metrics = Metrics::new();
-        let route = metrics.route(Arc::from("r"));
+        let route = metrics.route(Arc::from("r"), &[]);
         let (web, app) = (Arc::from("web"), Arc::from("app"));
         route.requests(&metrics, &web, &app, 200).inc();
         route.requests(&metrics, &web, &app, 200).inc();
@@ -338,7 +358,7 @@ mod tests {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
         // A reload's route object counts on in the same series.
-        let again = metrics.route(Arc::from("r"));
+        let again = metrics.route(Arc::from("r"), &[]);
         again.requests(&metrics, &web, &app, 200).inc();
         assert!(metrics.encode().contains(
             r#"portcullis_requests_total{listener="web",route="r",upstream="app",status="200"} 3"#

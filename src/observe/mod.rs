@@ -1,4 +1,6 @@
-//! Observability: Prometheus metrics and the JSON access log.
+//! Observability: Prometheus metrics (per-consumer analytics among them) and
+//! the JSON access log.
 
 pub mod access_log;
+pub mod consumer_metrics;
 pub mod metrics;

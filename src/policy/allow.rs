@@ -148,8 +148,7 @@ mod tests {
 
     /// An identity with these groups and claims.
     fn identity(name: &str, groups: &[&str], claims: serde_json::Value) -> Identity {
-        use crate::policy::consumer::Consumer;
-        let mut c = Consumer::anonymous(name);
+        let mut c = Consumers::empty().anonymous(name);
         c.groups = groups.iter().map(|g| Arc::from(*g)).collect();
         Identity {
             consumer: Some(Arc::new(c)),

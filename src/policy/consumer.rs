@@ -21,6 +21,7 @@ use rustc_hash::FxBuildHasher;
 use sha2::{Digest, Sha256};
 
 use crate::config::model::{ConsumerDef, ConsumerHeadersDef};
+use crate::observe::consumer_metrics::{ConsumerActivity, ConsumerMetrics, ConsumerSeries, OTHER};
 use crate::policy::context::Identity;
 
 /// A consumer, configured or named by a verified token.
@@ -43,6 +44,13 @@ pub struct Consumer {
     pub password_hash: Option<Box<str>>,
     /// This consumer's own settings for rate-limit policies, by policy name.
     pub rate_limits: HashMap<Arc<str>, LimitOverride, FxBuildHasher>,
+    /// Its place in each route's per-consumer counters (past the cap and
+    /// for unconfigured consumers: `other`'s).
+    pub slot: usize,
+    /// Its exported duration series (or `other`'s).
+    pub series: Arc<ConsumerSeries>,
+    /// Its activity for the admin API (configured consumers only).
+    pub activity: Option<Arc<ConsumerActivity>>,
 }
 
 /// A consumer's own `limit`/`per`/`burst` for one rate-limit policy.
@@ -57,20 +65,6 @@ pub struct LimitOverride {
 }
 
 impl Consumer {
-    /// A consumer that no entry of `consumers` describes, named by a
-    /// verified token's subject: no groups, no credentials, no overrides.
-    pub fn anonymous(name: &str) -> Consumer {
-        Consumer {
-            name: Arc::from(name),
-            groups: Box::new([]),
-            configured: false,
-            name_header: HeaderValue::from_str(name).ok(),
-            groups_header: None,
-            password_hash: None,
-            rate_limits: HashMap::default(),
-        }
-    }
-
     /// Whether the consumer is in `group`.
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|g| &**g == group)
@@ -106,11 +100,39 @@ impl ConsumerHeaders {
 
 /// Every configured consumer, found by name or by API key.
 pub struct Consumers {
+    /// The analytics series by slot; the last is `other`.
+    slots: Vec<Arc<ConsumerSeries>>,
     by_name: HashMap<Arc<str>, Arc<Identity>>,
     /// By the SHA-256 digest of each key.
     by_key: HashMap<[u8; 32], Arc<Identity>, FxBuildHasher>,
     /// The headers the upstream learns the consumer from.
     pub headers: Arc<ConsumerHeaders>,
+}
+
+/// Where consumers' analytics series come from, and how many may have
+/// their own.
+#[derive(Clone, Copy)]
+pub struct Analytics<'a> {
+    /// The long-lived series.
+    pub metrics: Option<&'a ConsumerMetrics>,
+    /// `observability.max_consumer_series`.
+    pub max_series: usize,
+}
+
+impl Analytics<'_> {
+    fn series(&self, name: &str) -> Arc<ConsumerSeries> {
+        match self.metrics {
+            Some(m) => m.series(name),
+            None => ConsumerSeries::detached(name),
+        }
+    }
+
+    fn activity(&self, name: &str) -> Arc<ConsumerActivity> {
+        match self.metrics {
+            Some(m) => m.activity(name),
+            None => Arc::default(),
+        }
+    }
 }
 
 /// A mistake in the `consumers` section: where (a dotted path from the
@@ -121,6 +143,7 @@ impl Consumers {
     /// No consumers, default headers.
     pub fn empty() -> Consumers {
         Consumers {
+            slots: vec![ConsumerSeries::detached(OTHER)],
             by_name: HashMap::new(),
             by_key: HashMap::default(),
             headers: Arc::new(ConsumerHeaders {
@@ -137,9 +160,17 @@ impl Consumers {
         defs: &[ConsumerDef],
         headers: &ConsumerHeadersDef,
         rate_limit_policy: impl Fn(&str) -> bool,
+        analytics: Analytics,
     ) -> Result<Consumers, Vec<ConsumerError>> {
         let mut errors = Vec::new();
         let mut out = Consumers::empty();
+        // The first `max_series` consumers have series of their own.
+        out.slots = defs
+            .iter()
+            .take(analytics.max_series)
+            .map(|d| analytics.series(&d.name))
+            .chain(std::iter::once(analytics.series(OTHER)))
+            .collect();
         let mut header = |field: &str, text: &str, fallback: &HeaderName| {
             HeaderName::from_bytes(text.as_bytes()).unwrap_or_else(|_| {
                 errors.push((
@@ -158,7 +189,10 @@ impl Consumers {
             let at = format!("consumers.{i}");
             // Built even when in error, so that its name and keys are
             // still checked against the others'.
-            let consumer = Self::consumer(def, &at, &rate_limit_policy, &mut errors);
+            let mut consumer = Self::consumer(def, &at, &rate_limit_policy, &mut errors);
+            consumer.slot = i.min(out.slots.len() - 1);
+            consumer.series = out.slots[consumer.slot].clone();
+            consumer.activity = Some(analytics.activity(&def.name));
             let identity = Arc::new(Identity {
                 consumer: Some(Arc::new(consumer)),
                 claims: Arc::default(),
@@ -273,7 +307,36 @@ impl Consumers {
             groups_header,
             password_hash: def.password_hash.as_deref().map(Box::from),
             rate_limits,
+            // Set by the caller, which knows the slots.
+            slot: 0,
+            series: ConsumerSeries::detached(OTHER),
+            activity: None,
         }
+    }
+
+    /// A consumer that no entry of `consumers` describes, named by a
+    /// verified token's subject: no groups, no credentials, no overrides,
+    /// counted as `other`.
+    pub fn anonymous(&self, name: &str) -> Consumer {
+        let slot = self.slots.len() - 1;
+        Consumer {
+            name: Arc::from(name),
+            groups: Box::new([]),
+            configured: false,
+            name_header: HeaderValue::from_str(name).ok(),
+            groups_header: None,
+            password_hash: None,
+            rate_limits: HashMap::default(),
+            slot,
+            series: self.slots[slot].clone(),
+            activity: None,
+        }
+    }
+
+    /// The analytics series by slot, `other` last: what each route keeps
+    /// counters for.
+    pub fn slots(&self) -> &[Arc<ConsumerSeries>] {
+        &self.slots
     }
 
     /// The consumer named `name`, as a request's identity.
@@ -325,7 +388,16 @@ mod tests {
     }
 
     fn build(defs: &[ConsumerDef]) -> Result<Consumers, Vec<ConsumerError>> {
-        Consumers::build(defs, &ConsumerHeadersDef::default(), |p| p == "per-user")
+        let analytics = Analytics {
+            metrics: None,
+            max_series: 1,
+        };
+        Consumers::build(
+            defs,
+            &ConsumerHeadersDef::default(),
+            |p| p == "per-user",
+            analytics,
+        )
     }
 
     #[test]
@@ -352,6 +424,18 @@ mod tests {
         assert!(c.by_key(b"").is_none());
         assert!(c.by_name("ops").is_some() && c.by_name("nobody").is_none());
         assert_eq!(c.len(), 2);
+        // One series of its own (the cap is 1 here); ops and token
+        // subjects count as `other`.
+        assert_eq!((acme.slot, acme.series.name()), (0, "acme"));
+        let ops = c.by_name("ops").and_then(|i| i.consumer.clone()).unwrap();
+        assert_eq!((ops.slot, ops.series.name()), (1, "other"));
+        assert!(
+            ops.activity.is_some(),
+            "every configured consumer has activity"
+        );
+        let anon = c.anonymous("svc-1");
+        assert_eq!((anon.slot, anon.series.name()), (1, "other"));
+        assert!(anon.activity.is_none());
     }
 
     #[test]
@@ -407,7 +491,7 @@ mod tests {
         assert_eq!(headers["x-consumer-groups"], "partners");
         // A token's subject with no entry: its name, no groups.
         let anon = Identity {
-            consumer: Some(Arc::new(Consumer::anonymous("svc-42"))),
+            consumer: Some(Arc::new(c.anonymous("svc-42"))),
             claims: Arc::default(),
         };
         headers.insert("x-consumer-groups", HeaderValue::from_static("root"));

@@ -26,7 +26,7 @@ use crate::config::model::JwtDef;
 use crate::http::body::Body;
 use crate::http::problem::problem;
 use crate::observe::metrics::AuthFailureLabels;
-use crate::policy::consumer::{Consumer, Consumers};
+use crate::policy::consumer::Consumers;
 use crate::policy::context::{Identity, RequestCtx};
 
 /// Where the keys come from.
@@ -321,7 +321,7 @@ impl Jwt {
             .and_then(Value::as_str)
             .map(|name| match self.consumers.by_name(name) {
                 Some(known) => known.consumer.clone(),
-                None => Some(Arc::new(Consumer::anonymous(name))),
+                None => Some(Arc::new(self.consumers.anonymous(name))),
             })
             .unwrap_or_default();
         let verified = Arc::new(Verified {

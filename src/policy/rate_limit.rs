@@ -546,6 +546,14 @@ impl RateLimit {
     }
 
     fn refuse(&self, ctx: &RequestCtx, wait: Duration) -> Flow {
+        if let Some(a) = ctx
+            .identity
+            .as_deref()
+            .and_then(|i| i.consumer.as_deref())
+            .and_then(|c| c.activity.as_deref())
+        {
+            a.note_rate_limited();
+        }
         if let Some(route) = &ctx.route {
             self.refused
                 .get_or_create(&PolicyLabels {
@@ -693,7 +701,7 @@ pub type CounterRegistry = KeptWhileUsed<(String, Settings), LocalCounters>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::consumer::Consumer;
+    use crate::policy::consumer::Consumers;
     use crate::policy::context::Identity;
 
     fn settings(limit: u32, per: Duration, burst: u32) -> Settings {
@@ -817,12 +825,12 @@ mod tests {
         claims.insert("tenant".into(), "acme".into());
         claims.insert("level".into(), 3.into());
         alice.identity = Some(Arc::new(Identity {
-            consumer: Some(Arc::new(Consumer::anonymous("alice"))),
+            consumer: Some(Arc::new(Consumers::empty().anonymous("alice"))),
             claims: Arc::new(claims),
         }));
         let mut bob = ctx("10.0.0.1");
         bob.identity = Some(Arc::new(Identity {
-            consumer: Some(Arc::new(Consumer::anonymous("bob"))),
+            consumer: Some(Arc::new(Consumers::empty().anonymous("bob"))),
             claims: Arc::default(),
         }));
         let consumer = LimitKey::Consumer;

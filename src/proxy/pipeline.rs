@@ -97,6 +97,7 @@ where
         log,
         busy: Busy::new(&conn, req.version() == http::Version::HTTP_2),
         on_log: None,
+        consumer: None,
     };
     let Some(listener) = snapshot.listener(&conn.listener).cloned() else {
         // The listener was removed by a reload while this connection was open.
@@ -220,6 +221,7 @@ where
         resp.headers_mut().append(name, value);
     }
     route.response_headers.apply(resp.headers_mut());
+    record.consumer = ctx.identity.as_ref().and_then(|i| i.consumer.clone());
 
     // log: the policies that asked are called after the answer's last byte
     if chain.logs {

@@ -17,6 +17,7 @@ use crate::http::body::{Body, BodyStats, BoxError};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{Metrics, RequestLabels, RouteMetrics};
 use crate::policy::Outcome;
+use crate::policy::consumer::Consumer;
 
 /// Called with the outcome once the answer is over (the pipeline's hook
 /// for the policies that asked for it).
@@ -39,6 +40,8 @@ pub struct Record {
     pub busy: crate::proxy::connection::Busy,
     /// Policies' log hooks, when any asked for them.
     pub on_log: Option<OnLog>,
+    /// The consumer an authentication policy resolved, for its analytics.
+    pub consumer: Option<Arc<Consumer>>,
 }
 
 /// Access-log fields captured from the request.
@@ -88,6 +91,15 @@ impl Record {
                     )
                     .inc();
                 route.duration.observe(elapsed.as_secs_f64());
+                if let Some(consumer) = &self.consumer
+                    && let Some(counts) = route.consumer(consumer.slot)
+                {
+                    counts.count(labels.status);
+                    consumer.series.observe(elapsed);
+                    if let Some(a) = &consumer.activity {
+                        a.note_request();
+                    }
+                }
             }
             None => {
                 self.metrics.requests.get_or_create(&labels).inc();

@@ -434,3 +434,65 @@ fn hash_key_prints_the_digest_consumers_store_from_an_argument_or_stdin() {
     let (ok, _, err) = hash_key_cli(&[], "");
     assert!(!ok && err.contains("empty"), "{err}");
 }
+
+#[tokio::test]
+async fn requests_are_counted_per_consumer_with_a_cap_and_listed_on_the_admin_api() {
+    let backend = Backend::echo("app").await;
+    let extra = format!(
+        "{}\nobservability: {{ max_consumer_series: 1 }}\n",
+        consumers()
+    );
+    let gw = TestGateway::start(&policy_config(
+        backend.addr,
+        &[
+            ("keys", "{ type: api_key }"),
+            (
+                "limit",
+                "{ type: rate_limit, key: consumer, limit: 2, per: 1h }",
+            ),
+        ],
+        &extra,
+    ))
+    .await;
+    let url = gw.url("web", "/x");
+    for key in ["acme-key-1", "acme-key-2", "acme-key-1", "ops-key"] {
+        call(&url, &[("x-api-key", key)]).await;
+    }
+    let m = metrics(&gw).await;
+    // acme: two answered, one refused by its rate limit; ops is past the
+    // cap of 1 and counts as `other`.
+    for line in [
+        r#"portcullis_consumer_requests_total{consumer="acme",route="all",status_class="2xx"} 2"#,
+        r#"portcullis_consumer_requests_total{consumer="acme",route="all",status_class="4xx"} 1"#,
+        r#"portcullis_consumer_requests_total{consumer="other",route="all",status_class="2xx"} 1"#,
+        r#"portcullis_consumer_request_duration_seconds_count{consumer="acme"} 3"#,
+        r#"portcullis_consumer_request_duration_seconds_count{consumer="other"} 1"#,
+    ] {
+        assert!(m.contains(line), "missing {line}\n{m}");
+    }
+    assert!(!m.contains(r#"consumer="ops""#), "{m}");
+
+    // The admin list has every consumer, past the cap too.
+    let (status, _, body) = get(&gw.admin_url("/api/v1/consumers")).await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let list = v["consumers"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{v}");
+    assert_eq!(list[0]["name"], "acme");
+    assert_eq!(list[0]["groups"], json!(["partners", "beta"]));
+    assert_eq!(list[0]["requests"], 3);
+    assert_eq!(list[0]["rate_limited"], 1);
+    assert_eq!(list[0]["metrics_series"], "acme");
+    assert!(list[0]["last_seen_unix"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(list[1]["name"], "ops");
+    assert_eq!(list[1]["requests"], 1);
+    assert_eq!(list[1]["metrics_series"], "other");
+
+    // A reload keeps the counts.
+    reload_ok(&gw).await;
+    call(&url, &[("x-api-key", "ops-key")]).await;
+    let (_, _, body) = get(&gw.admin_url("/api/v1/consumers")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["consumers"][1]["requests"], 2, "{v}");
+    assert_eq!(v["consumers"][0]["requests"], 3, "{v}");
+}
