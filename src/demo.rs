@@ -72,6 +72,11 @@ async fn backend_answer(
     Ok(resp)
 }
 
+/// The demo's API keys: acme's (5 requests a minute) and globex's (its
+/// own 20 a minute). Printed for the curl lines; the file holds only their
+/// SHA-256, as a real one would.
+pub const DEMO_KEYS: [&str; 2] = ["acme-demo-key", "globex-demo-key"];
+
 /// The demo configuration for backends at `users_a`, `users_b` and `orders`,
 /// serving files from `public`.
 pub fn config(
@@ -80,6 +85,8 @@ pub fn config(
     orders: SocketAddr,
     public: &str,
 ) -> String {
+    let acme_key = crate::policy::consumer::hash_key(DEMO_KEYS[0].as_bytes());
+    let globex_key = crate::policy::consumer::hash_key(DEMO_KEYS[1].as_bytes());
     format!(
         r#"# Written by `portcullis demo`; edit it and send SIGHUP (or POST /api/v1/reload) to reload.
 admin:
@@ -109,6 +116,10 @@ routes:
     match: {{ path_prefix: /internal }}
     policies: [nobody]
     upstream: orders
+  - name: partners
+    match: {{ path_prefix: /partners }}
+    policies: [partner-keys, per-partner]
+    upstream: orders
   - name: assets
     match: {{ path_prefix: /static }}
     rewrite: {{ strip_prefix: /static }}
@@ -123,9 +134,21 @@ upstreams:
     targets: [{orders}]
 policies:
   nobody: {{ type: ip_filter, deny: [0.0.0.0/0, "::/0"] }}
+  partner-keys: {{ type: api_key }}
+  per-partner: {{ type: rate_limit, key: consumer, limit: 5, per: 1m }}
+consumers:
+  - name: acme
+    groups: [partners]
+    api_keys: ["{acme_key}"]          # sha256 of {acme}
+  - name: globex
+    groups: [partners]
+    api_keys: ["{globex_key}"]        # sha256 of {globex}
+    rate_limits: {{ per-partner: {{ limit: 20, per: 1m }} }}
 observability:
   access_log: {{ path: stdout, format: json }}
-"#
+"#,
+        acme = DEMO_KEYS[0],
+        globex = DEMO_KEYS[1],
     )
 }
 
@@ -187,6 +210,12 @@ Try:
   curl -s -X DELETE -i http://{GATEWAY}/api/orders/7 # method not routed: 404 problem+json
   curl -s http://{GATEWAY}/checkout                  # weighted split: 90% orders, 10% users
   curl -i http://{GATEWAY}/internal/secrets          # ip_filter: 403 problem+json
+  curl -i http://{GATEWAY}/partners/report           # api_key: 401 without a key
+  curl -si -H 'x-api-key: {acme}' http://{GATEWAY}/partners/report
+                                                     # acme's key: X-Consumer reaches the backend, RateLimit headers come back
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}} ' -H 'x-api-key: {acme}' http://{GATEWAY}/partners/report; done; echo
+                                                     # 5 a minute for acme: the 6th is 429 (globex, with '{globex}', has 20)
+  curl -s http://{ADMIN}/api/v1/consumers            # consumers with their request counts
   curl -i http://{GATEWAY}/static/                   # static file with ETag and Last-Modified
   curl -s http://{ADMIN}/api/v1/routes               # admin API: routes in match order
   curl -s http://{ADMIN}/metrics | grep portcullis_  # Prometheus metrics
@@ -194,7 +223,9 @@ Try:
 
 Access log lines appear below. Ctrl-C stops the demo.
 "#,
-        config = path.display()
+        config = path.display(),
+        acme = DEMO_KEYS[0],
+        globex = DEMO_KEYS[1],
     );
     crate::server::serve_until_signal(gateway).await
 }

@@ -823,3 +823,34 @@ consumers:
     let (line, _, _) = out.error_with("attaches policy `key`");
     assert_eq!(line, 8);
 }
+
+#[test]
+fn check_refuses_a_quota_without_redis_and_a_rate_limit_without_numbers() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: app
+    policies: [daily, vague, monthly]
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+policies:
+  daily: { type: rate_limit, quota: { limit: 100, per: 1d } }
+  vague: { type: rate_limit, key: consumer }
+  monthly: { type: rate_limit, quota: { limit: 5, per: fortnight }, store: local }
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("quota must outlive restarts");
+    assert_eq!(line, 12, "{message}");
+    let (line, _, _) = out.error_with("needs `limit` and `per`");
+    assert_eq!(line, 13);
+    let (line, _, message) = out.error_with("fortnight");
+    assert_eq!(line, 14);
+    assert!(message.contains("`month`"), "{message}");
+}

@@ -289,6 +289,34 @@ async fn api_gateway_example_runs_as_written() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // Partners: an API key of a consumer in the partners group; the key
+    // never reaches the catalogue, the consumer does.
+    assert_eq!(status_with(&url("/v1/partners/stock"), &[]).await, 401);
+    assert_eq!(
+        status_with(
+            &url("/v1/partners/stock"),
+            &[("x-api-key", "initech-example-key")]
+        )
+        .await,
+        403
+    );
+    let r = client
+        .get(url("/v1/partners/stock"))
+        .header("x-api-key", "acme-example-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["ratelimit-policy"],
+        "\"per-partner\";q=100;w=60"
+    );
+    let seen = catalog.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.headers["x-consumer"], "acme");
+    assert_eq!(last.headers["x-consumer-groups"], "partners");
+    assert!(!last.headers.contains_key("x-api-key"));
+
     // Catalogue: public, 20 at once per address, then 429.
     let mut passed = 0;
     for _ in 0..40 {

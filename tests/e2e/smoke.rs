@@ -53,6 +53,18 @@ async fn demo_configuration_is_valid() {
         .replace(portcullis::demo::GATEWAY, "127.0.0.1:0")
         .replace(portcullis::demo::ADMIN, "127.0.0.1:0");
     let gw = TestGateway::start(&text).await;
+    // The API-key route: 401 without a key; acme's 5 a minute, globex's own 20.
+    let partners = gw.url("web", "/partners/report");
+    assert_eq!(status_with(&partners, &[]).await, 401);
+    let [acme, globex] = portcullis::demo::DEMO_KEYS;
+    let mut acme_statuses = Vec::new();
+    for _ in 0..6 {
+        acme_statuses.push(status_with(&partners, &[("x-api-key", acme)]).await);
+    }
+    assert_eq!(acme_statuses, [200, 200, 200, 200, 200, 429]);
+    for _ in 0..6 {
+        assert_eq!(status_with(&partners, &[("x-api-key", globex)]).await, 200);
+    }
     let (status, _, text) = get(&gw.url("web", "/users/1")).await;
     assert_eq!(status, 200, "{text}");
     assert!(
