@@ -19,7 +19,7 @@ WORKERS=1
 DURATION=10
 RUNS=3
 WARMUP=2
-SCENARIOS=1,2,3,4,5,6,7,8,9
+SCENARIOS=1,2,3,4,5,6,7,8,9,10
 IDLE_CONNS=10000
 QUICK=0
 PORT_BASE=${BENCH_PORT_BASE:-18000}
@@ -37,7 +37,7 @@ usage: bash bench/run.sh [--workers N] [--duration S] [--runs N] [--scenarios 1,
   --workers N      worker processes/threads for every proxy (default 1)
   --duration S     seconds per measurement (default 10)
   --runs N         measurements per proxy and scenario, interleaved (default 3)
-  --scenarios L    comma-separated scenario numbers 1-9 (default all)
+  --scenarios L    comma-separated scenario numbers 1-10 (default all)
   --idle-conns N   idle connections in scenario 6 (default 10000)
   --quick          smoke run: 2 s measurements, 1 run, 1000 idle connections
 Environment: PORTCULLIS_BIN, BACKEND_BIN (skip the cargo build), BENCH_PORT_BASE.
@@ -186,15 +186,18 @@ check_ports_free() {
 
 # Ports: the backend, then each proxy's plain and TLS port; "10k" instances
 # (scenario 8) sit 10 above their proxy's, scenario 9's gateway instance 20
-# above portcullis's, with its admin listener at 330.
+# above portcullis's, with its admin listener at 330, scenario 10's API-key
+# instance 40 above.
 declare -A HTTP_PORT=([direct]=$((PORT_BASE + 80)) [nginx]=$((PORT_BASE + 100))
   [haproxy]=$((PORT_BASE + 200)) [portcullis]=$((PORT_BASE + 300))
   [nginx10k]=$((PORT_BASE + 110)) [haproxy10k]=$((PORT_BASE + 210))
-  [portcullis10k]=$((PORT_BASE + 310)) [portcullisgw]=$((PORT_BASE + 320)))
+  [portcullis10k]=$((PORT_BASE + 310)) [portcullisgw]=$((PORT_BASE + 320))
+  [portcullisak]=$((PORT_BASE + 340)))
 declare -A TLS_PORT=([direct]=$((PORT_BASE + 443)) [nginx]=$((PORT_BASE + 101))
   [haproxy]=$((PORT_BASE + 201)) [portcullis]=$((PORT_BASE + 301))
   [nginx10k]=$((PORT_BASE + 111)) [haproxy10k]=$((PORT_BASE + 211))
-  [portcullis10k]=$((PORT_BASE + 311)) [portcullisgw]=$((PORT_BASE + 321)))
+  [portcullis10k]=$((PORT_BASE + 311)) [portcullisgw]=$((PORT_BASE + 321))
+  [portcullisak]=$((PORT_BASE + 341)))
 ADMIN_PORT=$((PORT_BASE + 330))
 declare -A PID=()
 PROXIES=(nginx haproxy portcullis)
@@ -209,8 +212,9 @@ start_backend() {
   wait_port "${TLS_PORT[direct]}"
 }
 
-# start_proxy NAME [10k|gw]: render its configuration and start it pinned.
-# "gw" (portcullis only) is bench/portcullis-gateway.yaml, for scenario 9.
+# start_proxy NAME [10k|gw|ak]: render its configuration and start it pinned.
+# "gw" (portcullis only) is bench/portcullis-gateway.yaml, for scenario 9;
+# "ak" is bench/portcullis-apikey.yaml, for scenario 10.
 start_proxy() {
   local proxy=$1 variant=${2:-} inst=$1${2:-}
   local dir=$RUN_DIR/$inst
@@ -241,6 +245,10 @@ start_proxy() {
         gw)
           template=$BENCH_DIR/portcullis-gateway.yaml
           extra=("ADMIN_PORT=$ADMIN_PORT" "JWKS=$RUN_DIR/jwt/jwks.json")
+          ;;
+        ak)
+          template=$BENCH_DIR/portcullis-apikey.yaml
+          extra=(--extra "EXTRA_CONSUMERS=$RUN_DIR/apikey/consumers.yaml")
           ;;
       esac
       py render "$template" "$dir/portcullis.yaml" "${common[@]}" ${extra[@]+"${extra[@]}"}
@@ -353,6 +361,10 @@ gen_9() {
   CMD=(wrk --latency -s "$LIB/wrk_jwt.lua" -t"$LOAD_THREADS" -c64 -d"$2s" -H "Host: api.example.com"
     "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH" -- "$RUN_DIR/jwt/tokens.txt")
 }
+gen_10() {
+  CMD=(wrk --latency -s "$LIB/wrk_jwt.lua" -t"$LOAD_THREADS" -c64 -d"$2s" -H "Host: api.example.com"
+    "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH" -- "$RUN_DIR/apikey/keys.txt" X-Api-Key "")
+}
 
 # The order of targets rotates between runs so that none always goes first.
 rotated() {
@@ -463,6 +475,21 @@ check_gateway() {
   done
   grep '"status":401' "$GW_LOG" 2>/dev/null | grep -q '"route":"api-users"' ||
     die "portcullisgw: the access log $GW_LOG has no line for the refused request"
+}
+
+# Scenario 10: the API-key instance must let a key through and refuse a
+# request without one; the plain instance answers the keyed request alike.
+check_apikey() {
+  local key got t
+  key=$(head -1 "$RUN_DIR/apikey/keys.txt")
+  for t in portcullis portcullisak; do
+    got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -H 'Host: api.example.com' \
+      -H "X-Api-Key: $key" "http://127.0.0.1:${HTTP_PORT[$t]}$URL_PATH")
+    [ "$got" = "200 100" ] || die "$t: a request with a key answered '$got', expected '200 100'"
+  done
+  got=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.example.com' \
+    "http://127.0.0.1:${HTTP_PORT[portcullisak]}$URL_PATH")
+  [ "$got" = 401 ] || die "portcullisak: a request without a key answered '$got', expected 401"
 }
 
 rate_limited() { # requests the gateway instance has refused with 429 so far
@@ -607,6 +634,15 @@ if want 9; then
   # Keep a sample for BENCH_KEEP_RUN_DIR, not hundreds of MB.
   head -n 100 "$GW_LOG" >"$RUN_DIR/portcullisgw/access-head.log"
   rm -f "$GW_LOG"
+fi
+if want 10; then
+  log "scenario 10: api_key and a per-consumer rate limit beside the same route without them"
+  mkdir -p "$RUN_DIR/apikey"
+  py apikeys "$RUN_DIR/apikey" 100
+  start_proxy portcullis ak
+  check_apikey
+  run_scenario 10 gen_10 wrk portcullis portcullisak
+  stop_pid "${PID[portcullisak]}"
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 

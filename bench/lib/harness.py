@@ -40,6 +40,7 @@ Subcommands:
 """
 
 import base64
+import hashlib
 import json
 import math
 import os
@@ -199,6 +200,21 @@ def jwt(args):
     # Valid in every way but the scope: portcullis must answer 403.
     with open(os.path.join(out_dir, "token-no-scope.txt"), "w") as f:
         f.write(_sign(key, {**base, "sub": "user-0", "scope": "users:write"}) + "\n")
+
+
+def apikeys(args):
+    """keys.txt (one API key a line) and consumers.yaml (the `consumers`
+    section holding their SHA-256 digests) for scenario 10."""
+    out_dir, count = args[0], int(args[1])
+    lines = ["consumers:"]
+    with open(os.path.join(out_dir, "keys.txt"), "w") as f:
+        for i in range(1, count + 1):
+            key = f"bench-key-{i:04d}-{os.urandom(8).hex()}"
+            f.write(key + "\n")
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            lines.append(f"  - {{ name: user-{i}, groups: [bench], api_keys: [\"{digest}\"] }}")
+    with open(os.path.join(out_dir, "consumers.yaml"), "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- /proc
@@ -494,6 +510,7 @@ def main():
         "render": render,
         "routes": routes,
         "jwt": jwt,
+        "apikeys": apikeys,
         "cpu": cpu,
         "rss": rss,
         "threads": threads,
