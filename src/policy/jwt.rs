@@ -15,17 +15,14 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use serde_json::{Map, Value};
 
+use super::auth::Refuser;
 use super::jwks::{self, FetchError, KeySet, RemoteKeySet, RemoteSpec};
 use super::token_cache::{TokenCache, Verified};
 use super::{BuildEnv, Flow, Phase, Policy};
 use crate::config::model::JwtDef;
 use crate::http::body::Body;
-use crate::http::problem::problem;
-use crate::observe::metrics::AuthFailureLabels;
 use crate::policy::consumer::Consumers;
 use crate::policy::context::{Identity, RequestCtx};
 
@@ -45,7 +42,6 @@ struct RequiredClaim {
 
 /// A compiled `jwt` policy.
 pub struct Jwt {
-    name: Arc<str>,
     keys: Keys,
     /// One validation per algorithm (the crate checks the header's `alg`
     /// against the validation's list), built once.
@@ -59,7 +55,7 @@ pub struct Jwt {
     /// The claim naming the consumer, and the consumers it may name.
     consumer_claim: String,
     consumers: Arc<Consumers>,
-    failures: Family<AuthFailureLabels, Counter>,
+    refuser: Refuser,
 }
 
 /// RFC 7518 §3.2: an HMAC key at least as long as the hash.
@@ -193,7 +189,6 @@ impl Jwt {
             .map(|alg| (alg, Self::validation(def, alg)))
             .collect();
         Ok(Jwt {
-            name: Arc::from(env.name),
             keys,
             validations,
             required,
@@ -203,7 +198,7 @@ impl Jwt {
             cache: TokenCache::new(def.token_cache_size),
             consumer_claim: def.consumer_claim.clone(),
             consumers: env.consumers.clone(),
-            failures: env.metrics.auth_failures.clone(),
+            refuser: Refuser::new(env.name, env.metrics),
         })
     }
 
@@ -384,29 +379,26 @@ impl Jwt {
     }
 
     fn refuse(&self, ctx: &RequestCtx, refusal: Refusal) -> Flow {
-        if let Some(route) = &ctx.route {
-            self.failures
-                .get_or_create(&AuthFailureLabels {
-                    route: route.clone(),
-                    policy: self.name.clone(),
-                    reason: refusal.reason(),
-                })
-                .inc();
-        }
         let (status, challenge) = match refusal {
-            Refusal::Missing => (StatusCode::UNAUTHORIZED, "Bearer"),
-            Refusal::Claims => (StatusCode::FORBIDDEN, "Bearer error=\"insufficient_scope\""),
-            Refusal::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, ""),
-            _ => (StatusCode::UNAUTHORIZED, "Bearer error=\"invalid_token\""),
+            Refusal::Missing => (StatusCode::UNAUTHORIZED, Some("Bearer")),
+            Refusal::Claims => (
+                StatusCode::FORBIDDEN,
+                Some("Bearer error=\"insufficient_scope\""),
+            ),
+            Refusal::KeysUnavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
+            _ => (
+                StatusCode::UNAUTHORIZED,
+                Some("Bearer error=\"invalid_token\""),
+            ),
         };
-        let mut resp = problem(status, refusal.detail(), ctx.request_id_str());
-        if !challenge.is_empty() {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-        }
-        Flow::Respond(resp)
+        let challenge = challenge.map(HeaderValue::from_static);
+        self.refuser.refuse(
+            ctx,
+            refusal.reason(),
+            status,
+            refusal.detail(),
+            challenge.as_ref(),
+        )
     }
 }
 
