@@ -94,6 +94,28 @@ def fr(v):
     return "–" if v is None else f"{v:.2f}"
 
 
+def with_and_without(md, title, columns, off, on):
+    """Appends a table of portcullis against itself (scenarios 9 and 10):
+    req/s, p50, p99 and CPU per request without and with the feature, and
+    their ratios, which it returns by field."""
+    ratios = {}
+    md.append(f"| {title} | {columns[0]} | {columns[1]} | {columns[2]} |")
+    md.append("|---|---:|---:|---:|")
+    for field, label in (("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+                         ("cpu_us_per_req", "CPU µs/req")):
+        r = ratio(on.get(field), off.get(field))
+        ratios[field] = r
+        cells = []
+        for m in (off, on):
+            c = fmt(m.get(field), field)
+            sp = m.get(field + "_spread_pct")
+            if sp is not None and field in ("rps", "cpu_us_per_req"):
+                c += f" ±{sp:.0f}%"
+            cells.append(c)
+        md.append(f"| {label} | {cells[0]} | {cells[1]} | {fr(r)} |")
+    return ratios
+
+
 def main():
     meta_path, runs_path, out_dir = sys.argv[1:4]
     meta = json.load(open(meta_path))
@@ -197,20 +219,8 @@ def main():
                   "(features on), sent the same requests, each with one of 100 users' bearer "
                   "tokens.")
         md.append("")
-        md.append(f"| {title} | features off | features on | on ÷ off |")
-        md.append("|---|---:|---:|---:|")
-        for field, label in (("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-                             ("cpu_us_per_req", "CPU µs/req")):
-            r = ratio(on.get(field), off.get(field))
-            s9["ratios"][field] = r
-            cells = []
-            for m in (off, on):
-                c = fmt(m.get(field), field)
-                sp = m.get(field + "_spread_pct")
-                if sp is not None and field in ("rps", "cpu_us_per_req"):
-                    c += f" ±{sp:.0f}%"
-                cells.append(c)
-            md.append(f"| {label} | {cells[0]} | {cells[1]} | {fr(r)} |")
+        s9["ratios"] = with_and_without(md, title, ("features off", "features on", "on ÷ off"),
+                                        off, on)
         gw = [r for r in runs if r["scenario"] == "9" and r["target"] == "portcullisgw"]
         reqs = sum(r.get("requests", 0) for r in gw)
         lines = sum(r.get("log_lines", 0) for r in gw)
@@ -246,20 +256,8 @@ def main():
                   "and counts it against a local per-consumer rate limit that is never hit, "
                   "sent the same requests.")
         md.append("")
-        md.append(f"| {title} | none | api_key + rate_limit | with ÷ without |")
-        md.append("|---|---:|---:|---:|")
-        for field, label in (("rps", "req/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-                             ("cpu_us_per_req", "CPU µs/req")):
-            r = ratio(on.get(field), off.get(field))
-            s10["ratios"][field] = r
-            cells = []
-            for m in (off, on):
-                c = fmt(m.get(field), field)
-                sp = m.get(field + "_spread_pct")
-                if sp is not None and field in ("rps", "cpu_us_per_req"):
-                    c += f" ±{sp:.0f}%"
-                cells.append(c)
-            md.append(f"| {label} | {cells[0]} | {cells[1]} | {fr(r)} |")
+        s10["ratios"] = with_and_without(
+            md, title, ("none", "api_key + rate_limit", "with ÷ without"), off, on)
         result["scenarios"]["10"] = s10
 
     # The issue's targets.

@@ -200,7 +200,7 @@ impl RemoteKeySet {
         check_only: bool,
     ) -> Result<Arc<RemoteKeySet>, FetchError> {
         let (set, fresh) = sets.get_or_make(spec.clone(), || {
-            Ok(RemoteKeySet {
+            Ok::<_, FetchError>(RemoteKeySet {
                 fetcher: Fetcher::new(&spec.url, spec.ca.as_deref())?,
                 refresh: spec.refresh,
                 current: ArcSwapOption::empty(),
@@ -275,24 +275,15 @@ impl RemoteKeySet {
 /// Why a key set URL cannot be used, or a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The URL cannot be fetched as written.
-    #[error("`{0}` is not an http:// or https:// URL with a host")]
-    BadUrl(String),
-    /// The `jwks_ca` file cannot be used.
-    #[error("{0}")]
-    Ca(String),
-    /// Connecting, TLS or HTTP failed.
-    #[error("{0}")]
-    Send(String),
+    /// The URL or the CA file cannot be used, or the call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
     /// The server answered something other than 200.
     #[error("the server answered {0}")]
     Status(StatusCode),
     /// The document is too large or not text.
     #[error("the answer is not a key set of at most 1 MiB of UTF-8")]
     Body,
-    /// No answer in time.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
 }
 
 /// A key set URL and the gateway's own client to fetch it with.
@@ -304,11 +295,7 @@ impl Fetcher {
     /// Checks `url` (http or https with a host) and `ca` (for https; the
     /// Mozilla roots by default), without connecting.
     fn new(url: &str, ca: Option<&Path>) -> Result<Fetcher, FetchError> {
-        let service = Service::new(url, ca, FETCH_TIMEOUT).map_err(|e| match e {
-            CallError::BadUrl(u) => FetchError::BadUrl(u),
-            CallError::Ca(e) => FetchError::Ca(e),
-            other => FetchError::Send(other.to_string()),
-        })?;
+        let service = Service::new(url, ca, FETCH_TIMEOUT)?;
         Ok(Fetcher { service })
     }
 
@@ -316,7 +303,7 @@ impl Fetcher {
     async fn fetch(&self) -> Result<String, FetchError> {
         match tokio::time::timeout(FETCH_TIMEOUT, self.fetch_once()).await {
             Ok(r) => r,
-            Err(_) => Err(FetchError::Timeout(FETCH_TIMEOUT)),
+            Err(_) => Err(CallError::Timeout(FETCH_TIMEOUT).into()),
         }
     }
 
@@ -324,10 +311,7 @@ impl Fetcher {
         let mut req = self.service.request(crate::http::body::empty());
         req.headers_mut()
             .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let response = self.service.call(req).await.map_err(|e| match e {
-            CallError::Timeout(t) => FetchError::Timeout(t),
-            other => FetchError::Send(other.to_string()),
-        })?;
+        let response = self.service.call(req).await?;
         let status = response.status();
         if status != StatusCode::OK {
             return Err(FetchError::Status(status));

@@ -18,6 +18,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::auth::Refuser;
+use super::service::CallError;
 use super::jwks::{self, FetchError, KeySet, RemoteKeySet, RemoteSpec};
 use super::token_cache::{TokenCache, Verified};
 use super::{BuildEnv, Flow, Phase, Policy};
@@ -249,7 +250,7 @@ impl Jwt {
             Ok(set) => Some(Keys::Remote(set)),
             Err(e) => {
                 let field = match e {
-                    FetchError::Ca(_) => "jwks_ca",
+                    FetchError::Call(CallError::Ca(_)) => "jwks_ca",
                     _ => "jwks_url",
                 };
                 errors.push((field.into(), e.to_string()));
