@@ -30,6 +30,7 @@
 //! Adding a policy means one file in this folder plus one line in [`build`].
 
 pub mod allow;
+pub mod answer_cache;
 pub mod api_key;
 pub mod auth;
 pub mod consumer;
