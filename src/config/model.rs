@@ -662,6 +662,9 @@ pub enum PolicyDef {
     ApiKey(ApiKeyDef),
     /// Who may use the route: consumers, groups, claims, client networks.
     Allow(AllowDef),
+    /// An auth service asked about every request (Traefik's ForwardAuth,
+    /// nginx's auth_request).
+    ForwardAuth(ForwardAuthDef),
     /// A policy that records what the pipeline asks of it (unit tests of
     /// the phases only; never in a build users run).
     #[cfg(test)]
@@ -864,6 +867,54 @@ pub struct ApiKeyDef {
     /// The query parameter that carries the key.
     #[serde(default)]
     pub query: Option<String>,
+}
+
+/// `type: forward_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthDef {
+    /// The auth service's URL (http or https), asked with a GET per request.
+    pub url: String,
+    /// PEM bundle of CAs for an https `url` (default: the Mozilla roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The longest the whole exchange with the auth service may take.
+    #[serde(default = "default_auth_timeout")]
+    pub timeout: Dur,
+    /// The client's request headers sent on to the auth service.
+    #[serde(default = "default_credential_headers")]
+    pub request_headers: Vec<String>,
+    /// Headers of a 2xx answer copied onto the upstream request.
+    #[serde(default)]
+    pub copy_headers: Vec<String>,
+    /// The answer header whose value names the consumer.
+    #[serde(default)]
+    pub consumer_header: Option<String>,
+    /// How long a 2xx answer is reused for the same `cache_key` values (0: never).
+    #[serde(default = "zero_duration")]
+    pub cache_ttl: Dur,
+    /// The request headers whose values key the cache.
+    #[serde(default = "default_credential_headers")]
+    pub cache_key: Vec<String>,
+    /// How many answers the cache holds at most.
+    #[serde(default = "default_auth_cache_size")]
+    pub cache_size: usize,
+}
+
+fn default_auth_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+fn default_credential_headers() -> Vec<String> {
+    vec!["authorization".into(), "cookie".into()]
+}
+
+fn default_auth_cache_size() -> usize {
+    10_000
+}
+
+fn zero_duration() -> Dur {
+    Dur(Duration::ZERO)
 }
 
 /// `type: allow`: every listed kind of condition must hold, any value
