@@ -662,6 +662,11 @@ pub enum PolicyDef {
     ApiKey(ApiKeyDef),
     /// Who may use the route: consumers, groups, claims, client networks.
     Allow(AllowDef),
+    /// An auth service asked about every request (Traefik's ForwardAuth,
+    /// nginx's auth_request).
+    ForwardAuth(ForwardAuthDef),
+    /// Bearer tokens checked at an OAuth 2.0 introspection endpoint (RFC 7662).
+    Introspection(IntrospectionDef),
     /// A policy that records what the pipeline asks of it (unit tests of
     /// the phases only; never in a build users run).
     #[cfg(test)]
@@ -882,6 +887,104 @@ pub struct ApiKeyDef {
     /// The query parameter that carries the key.
     #[serde(default)]
     pub query: Option<String>,
+}
+
+/// `type: forward_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthDef {
+    /// The auth service's URL (http or https), asked with a GET per request.
+    pub url: String,
+    /// PEM bundle of CAs for an https `url` (default: the Mozilla roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The longest the whole exchange with the auth service may take.
+    #[serde(default = "default_auth_timeout")]
+    pub timeout: Dur,
+    /// The client's request headers sent on to the auth service.
+    #[serde(default = "default_credential_headers")]
+    pub request_headers: Vec<String>,
+    /// Headers of a 2xx answer copied onto the upstream request.
+    #[serde(default)]
+    pub copy_headers: Vec<String>,
+    /// The answer header whose value names the consumer.
+    #[serde(default)]
+    pub consumer_header: Option<String>,
+    /// How long a 2xx answer is reused for the same `cache_key` values (0: never).
+    #[serde(default = "zero_duration")]
+    pub cache_ttl: Dur,
+    /// The request headers whose values key the cache.
+    #[serde(default = "default_credential_headers")]
+    pub cache_key: Vec<String>,
+    /// How many answers the cache holds at most.
+    #[serde(default = "default_auth_cache_size")]
+    pub cache_size: usize,
+}
+
+/// `type: introspection`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionDef {
+    /// The introspection endpoint's URL (http or https).
+    pub url: String,
+    /// The gateway's client id at the authorization server.
+    pub client_id: String,
+    /// The gateway's client secret, sent with `client_id` as HTTP Basic.
+    pub client_secret: String,
+    /// PEM bundle of CAs for an https `url` (default: the Mozilla roots).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The longest the whole exchange with the endpoint may take.
+    #[serde(default = "default_auth_timeout")]
+    pub timeout: Dur,
+    /// Accepted `aud` values; empty accepts any.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Scopes the token's `scope` must all hold.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Members of the answer the token must carry, with their values.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, String>,
+    /// What a request gets when the endpoint cannot answer.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Whether the Authorization header goes on to the upstream.
+    #[serde(default = "yes")]
+    pub forward_token: bool,
+    /// How long an active answer is reused (never past its `exp`; 0: never).
+    #[serde(default = "zero_duration")]
+    pub cache_ttl: Dur,
+    /// How many answers the cache holds at most.
+    #[serde(default = "default_auth_cache_size")]
+    pub cache_size: usize,
+}
+
+/// What an introspection policy answers when its endpoint cannot be asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// 503: the gateway cannot tell.
+    #[default]
+    Deny,
+    /// 401: the client is told to authenticate again.
+    Unauthorized,
+}
+
+fn default_auth_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+fn default_credential_headers() -> Vec<String> {
+    vec!["authorization".into(), "cookie".into()]
+}
+
+fn default_auth_cache_size() -> usize {
+    10_000
+}
+
+fn zero_duration() -> Dur {
+    Dur(Duration::ZERO)
 }
 
 /// `type: allow`: every listed kind of condition must hold, any value

@@ -333,6 +333,15 @@ impl Consumers {
         }
     }
 
+    /// The consumer a verified credential names: the configured one of
+    /// that name (its groups and limits apply), else an anonymous one.
+    pub fn resolve(&self, name: &str) -> Arc<Consumer> {
+        match self.by_name(name).and_then(|i| i.consumer.clone()) {
+            Some(known) => known,
+            None => Arc::new(self.anonymous(name)),
+        }
+    }
+
     /// The analytics series by slot, `other` last: what each route keeps
     /// counters for.
     pub fn slots(&self) -> &[Arc<ConsumerSeries>] {

@@ -17,9 +17,9 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::auth::Refuser;
-use super::service::CallError;
+use super::auth::{Refuser, bearer};
 use super::jwks::{self, FetchError, KeySet, RemoteKeySet, RemoteSpec};
+use super::service::CallError;
 use super::token_cache::{TokenCache, Verified};
 use super::{BuildEnv, Flow, Phase, Policy};
 use crate::config::model::JwtDef;
@@ -315,11 +315,7 @@ impl Jwt {
         let consumer = claims
             .get(&self.consumer_claim)
             .and_then(Value::as_str)
-            .map(|name| match self.consumers.by_name(name) {
-                Some(known) => known.consumer.clone(),
-                None => Some(Arc::new(self.consumers.anonymous(name))),
-            })
-            .unwrap_or_default();
+            .map(|name| self.consumers.resolve(name));
         let verified = Arc::new(Verified {
             forwarded: self
                 .forward
@@ -415,22 +411,6 @@ pub fn has_member(have: &Value, want: &str) -> bool {
     }
 }
 
-/// The bearer token of `Authorization`, if the request has one.
-fn bearer<B>(req: &Request<B>) -> Option<&str> {
-    // On bytes: `HeaderValue::to_str` would check every byte of a token
-    // that can be a kilobyte long, on every request; UTF-8 validation of
-    // the token alone is several times cheaper, and the JWT decoder
-    // rejects any byte a token may not hold.
-    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
-    let value = value.trim_ascii();
-    let (scheme, rest) = value.split_at_checked(6)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
-        return None;
-    }
-    let token = std::str::from_utf8(rest.trim_ascii()).ok()?;
-    (!token.is_empty()).then_some(token)
-}
-
 /// A claim as a header value: strings as they are, arrays of strings
 /// comma-separated, anything else as JSON; None when it cannot be one.
 fn header_value(claim: &Value) -> Option<HeaderValue> {
@@ -480,28 +460,6 @@ impl Policy for Jwt {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn bearer_tokens_are_found_whatever_the_scheme_case() {
-        let req = |v: &str| {
-            Request::builder()
-                .header("authorization", v)
-                .body(())
-                .unwrap()
-        };
-        assert_eq!(bearer(&req("Bearer abc.def.ghi")), Some("abc.def.ghi"));
-        assert_eq!(bearer(&req("bearer  abc ")), Some("abc"));
-        assert_eq!(bearer(&req("Basic dXNlcjpwYXNz")), None);
-        assert_eq!(bearer(&req("Bearer ")), None);
-        assert_eq!(bearer(&req("Bearerabc")), None);
-        assert_eq!(bearer(&req("Bear")), None);
-        assert_eq!(
-            bearer(&req("BEARER\tabc")),
-            None,
-            "the scheme ends with a space"
-        );
-        assert_eq!(bearer(&Request::new(())), None);
-    }
 
     #[test]
     fn required_values_match_members_of_lists() {

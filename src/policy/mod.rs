@@ -30,10 +30,13 @@
 //! Adding a policy means one file in this folder plus one line in [`build`].
 
 pub mod allow;
+pub mod answer_cache;
 pub mod api_key;
 pub mod auth;
 pub mod consumer;
 pub mod context;
+pub mod forward_auth;
+pub mod introspection;
 pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
@@ -274,6 +277,8 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::Jwt(d) => Ok(Arc::new(jwt::Jwt::build(d, env)?)),
         PolicyDef::ApiKey(d) => Ok(Arc::new(api_key::ApiKey::build(d, env)?)),
         PolicyDef::Allow(d) => Ok(Arc::new(allow::Allow::build(d, env)?)),
+        PolicyDef::ForwardAuth(d) => Ok(Arc::new(forward_auth::ForwardAuth::build(d, env)?)),
+        PolicyDef::Introspection(d) => Ok(Arc::new(introspection::Introspection::build(d, env)?)),
         #[cfg(test)]
         PolicyDef::Probe(d) => Ok(Arc::new(probe::Probe::build(d, env.name))),
     }

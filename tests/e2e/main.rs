@@ -10,6 +10,7 @@ mod common;
 mod consumers;
 mod dns;
 mod examples;
+mod external_auth;
 mod forwarding;
 mod health;
 mod http1_desync;
