@@ -24,6 +24,7 @@ use crate::config::model::{Config, PolicyDef};
 use crate::observe::access_log::AccessLogs;
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::metrics::Metrics;
+use crate::policy::basic_auth::FailureRegistry;
 use crate::policy::consumer::Consumers;
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
@@ -55,6 +56,8 @@ pub struct Env<'a> {
     pub access_logs: &'a AccessLogs,
     /// Rate-limit counters.
     pub rate_limits: &'a CounterRegistry,
+    /// Basic-auth failure counters.
+    pub basic_auth_failures: &'a FailureRegistry,
     /// Key sets fetched by URL.
     pub key_sets: &'a RemoteKeySets,
     /// Redis connections.
@@ -226,9 +229,9 @@ impl Compiler<'_> {
         match Consumers::build(&cfg.consumers, &cfg.consumer_headers, is_rate_limit) {
             Ok(c) => self.consumers = Arc::new(c),
             Err(errors) => {
-                for (field, message) in errors {
+                for e in errors {
                     self.diag
-                        .error(&sub_path(&DocPath::root(), &field), message, None);
+                        .error(&sub_path(&DocPath::root(), &e.field), e.message, e.hint);
                 }
             }
         }
@@ -246,6 +249,7 @@ impl Compiler<'_> {
                 name,
                 metrics: self.env.metrics,
                 rate_limits: self.env.rate_limits,
+                basic_auth_failures: self.env.basic_auth_failures,
                 key_sets: self.env.key_sets,
                 check_only: self.env.check_only,
                 base: &self.base,
