@@ -230,14 +230,12 @@ pub fn hash_password(password: &[u8], format: HashFormat) -> Result<String, Hash
 const INLINE: usize = 192;
 
 /// `user:password` as the request carried it, decoded.
-#[derive(Clone)]
 struct Credential {
     bytes: Decoded,
     /// Where the first `:` is.
     colon: usize,
 }
 
-#[derive(Clone)]
 enum Decoded {
     Inline([u8; INLINE], usize),
     Heap(Vec<u8>),
@@ -497,8 +495,11 @@ pub type FailureRegistry = KeptWhileUsed<(String, FailureSettings), FailureCount
 /// for argon2id, its memory (19 MiB with the OWASP parameters), so a flood
 /// of wrong passwords from many addresses queues here instead of taking
 /// every core and gigabytes.
-static CHECKS: LazyLock<Semaphore> =
-    LazyLock::new(|| Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+static CHECKS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
+    Arc::new(Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ))
+});
 
 /// What `on_request` hands `on_request_async` when the credential must be
 /// checked (allocated only then).
@@ -642,11 +643,13 @@ impl BasicAuth {
 
     /// Checks the password on a blocking thread, then answers.
     async fn check(&self, ctx: &mut RequestCtx, pending: Pending) -> Flow {
-        let Ok(_permit) = CHECKS.acquire().await else {
+        let Ok(permit) = CHECKS.clone().acquire_owned().await else {
             return self.unavailable(ctx);
         };
         // Again: other requests from this address may have failed while
-        // this one waited its turn.
+        // this one waited its turn. (Checks already under way when an
+        // address runs out may still fail and count: at most one per core
+        // beyond `max_failures`.)
         if let Some(wait) = self.failures.blocked(ctx.client.ip(), Instant::now()) {
             return self.too_many_failures(ctx, wait);
         }
@@ -659,6 +662,9 @@ impl BasicAuth {
         let dummy = self.dummy.clone();
         let credential = pending.credential.clone();
         let verified = tokio::task::spawn_blocking(move || {
+            // Held by the check itself: a client that leaves cannot free
+            // its place while the work goes on.
+            let _permit = permit;
             let password = credential.password();
             match checked.as_deref().and_then(hash_of) {
                 Some(hash) => hash.verify(password),
