@@ -1,15 +1,18 @@
 //! Cost of the gateway policies on a request that passes them: a `jwt`
 //! policy checking a bearer token (HS256 against a secret, ES256 and RS256
 //! against a key set file; a token seen before, and one verified from
-//! scratch), an `api_key` policy among 10 and among 100,000 consumers, and
-//! a `rate_limit` policy whose budget is never spent (by client address and
-//! by header).
+//! scratch), an `api_key` policy among 10 and among 100,000 consumers, a
+//! `basic_auth` policy on a credential already verified (among 10
+//! consumers, as `api_key_10_consumers`), and a `rate_limit` policy whose
+//! budget is never spent (by client address and by header).
 
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -17,6 +20,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use portcullis::config::model::{ConsumerDef, ConsumerHeadersDef, PolicyDef};
 use portcullis::http::body::{Body, empty};
 use portcullis::observe::metrics::Metrics;
+use portcullis::policy::basic_auth::{FailureRegistry, HashFormat, hash_password};
 use portcullis::policy::consumer::{Analytics, Consumers, hash_key};
 use portcullis::policy::context::RequestCtx;
 use portcullis::policy::jwks::RemoteKeySets;
@@ -29,6 +33,7 @@ const SECRET: &str = "bench-secret-of-at-least-32-bytes!!";
 struct Env {
     metrics: Metrics,
     rate_limits: CounterRegistry,
+    basic_auth_failures: FailureRegistry,
     key_sets: RemoteKeySets,
     dir: tempfile::TempDir,
 }
@@ -38,6 +43,7 @@ impl Env {
         Env {
             metrics: Metrics::new(),
             rate_limits: CounterRegistry::default(),
+            basic_auth_failures: FailureRegistry::default(),
             key_sets: RemoteKeySets::default(),
             dir: tempfile::tempdir().unwrap(),
         }
@@ -53,6 +59,7 @@ impl Env {
             name: "bench",
             metrics: &self.metrics,
             rate_limits: &self.rate_limits,
+            basic_auth_failures: &self.basic_auth_failures,
             key_sets: &self.key_sets,
             check_only: false,
             base: self.dir.path(),
@@ -140,22 +147,29 @@ fn ctx() -> RequestCtx {
     ctx
 }
 
-fn request(token: &str) -> Request<Body> {
+fn request(authorization: &str) -> Request<Body> {
     Request::builder()
         .uri("/v1/orders/42")
         .header("host", "api.example.com")
-        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", authorization)
         .header("x-api-user", "user-4711")
         .header("x-api-key", "key-7")
         .body(empty())
         .unwrap()
 }
 
-/// Runs `policy` on a fresh request (built outside the timing) per iteration.
+/// Runs `policy` on a fresh request with a bearer `token` (built outside
+/// the timing) per iteration.
 fn bench_policy(c: &mut Criterion, name: &str, policy: &Arc<dyn Policy>, token: &str) {
-    let template = request(token);
+    bench_with(c, name, policy, &format!("Bearer {token}"));
+}
+
+/// Runs `policy`'s synchronous hook on a fresh request carrying
+/// `authorization` (built outside the timing) per iteration.
+fn bench_with(c: &mut Criterion, name: &str, policy: &Arc<dyn Policy>, authorization: &str) {
+    let template = request(authorization);
     assert!(matches!(
-        policy.on_request(&mut ctx(), &mut request(token)),
+        policy.on_request(&mut ctx(), &mut request(authorization)),
         Flow::Continue
     ));
     c.bench_function(name, |b| {
@@ -237,6 +251,36 @@ fn policies(c: &mut Criterion) {
         bench_policy(c, &format!("api_key_{n}_consumers"), &p, "x");
     }
 
+    // A password verified once (argon2id, the parameters `hash-password`
+    // uses), then found in the cache: what every request of a session
+    // after its first costs.
+    let defs: Vec<ConsumerDef> = (0..10)
+        .map(|i| ConsumerDef {
+            name: format!("consumer-{i}"),
+            groups: vec!["partners".into()],
+            api_keys: vec![],
+            password_hash: Some(
+                hash_password(format!("password-{i}").as_bytes(), HashFormat::Argon2id).unwrap(),
+            ),
+            rate_limits: Default::default(),
+        })
+        .collect();
+    let analytics = Analytics {
+        metrics: None,
+        max_series: 1000,
+    };
+    let consumers = Arc::new(
+        Consumers::build(&defs, &ConsumerHeadersDef::default(), |_| false, analytics).unwrap(),
+    );
+    let p = env.policy_with("{ type: basic_auth }", &consumers);
+    let basic = format!("Basic {}", BASE64.encode("consumer-7:password-7"));
+    let (mut first_ctx, mut first) = (ctx(), request(&basic));
+    assert!(matches!(
+        policy_first_check(&rt, &p, &mut first_ctx, &mut first),
+        Flow::Continue
+    ));
+    bench_with(c, "basic_auth_cached", &p, &basic);
+
     // A budget no benchmark loop can spend.
     let never = "limit: 1000000, per: 1s, burst: 4000000000";
     let by_ip = env.policy(&format!("{{ type: rate_limit, key: client_ip, {never} }}"));
@@ -245,6 +289,23 @@ fn policies(c: &mut Criterion) {
         "{{ type: rate_limit, key: 'header:x-api-user', {never} }}"
     ));
     bench_policy(c, "rate_limit_header", &by_header, "x");
+}
+
+/// Both request hooks, as the pipeline runs them (the first request of a
+/// credential checks its password on a blocking thread).
+fn policy_first_check(
+    rt: &tokio::runtime::Runtime,
+    policy: &Arc<dyn Policy>,
+    ctx: &mut RequestCtx,
+    req: &mut Request<Body>,
+) -> Flow {
+    match policy.on_request(ctx, req) {
+        Flow::Continue => match policy.on_request_async(ctx, req) {
+            Some(pending) => rt.block_on(pending),
+            None => Flow::Continue,
+        },
+        answered => answered,
+    }
 }
 
 criterion_group! {

@@ -1,4 +1,4 @@
-//! The portcullis command line: run, check, demo, hash-key, version.
+//! The portcullis command line: run, check, demo, hash-key, hash-password, version.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +44,13 @@ enum Command {
         /// keeps it out of the shell's history.
         key: Option<String>,
     },
+    /// Print a password's hash, as `consumers[].password_hash` stores it
+    /// (argon2id, m=19456 KiB, t=2, p=1, random salt).
+    HashPassword {
+        /// Print a bcrypt hash (cost 12) instead.
+        #[arg(long)]
+        bcrypt: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -57,6 +64,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config } => with_runtime(check(config)),
         Command::HashKey { key } => hash_key(key),
+        Command::HashPassword { bcrypt } => hash_password(bcrypt),
         Command::Run { config } => {
             init_logging();
             with_runtime(run(config))
@@ -86,6 +94,40 @@ fn hash_key(key: Option<String>) -> ExitCode {
     }
     println!("{}", portcullis::policy::consumer::hash_key(key.as_bytes()));
     ExitCode::SUCCESS
+}
+
+/// Reads the password as one line of standard input (never an argument,
+/// which would land in the shell's history and in `ps`). At a terminal it
+/// prompts on standard error; the typing is echoed, since turning echo off
+/// would take another crate: pipe the password in where that matters.
+fn hash_password(bcrypt: bool) -> ExitCode {
+    use portcullis::policy::basic_auth::{HashFormat, hash_password};
+    use std::io::{IsTerminal, Write};
+    if std::io::stdin().is_terminal() {
+        eprint!("Password (shown as you type): ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read the password from standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    let format = if bcrypt {
+        HashFormat::Bcrypt
+    } else {
+        HashFormat::Argon2id
+    };
+    match hash_password(password.as_bytes(), format) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portcullis hash-password: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging() {

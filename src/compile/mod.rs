@@ -25,6 +25,7 @@ use crate::observe::access_log::AccessLogs;
 use crate::observe::access_log::{AccessLog, Destination};
 use crate::observe::consumer_metrics;
 use crate::observe::metrics::Metrics;
+use crate::policy::basic_auth::FailureRegistry;
 use crate::policy::consumer::{Analytics, Consumers};
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
@@ -56,6 +57,8 @@ pub struct Env<'a> {
     pub access_logs: &'a AccessLogs,
     /// Rate-limit counters.
     pub rate_limits: &'a CounterRegistry,
+    /// Basic-auth failure counters.
+    pub basic_auth_failures: &'a FailureRegistry,
     /// Key sets fetched by URL.
     pub key_sets: &'a RemoteKeySets,
     /// Redis connections.
@@ -242,9 +245,9 @@ impl Compiler<'_> {
         ) {
             Ok(c) => self.consumers = Arc::new(c),
             Err(errors) => {
-                for (field, message) in errors {
+                for e in errors {
                     self.diag
-                        .error(&sub_path(&DocPath::root(), &field), message, None);
+                        .error(&sub_path(&DocPath::root(), &e.field), e.message, e.hint);
                 }
             }
         }
@@ -262,6 +265,7 @@ impl Compiler<'_> {
                 name,
                 metrics: self.env.metrics,
                 rate_limits: self.env.rate_limits,
+                basic_auth_failures: self.env.basic_auth_failures,
                 key_sets: self.env.key_sets,
                 check_only: self.env.check_only,
                 base: &self.base,

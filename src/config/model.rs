@@ -660,6 +660,8 @@ pub enum PolicyDef {
     Jwt(JwtDef),
     /// API keys of `consumers`, from a header or a query parameter.
     ApiKey(ApiKeyDef),
+    /// User names and passwords of `consumers` (RFC 7617).
+    BasicAuth(BasicAuthDef),
     /// Who may use the route: consumers, groups, claims, client networks.
     Allow(AllowDef),
     /// An auth service asked about every request (Traefik's ForwardAuth,
@@ -985,6 +987,43 @@ fn default_auth_cache_size() -> usize {
 
 fn zero_duration() -> Dur {
     Dur(Duration::ZERO)
+}
+
+/// `type: basic_auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthDef {
+    /// The realm the challenge names (default: the policy's name).
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// How many verified credentials are remembered (0: verify every request).
+    #[serde(default = "default_token_cache_size")]
+    pub cache_size: usize,
+    /// How long a verified credential is remembered.
+    #[serde(default = "default_basic_cache_ttl")]
+    pub cache_ttl: Dur,
+    /// Failed checks a client address may make per `failure_window`
+    /// before it is refused (429) without a check.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// The period `max_failures` is counted over.
+    #[serde(default = "default_failure_window")]
+    pub failure_window: Dur,
+    /// Whether the Authorization header goes on to the upstream.
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+fn default_basic_cache_ttl() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+fn default_max_failures() -> u32 {
+    10
+}
+
+fn default_failure_window() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 /// `type: allow`: every listed kind of condition must hold, any value

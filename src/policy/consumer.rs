@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::model::{ConsumerDef, ConsumerHeadersDef};
 use crate::observe::consumer_metrics::{ConsumerActivity, ConsumerMetrics, ConsumerSeries, OTHER};
+use crate::policy::basic_auth::{HASH_HINT, PasswordHash};
 use crate::policy::context::Identity;
 
 /// A consumer, configured or named by a verified token.
@@ -39,9 +40,9 @@ pub struct Consumer {
     pub name_header: Option<HeaderValue>,
     /// The groups, comma-separated, as a header value; None without groups.
     pub groups_header: Option<HeaderValue>,
-    /// The basic-auth password hash (argon2id or bcrypt, PHC or modular
-    /// crypt format), checked by `basic_auth`.
-    pub password_hash: Option<Box<str>>,
+    /// The basic-auth password hash (argon2id or bcrypt), parsed when the
+    /// configuration loads; checked by `basic_auth`.
+    pub password_hash: Option<PasswordHash>,
     /// This consumer's own settings for rate-limit policies, by policy name.
     pub rate_limits: HashMap<Arc<str>, LimitOverride, FxBuildHasher>,
     /// Its place in each route's per-consumer counters (past the cap and
@@ -135,9 +136,26 @@ impl Analytics<'_> {
     }
 }
 
-/// A mistake in the `consumers` section: where (a dotted path from the
-/// file's root) and what.
-pub type ConsumerError = (String, String);
+/// A mistake in the `consumers` section.
+#[derive(Debug)]
+pub struct ConsumerError {
+    /// Where: a dotted path from the file's root.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to put it right, when there is more to say.
+    pub hint: Option<String>,
+}
+
+impl ConsumerError {
+    fn new(field: String, message: String) -> ConsumerError {
+        ConsumerError {
+            field,
+            message,
+            hint: None,
+        }
+    }
+}
 
 impl Consumers {
     /// No consumers, default headers.
@@ -173,7 +191,7 @@ impl Consumers {
             .collect();
         let mut header = |field: &str, text: &str, fallback: &HeaderName| {
             HeaderName::from_bytes(text.as_bytes()).unwrap_or_else(|_| {
-                errors.push((
+                errors.push(ConsumerError::new(
                     format!("consumer_headers.{field}"),
                     format!("`{text}` is not a valid header name"),
                 ));
@@ -202,7 +220,7 @@ impl Consumers {
                 .insert(Arc::from(def.name.as_str()), identity.clone())
                 .is_some()
             {
-                errors.push((
+                errors.push(ConsumerError::new(
                     format!("{at}.name"),
                     format!("duplicate consumer name `{}`", def.name),
                 ));
@@ -210,7 +228,7 @@ impl Consumers {
             for (k, hex_digest) in def.api_keys.iter().enumerate() {
                 let mut digest = [0u8; 32];
                 if hex::decode_to_slice(hex_digest.trim(), &mut digest).is_err() {
-                    errors.push((
+                    errors.push(ConsumerError::new(
                         format!("{at}.api_keys.{k}"),
                         "an API key is stored as the SHA-256 of the key in hex (64 characters); \
                          `portcullis hash-key KEY` prints it"
@@ -220,7 +238,7 @@ impl Consumers {
                 }
                 if let Some(other) = out.by_key.insert(digest, identity.clone()) {
                     let other = other.consumer.as_ref().map_or("", |c| &*c.name);
-                    errors.push((
+                    errors.push(ConsumerError::new(
                         format!("{at}.api_keys.{k}"),
                         format!("this key is also consumer `{other}`'s; a key names one consumer"),
                     ));
@@ -241,18 +259,21 @@ impl Consumers {
         errors: &mut Vec<ConsumerError>,
     ) -> Consumer {
         if def.name.is_empty() {
-            errors.push((format!("{at}.name"), "a consumer needs a name".into()));
+            errors.push(ConsumerError::new(
+                format!("{at}.name"),
+                "a consumer needs a name".into(),
+            ));
         }
         let name_header = HeaderValue::from_str(&def.name).ok();
         if name_header.is_none() {
-            errors.push((
+            errors.push(ConsumerError::new(
                 format!("{at}.name"),
                 "a consumer's name must be printable ASCII (it goes upstream in a header)".into(),
             ));
         }
         for (g, group) in def.groups.iter().enumerate() {
             if group.is_empty() || group.contains(',') || HeaderValue::from_str(group).is_err() {
-                errors.push((
+                errors.push(ConsumerError::new(
                     format!("{at}.groups.{g}"),
                     format!("`{group}` is not a group name: printable ASCII without commas"),
                 ));
@@ -262,7 +283,7 @@ impl Consumers {
         for (policy, o) in &def.rate_limits {
             let field = format!("{at}.rate_limits.{policy}");
             if !rate_limit_policy(policy) {
-                errors.push((
+                errors.push(ConsumerError::new(
                     field.clone(),
                     format!("`{policy}` is not a rate_limit policy; overrides name one"),
                 ));
@@ -280,20 +301,31 @@ impl Consumers {
                         },
                     );
                 }
-                (None, _) => errors.push((
+                (None, _) => errors.push(ConsumerError::new(
                     format!("{field}.limit"),
                     "`limit` must be at least 1".into(),
                 )),
-                (_, None) => errors.push((
+                (_, None) => errors.push(ConsumerError::new(
                     format!("{field}.burst"),
                     "`burst` must be at least 1".into(),
                 )),
-                _ => errors.push((
+                _ => errors.push(ConsumerError::new(
                     format!("{field}.per"),
                     "more than one request per microsecond; use a longer `per`".into(),
                 )),
             }
         }
+        let password_hash = def.password_hash.as_deref().and_then(|text| {
+            PasswordHash::parse(text)
+                .map_err(|message| {
+                    errors.push(ConsumerError {
+                        field: format!("{at}.password_hash"),
+                        message,
+                        hint: Some(HASH_HINT.into()),
+                    })
+                })
+                .ok()
+        });
         let groups_header = if def.groups.is_empty() {
             None
         } else {
@@ -305,7 +337,7 @@ impl Consumers {
             configured: true,
             name_header,
             groups_header,
-            password_hash: def.password_hash.as_deref().map(Box::from),
+            password_hash,
             rate_limits,
             // Set by the caller, which knows the slots.
             slot: 0,
@@ -468,7 +500,7 @@ mod tests {
         ])
         .err()
         .unwrap();
-        let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
             [
@@ -482,8 +514,40 @@ mod tests {
             ],
             "{errors:?}"
         );
-        assert!(errors[0].1.contains("hash-key"), "{}", errors[0].1);
-        assert!(errors[5].1.contains("`b`"), "{}", errors[5].1);
+        assert!(
+            errors[0].message.contains("hash-key"),
+            "{}",
+            errors[0].message
+        );
+        assert!(errors[5].message.contains("`b`"), "{}", errors[5].message);
+    }
+
+    #[test]
+    fn password_hashes_are_parsed_and_a_password_in_clear_is_refused_with_a_hint() {
+        let mut good = def("ops", &[], &[]);
+        good.password_hash = Some(
+            crate::policy::basic_auth::hash_password(
+                b"pw",
+                crate::policy::basic_auth::HashFormat::Bcrypt,
+            )
+            .unwrap(),
+        );
+        let c = build(&[good]).unwrap();
+        let ops = c.by_name("ops").and_then(|i| i.consumer.clone()).unwrap();
+        assert!(ops.password_hash.as_ref().unwrap().verify(b"pw"));
+
+        let mut clear = def("dev", &[], &[]);
+        clear.password_hash = Some("hunter2".into());
+        let errors = build(&[def("ops", &[], &[]), clear]).err().unwrap();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "consumers.1.password_hash");
+        assert!(
+            !errors[0].message.contains("hunter2"),
+            "{}",
+            errors[0].message
+        );
+        let hint = errors[0].hint.as_deref().unwrap_or_default();
+        assert!(hint.contains("portcullis hash-password"), "{hint}");
     }
 
     #[test]

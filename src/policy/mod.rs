@@ -33,6 +33,7 @@ pub mod allow;
 pub mod answer_cache;
 pub mod api_key;
 pub mod auth;
+pub mod basic_auth;
 pub mod consumer;
 pub mod context;
 pub mod forward_auth;
@@ -230,6 +231,8 @@ pub struct BuildEnv<'a> {
     pub metrics: &'a Metrics,
     /// Rate-limit counters, kept across reloads.
     pub rate_limits: &'a rate_limit::CounterRegistry,
+    /// Basic-auth failure counters, kept across reloads.
+    pub basic_auth_failures: &'a basic_auth::FailureRegistry,
     /// Key sets fetched by URL, shared by the policies that name them.
     pub key_sets: &'a jwks::RemoteKeySets,
     /// `portcullis check`: build without opening or fetching anything.
@@ -276,6 +279,7 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::RateLimit(d) => Ok(Arc::new(rate_limit::RateLimit::build(d, env)?)),
         PolicyDef::Jwt(d) => Ok(Arc::new(jwt::Jwt::build(d, env)?)),
         PolicyDef::ApiKey(d) => Ok(Arc::new(api_key::ApiKey::build(d, env)?)),
+        PolicyDef::BasicAuth(d) => Ok(Arc::new(basic_auth::BasicAuth::build(d, env)?)),
         PolicyDef::Allow(d) => Ok(Arc::new(allow::Allow::build(d, env)?)),
         PolicyDef::ForwardAuth(d) => Ok(Arc::new(forward_auth::ForwardAuth::build(d, env)?)),
         PolicyDef::Introspection(d) => Ok(Arc::new(introspection::Introspection::build(d, env)?)),
@@ -306,6 +310,7 @@ pub(crate) mod tests {
             name,
             metrics,
             rate_limits: Box::leak(Box::default()),
+            basic_auth_failures: Box::leak(Box::default()),
             key_sets: Box::leak(Box::default()),
             check_only: false,
             base: Path::new("."),

@@ -37,9 +37,10 @@ const SHARDS: usize = 16;
 /// to tell two tokens with one hash apart.
 type Shard = HashMap<u64, (Box<str>, Arc<Verified>), BuildHasherDefault<AlreadyHashed>>;
 
-/// The map's hasher: its keys are hashes already.
+/// The map's hasher: its keys are hashes already (keyed ones, so a
+/// client cannot aim a collision), and hashing them again would be waste.
 #[derive(Default)]
-struct AlreadyHashed(u64);
+pub struct AlreadyHashed(u64);
 
 impl Hasher for AlreadyHashed {
     fn finish(&self) -> u64 {

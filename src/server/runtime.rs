@@ -14,6 +14,7 @@ use crate::config::ConfigErrors;
 use crate::config::load::{Loaded, load_file};
 use crate::observe::access_log::AccessLogs;
 use crate::observe::metrics::{Metrics, ResultLabel};
+use crate::policy::basic_auth::FailureRegistry;
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
 use crate::policy::redis_store::RedisStores;
@@ -68,6 +69,8 @@ pub struct Runtime {
     pub connections: Arc<Registry>,
     /// Rate-limit counters by policy name, kept across reloads.
     pub rate_limits: CounterRegistry,
+    /// Basic-auth failure counters by policy name, kept across reloads.
+    pub basic_auth_failures: FailureRegistry,
     /// JSON Web Key Sets fetched by URL, shared by the policies that name them.
     pub key_sets: RemoteKeySets,
     /// Redis connections by URL, kept across reloads.
@@ -120,6 +123,7 @@ impl Runtime {
             dns: Dns::new(resolve),
             connections: Arc::default(),
             rate_limits: CounterRegistry::default(),
+            basic_auth_failures: FailureRegistry::default(),
             key_sets: RemoteKeySets::default(),
             redis_stores: RedisStores::default(),
             loaded: Mutex::new(None),
@@ -217,6 +221,7 @@ impl Runtime {
             dns: &self.dns,
             access_logs: &self.access_logs,
             rate_limits: &self.rate_limits,
+            basic_auth_failures: &self.basic_auth_failures,
             key_sets: &self.key_sets,
             redis_stores: &self.redis_stores,
             check_only: self.check_only,

@@ -854,3 +854,39 @@ policies:
     assert_eq!(line, 14);
     assert!(message.contains("`month`"), "{message}");
 }
+
+#[test]
+fn check_refuses_a_password_in_clear_at_its_line_with_the_hash_password_hint() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    policies: [staff-login]
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+policies:
+  staff-login: { type: basic_auth, realm: staff, max_failures: 0 }
+consumers:
+  - name: alice
+    password_hash: hunter2
+  - name: bob
+    password_hash: \"$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("never as it is");
+    assert_eq!(line, 15, "{message}");
+    assert!(!out.stderr.contains("hunter2"), "stderr:\n{}", out.stderr);
+    let hint = out.hint_for("never as it is");
+    assert!(hint.contains("portcullis hash-password"), "{hint}");
+    let (line, _, _) = out.error_with("use argon2id");
+    assert_eq!(line, 17);
+    let (line, _, message) = out.error_with("`max_failures` must be at least 1");
+    assert_eq!(line, 12, "{message}");
+}

@@ -5,6 +5,7 @@
 mod access_log;
 mod admin;
 mod balancing;
+mod basic_auth;
 mod check_cli;
 mod common;
 mod consumers;
