@@ -317,6 +317,25 @@ async fn api_gateway_example_runs_as_written() {
     assert_eq!(last.headers["x-consumer-groups"], "partners");
     assert!(!last.headers.contains_key("x-api-key"));
 
+    // Reports: basic auth against the consumer's argon2id hash.
+    let r = client.get(url("/v1/reports/daily")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        "Basic realm=\"staff\", charset=\"UTF-8\""
+    );
+    let r = client
+        .get(url("/v1/reports/daily"))
+        .basic_auth("ops", Some("staff-example-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = orders.seen();
+    let last = seen.last().unwrap();
+    assert_eq!(last.headers["x-consumer"], "ops");
+    assert!(!last.headers.contains_key("authorization"));
+
     // Catalogue: public, 20 at once per address, then 429.
     let mut passed = 0;
     for _ in 0..40 {
