@@ -187,17 +187,17 @@ check_ports_free() {
 # Ports: the backend, then each proxy's plain and TLS port; "10k" instances
 # (scenario 8) sit 10 above their proxy's, scenario 9's gateway instance 20
 # above portcullis's, with its admin listener at 330, scenario 10's API-key
-# instance 40 above.
+# instance 40 above and its basic-auth instance 50 above.
 declare -A HTTP_PORT=([direct]=$((PORT_BASE + 80)) [nginx]=$((PORT_BASE + 100))
   [haproxy]=$((PORT_BASE + 200)) [portcullis]=$((PORT_BASE + 300))
   [nginx10k]=$((PORT_BASE + 110)) [haproxy10k]=$((PORT_BASE + 210))
   [portcullis10k]=$((PORT_BASE + 310)) [portcullisgw]=$((PORT_BASE + 320))
-  [portcullisak]=$((PORT_BASE + 340)))
+  [portcullisak]=$((PORT_BASE + 340)) [portcullisba]=$((PORT_BASE + 350)))
 declare -A TLS_PORT=([direct]=$((PORT_BASE + 443)) [nginx]=$((PORT_BASE + 101))
   [haproxy]=$((PORT_BASE + 201)) [portcullis]=$((PORT_BASE + 301))
   [nginx10k]=$((PORT_BASE + 111)) [haproxy10k]=$((PORT_BASE + 211))
   [portcullis10k]=$((PORT_BASE + 311)) [portcullisgw]=$((PORT_BASE + 321))
-  [portcullisak]=$((PORT_BASE + 341)))
+  [portcullisak]=$((PORT_BASE + 341)) [portcullisba]=$((PORT_BASE + 351)))
 ADMIN_PORT=$((PORT_BASE + 330))
 declare -A PID=()
 PROXIES=(nginx haproxy portcullis)
@@ -212,9 +212,10 @@ start_backend() {
   wait_port "${TLS_PORT[direct]}"
 }
 
-# start_proxy NAME [10k|gw|ak]: render its configuration and start it pinned.
+# start_proxy NAME [10k|gw|ak|ba]: render its configuration and start it pinned.
 # "gw" (portcullis only) is bench/portcullis-gateway.yaml, for scenario 9;
-# "ak" is bench/portcullis-apikey.yaml, for scenario 10.
+# "ak" and "ba" are bench/portcullis-apikey.yaml and portcullis-basic.yaml,
+# for scenario 10.
 start_proxy() {
   local proxy=$1 variant=${2:-} inst=$1${2:-}
   local dir=$RUN_DIR/$inst
@@ -249,6 +250,10 @@ start_proxy() {
         ak)
           template=$BENCH_DIR/portcullis-apikey.yaml
           extra=(--extra "EXTRA_CONSUMERS=$RUN_DIR/apikey/consumers.yaml")
+          ;;
+        ba)
+          template=$BENCH_DIR/portcullis-basic.yaml
+          extra=(--extra "EXTRA_CONSUMERS=$RUN_DIR/apikey/basic-consumers.yaml")
           ;;
       esac
       py render "$template" "$dir/portcullis.yaml" "${common[@]}" ${extra[@]+"${extra[@]}"}
@@ -362,8 +367,11 @@ gen_9() {
     "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH" -- "$RUN_DIR/jwt/tokens.txt")
 }
 gen_10() {
+  # Every target gets the same two credentials, which each ignores but one.
+  local args=(-- "$RUN_DIR/apikey/keys.txt" X-Api-Key "")
+  [ "$1" != portcullisba ] || args=(-- "$RUN_DIR/apikey/basic.txt" Authorization "Basic ")
   CMD=(wrk --latency -s "$LIB/wrk_jwt.lua" -t"$LOAD_THREADS" -c64 -d"$2s" -H "Host: api.example.com"
-    "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH" -- "$RUN_DIR/apikey/keys.txt" X-Api-Key "")
+    "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH" "${args[@]}")
 }
 
 # The order of targets rotates between runs so that none always goes first.
@@ -490,6 +498,13 @@ check_apikey() {
   got=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.example.com' \
     "http://127.0.0.1:${HTTP_PORT[portcullisak]}$URL_PATH")
   [ "$got" = 401 ] || die "portcullisak: a request without a key answered '$got', expected 401"
+  key=$(head -1 "$RUN_DIR/apikey/basic.txt")
+  got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -H 'Host: api.example.com' \
+    -H "Authorization: Basic $key" "http://127.0.0.1:${HTTP_PORT[portcullisba]}$URL_PATH")
+  [ "$got" = "200 100" ] || die "portcullisba: a request with a password answered '$got', expected '200 100'"
+  got=$(curl -s -o /dev/null -w '%{http_code}' -H 'Host: api.example.com' \
+    "http://127.0.0.1:${HTTP_PORT[portcullisba]}$URL_PATH")
+  [ "$got" = 401 ] || die "portcullisba: a request without a password answered '$got', expected 401"
 }
 
 rate_limited() { # requests the gateway instance has refused with 429 so far
@@ -636,13 +651,16 @@ if want 9; then
   rm -f "$GW_LOG"
 fi
 if want 10; then
-  log "scenario 10: api_key and a per-consumer rate limit beside the same route without them"
+  log "scenario 10: api_key (and basic_auth) with a per-consumer rate limit beside the same route without them"
   mkdir -p "$RUN_DIR/apikey"
   py apikeys "$RUN_DIR/apikey" 100
+  py passwords "$RUN_DIR/apikey" 100 "$PORTCULLIS_BIN"
   start_proxy portcullis ak
+  start_proxy portcullis ba
   check_apikey
-  run_scenario 10 gen_10 wrk portcullis portcullisak
+  run_scenario 10 gen_10 wrk portcullis portcullisak portcullisba
   stop_pid "${PID[portcullisak]}"
+  stop_pid "${PID[portcullisba]}"
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 

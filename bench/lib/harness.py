@@ -202,6 +202,23 @@ def jwt(args):
         f.write(_sign(key, {**base, "sub": "user-0", "scope": "users:write"}) + "\n")
 
 
+def passwords(args):
+    """basic.txt (base64 of `user:password`, one a line) and
+    basic-consumers.yaml (the consumers with argon2id hashes made by
+    `PORTCULLIS hash-password`) for scenario 10."""
+    out_dir, count, portcullis = args[0], int(args[1]), args[2]
+    lines = ["consumers:"]
+    with open(os.path.join(out_dir, "basic.txt"), "w") as f:
+        for i in range(1, count + 1):
+            user, password = f"user-{i}", f"bench-password-{i:04d}-{os.urandom(8).hex()}"
+            f.write(base64.b64encode(f"{user}:{password}".encode()).decode() + "\n")
+            digest = subprocess.run([portcullis, "hash-password"], input=password + "\n",
+                                    capture_output=True, text=True, check=True).stdout.strip()
+            lines.append(f"  - {{ name: {user}, groups: [bench], password_hash: \"{digest}\" }}")
+    with open(os.path.join(out_dir, "basic-consumers.yaml"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def apikeys(args):
     """keys.txt (one API key a line) and consumers.yaml (the `consumers`
     section holding their SHA-256 digests) for scenario 10."""
@@ -511,6 +528,7 @@ def main():
         "routes": routes,
         "jwt": jwt,
         "apikeys": apikeys,
+        "passwords": passwords,
         "cpu": cpu,
         "rss": rss,
         "threads": threads,
