@@ -270,6 +270,8 @@ pub struct RateLimit {
     overrides: HashMap<Arc<str>, Budget, FxBuildHasher>,
     store: Option<SharedStore>,
     headers: bool,
+    /// `"NAME";r=`, the start of every `RateLimit` value.
+    state_prefix: Box<[u8]>,
     refused: Family<PolicyLabels, Counter>,
 }
 
@@ -355,6 +357,7 @@ impl RateLimit {
             budget,
             overrides,
             headers: def.headers,
+            state_prefix: format!("{};r=", sf_string(env.name)).into_bytes().into(),
             refused: env.metrics.rate_limited.clone(),
         })
     }
@@ -528,12 +531,17 @@ impl RateLimit {
             Verdict::Refused(wait) => (0, wait),
         };
         if self.headers {
-            let state = format!(
-                "{};r={remaining};t={}",
-                sf_string(&self.name),
-                seconds_up(reset)
-            );
-            if let Ok(state) = HeaderValue::from_str(&state) {
+            // Written by hand: `format!` cost more than the counting itself
+            // (callgrind, scenario 9's request: about 2,000 instructions).
+            let mut itoa = itoa::Buffer::new();
+            let remaining = itoa.format(remaining).as_bytes();
+            let mut state = Vec::with_capacity(self.state_prefix.len() + remaining.len() + 24);
+            state.extend_from_slice(&self.state_prefix);
+            state.extend_from_slice(remaining);
+            state.extend_from_slice(b";t=");
+            state.extend_from_slice(itoa.format(seconds_up(reset)).as_bytes());
+            if let Ok(state) = HeaderValue::from_maybe_shared(bytes::Bytes::from(state)) {
+                ctx.response_headers.reserve(2);
                 ctx.response_headers
                     .push((RATELIMIT_POLICY, budget.policy_header.clone()));
                 ctx.response_headers.push((RATELIMIT, state));
