@@ -158,6 +158,7 @@ pub async fn handle(
                                 }),
                                 Action::Static(_) => json!("static"),
                                 Action::Respond(r) => json!({"respond": r.status.as_u16()}),
+                                Action::Redirect(r) => json!({"redirect": r.status.as_u16()}),
                             };
                             json!({
                                 "name": &*b.route.name,

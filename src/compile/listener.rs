@@ -101,6 +101,13 @@ impl Compiler<'_> {
                     );
                 }
             }
+            if l.https_redirect && l.protocol != Protocol::Http {
+                self.diag.error(
+                    &at.key("https_redirect"),
+                    "`https_redirect` sends plain-HTTP clients to https; this listener is already https",
+                    Some("remove it, or put it on the http listener".to_string()),
+                );
+            }
             let tls = self.listener_tls(&at, l);
             let listener_policies = self.policy_list(&at.key("policies"), &l.policies, policies);
             let limits = Limits {
@@ -159,6 +166,7 @@ impl Compiler<'_> {
                 routes: table,
                 bindings,
                 proxy_protocol: l.proxy_protocol,
+                https_redirect: l.https_redirect,
                 l4: None,
             }));
         }
@@ -339,6 +347,7 @@ impl Compiler<'_> {
             routes,
             bindings: Vec::new(),
             proxy_protocol: l.proxy_protocol,
+            https_redirect: false,
             l4: Some(plan),
         })
     }

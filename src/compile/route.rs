@@ -11,8 +11,9 @@ use crate::config::diagnostics::DocPath;
 use crate::config::model::{self, Config};
 use crate::http::headers::HeaderOps;
 use crate::policy::NamedPolicy;
+use crate::policy::template::Template;
 use crate::proxy::rewrite::Rewrite;
-use crate::proxy::snapshot::{Action, DirectResponse, RouteEntry, Split};
+use crate::proxy::snapshot::{Action, DirectResponse, Redirect, RouteEntry, Split};
 use crate::proxy::static_files::StaticDir;
 use crate::route::{PathMatch, RouteSpec};
 use crate::upstream::Upstream;
@@ -236,6 +237,7 @@ impl Compiler<'_> {
             r.split.is_some(),
             r.static_files.is_some(),
             r.respond.is_some(),
+            r.redirect.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -244,7 +246,7 @@ impl Compiler<'_> {
             self.diag.error(
                 at,
                 format!(
-                    "route `{}` needs exactly one of `upstream`, `split`, `static` or `respond` (it has {given})",
+                    "route `{}` needs exactly one of `upstream`, `split`, `static`, `respond` or `redirect` (it has {given})",
                     r.name
                 ),
                 Some("say what the route does with a request: forward it, split it, serve files or answer".to_string()),
@@ -319,6 +321,9 @@ impl Compiler<'_> {
                 }
             };
         }
+        if let Some(redirect) = &r.redirect {
+            return self.redirect(&at.key("redirect"), redirect);
+        }
         let respond = r.respond.as_ref()?;
         let rat = at.key("respond");
         let status = match StatusCode::from_u16(respond.status) {
@@ -333,11 +338,20 @@ impl Compiler<'_> {
             }
         };
         let mut headers = HeaderMap::new();
+        let mut header_templates = Vec::new();
         for (name, value) in &respond.headers {
+            let template = match Template::parse(value) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.diag.error(&rat.key("headers").key(name), e, None);
+                    return None;
+                }
+            };
             match (
                 HeaderName::from_bytes(name.as_bytes()),
                 HeaderValue::from_str(value),
             ) {
+                (Ok(n), _) if !template.is_constant() => header_templates.push((n, template)),
                 (Ok(n), Ok(v)) => {
                     headers.append(n, v);
                 }
@@ -351,10 +365,86 @@ impl Compiler<'_> {
                 }
             }
         }
+        let body_template = match Template::parse(&respond.body) {
+            Ok(t) => (!t.is_constant()).then_some(t),
+            Err(e) => {
+                self.diag.error(&rat.key("body"), e, None);
+                return None;
+            }
+        };
         Some(Action::Respond(DirectResponse {
             status,
-            body: bytes::Bytes::from(respond.body.clone()),
+            body: bytes::Bytes::from(respond.body.replace("{{", "{").replace("}}", "}")),
+            body_template,
             headers,
+            header_templates,
+        }))
+    }
+
+    /// Compiles a `redirect` action.
+    fn redirect(&mut self, at: &DocPath, def: &model::RedirectDef) -> Option<Action> {
+        let status = match def.status.unwrap_or(302) {
+            s @ (301 | 302 | 303 | 307 | 308) => StatusCode::from_u16(s).ok()?,
+            other => {
+                self.diag.error(
+                    &at.key("status"),
+                    format!("{other} is not a redirect status"),
+                    Some(
+                        "use 301, 302, 303, 307 or 308 (307 and 308 keep the method and body)"
+                            .into(),
+                    ),
+                );
+                return None;
+            }
+        };
+        let scheme = match def.scheme.as_deref() {
+            None => None,
+            Some("http") => Some("http"),
+            Some("https") => Some("https"),
+            Some(other) => {
+                self.diag.error(
+                    &at.key("scheme"),
+                    format!("`{other}` is not a scheme to redirect to"),
+                    Some("use http or https".into()),
+                );
+                return None;
+            }
+        };
+        let mut template = |key: &str, text: Option<&String>| -> Result<Option<Template>, ()> {
+            match text.map(|t| Template::parse(t)) {
+                None => Ok(None),
+                Some(Ok(t)) => Ok(Some(t)),
+                Some(Err(e)) => {
+                    self.diag.error(&at.key(key), e, None);
+                    Err(())
+                }
+            }
+        };
+        let host = template("host", def.host.as_ref());
+        let path = template("path", def.path.as_ref());
+        let (Ok(host), Ok(path)) = (host, path) else {
+            return None;
+        };
+        if scheme.is_none()
+            && host.is_none()
+            && def.port.is_none()
+            && path.is_none()
+            && !def.strip_query
+        {
+            self.diag.error(
+                at,
+                "this redirect sends clients back to the URL they asked for",
+                Some("give at least one of scheme, host, port, path or strip_query".into()),
+            );
+            return None;
+        }
+        Some(Action::Redirect(Redirect {
+            status,
+            scheme,
+            host,
+            port: def.port,
+            path,
+            strip_query: def.strip_query,
         }))
     }
 }

@@ -156,6 +156,10 @@ pub struct Listener {
     /// Require a PROXY protocol header from an L4 tier in front.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Answer every request with a 308 to the same URL over https
+    /// (http listeners only).
+    #[serde(default)]
+    pub https_redirect: bool,
     /// Policies that run on every route of this listener.
     #[serde(default)]
     pub policies: Vec<String>,
@@ -254,6 +258,9 @@ pub struct Route {
     /// Answer directly.
     #[serde(default)]
     pub respond: Option<Respond>,
+    /// Answer with a redirect to a URL made from the request's.
+    #[serde(default)]
+    pub redirect: Option<RedirectDef>,
     /// Protocols a client may upgrade to through this route (default
     /// `[websocket]`); `h2c` is never allowed.
     #[serde(default)]
@@ -380,6 +387,30 @@ pub struct Respond {
 
 fn default_status() -> u16 {
     200
+}
+
+/// A `redirect` action: the request's URL with the parts given replaced.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectDef {
+    /// 301, 302 (the default), 303, 307 or 308.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// The host (variables allowed).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The port (default: the request's, unless the scheme changes).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// The path (variables allowed: `/new{path}`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Drop the query instead of keeping it.
+    #[serde(default)]
+    pub strip_query: bool,
 }
 
 /// A named group of targets.

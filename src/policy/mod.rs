@@ -46,6 +46,7 @@ pub mod probe;
 pub mod rate_limit;
 pub mod redis_store;
 pub mod service;
+pub mod template;
 pub mod token_cache;
 
 use std::path::Path;

@@ -43,7 +43,7 @@ use crate::policy::context::RequestCtx;
 use crate::policy::{Chain, Flow};
 use crate::proxy::connection::{Busy, Connection};
 use crate::proxy::record::{LogFields, OnLog, Record, RecordedBody};
-use crate::proxy::snapshot::{Action, Binding, Limits, ListenerPlan, Snapshot};
+use crate::proxy::snapshot::{Action, Binding, Limits, ListenerPlan, Redirect, Snapshot};
 use crate::route::normalize_path;
 use crate::upstream::Upstream;
 
@@ -133,6 +133,10 @@ where
         );
         return Ok(finish(resp, &ctx.request_id, record));
     }
+    if listener.https_redirect {
+        let resp = redirect_to(&Redirect::to_https(), &ctx, &req);
+        return Ok(finish(resp, &ctx.request_id, record));
+    }
     let Some(binding) = find_route(&listener, &req) else {
         let resp = problem(
             StatusCode::NOT_FOUND,
@@ -172,11 +176,21 @@ where
         Some(resp) => resp,
         None => match &route.action {
             Action::Respond(direct) => {
-                let mut resp = Response::new(crate::http::body::full(direct.body.clone()));
+                let body = match &direct.body_template {
+                    Some(t) => bytes::Bytes::from(t.render(&ctx, &req)),
+                    None => direct.body.clone(),
+                };
+                let mut resp = Response::new(crate::http::body::full(body));
                 *resp.status_mut() = direct.status;
                 *resp.headers_mut() = direct.headers.clone();
+                for (name, template) in &direct.header_templates {
+                    if let Ok(v) = HeaderValue::from_str(&template.render(&ctx, &req)) {
+                        resp.headers_mut().append(name.clone(), v);
+                    }
+                }
                 resp
             }
+            Action::Redirect(redirect) => redirect_to(redirect, &ctx, &req),
             Action::Static(dir) => {
                 let path = req.uri().path();
                 let path = match &route.rewrite {
@@ -269,6 +283,27 @@ fn finish(resp: Response<Body>, request_id: &HeaderValue, record: Record) -> Res
         .insert(X_REQUEST_ID.clone(), request_id.clone());
     let body = RecordedBody::new(body, parts.status, record).boxed_unsync();
     Response::from_parts(parts, body)
+}
+
+/// The redirect answer for this request (an empty body; the URL in
+/// `Location`).
+fn redirect_to<B>(redirect: &Redirect, ctx: &RequestCtx, req: &Request<B>) -> Response<Body> {
+    let mut resp = Response::new(crate::http::body::empty());
+    *resp.status_mut() = redirect.status;
+    match HeaderValue::from_str(&redirect.location(ctx, req)) {
+        Ok(location) => {
+            resp.headers_mut().insert(header::LOCATION, location);
+        }
+        // A variable filled with bytes a header cannot carry.
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the redirect target cannot be made from this request",
+                ctx.request_id_str(),
+            );
+        }
+    }
+    resp
 }
 
 /// Makes the request name one host. An HTTP/1 absolute-form target's

@@ -11,11 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, HeaderName, Request, StatusCode};
 
 use crate::config::model::Protocol;
 use crate::http::headers::HeaderOps;
+use crate::http::headers::host_of;
 use crate::policy::consumer::{ConsumerHeaders, Consumers};
+use crate::policy::context::RequestCtx;
+use crate::policy::template::{Template, split_port};
 use arc_swap::ArcSwap;
 
 use crate::observe::access_log::AccessLog;
@@ -83,6 +86,8 @@ pub struct ListenerPlan {
     pub bindings: Vec<Binding>,
     /// Whether every connection must start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// Answer every request with a 308 to the same URL over https.
+    pub https_redirect: bool,
     /// What a `tcp`, `tls` or `udp` listener does; `None` for http and https.
     pub l4: Option<crate::l4::L4Plan>,
 }
@@ -126,6 +131,75 @@ pub enum Action {
     Static(StaticDir),
     /// Answer directly.
     Respond(DirectResponse),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+}
+
+/// A redirect: the request's URL with the configured parts replaced.
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub status: StatusCode,
+    /// `http` or `https`; None keeps the request's.
+    pub scheme: Option<&'static str>,
+    /// The host; None keeps the request's.
+    pub host: Option<Template>,
+    /// The port; None keeps the request's (dropped when the scheme changes).
+    pub port: Option<u16>,
+    /// The path; None keeps the request's.
+    pub path: Option<Template>,
+    /// Drop the query.
+    pub strip_query: bool,
+}
+
+impl Redirect {
+    /// The 308 to the same URL over https that `https_redirect` answers.
+    pub fn to_https() -> Redirect {
+        Redirect {
+            status: StatusCode::PERMANENT_REDIRECT,
+            scheme: Some("https"),
+            host: None,
+            port: None,
+            path: None,
+            strip_query: false,
+        }
+    }
+
+    /// Where this request goes: `scheme://host[:port]path[?query]`.
+    pub fn location<B>(&self, ctx: &RequestCtx, req: &Request<B>) -> String {
+        let own_scheme = if ctx.tls { "https" } else { "http" };
+        let scheme = self.scheme.unwrap_or(own_scheme);
+        let (own_host, own_port) = split_port(host_of(req).unwrap_or(""));
+        let host = match &self.host {
+            Some(t) => t.render(ctx, req),
+            None => own_host.to_string(),
+        };
+        let port = match (self.port, self.scheme) {
+            (Some(p), _) => Some(p.to_string()),
+            // Another scheme means another default port.
+            (None, Some(s)) if s != own_scheme => None,
+            (None, _) => own_port.map(str::to_string),
+        };
+        let port =
+            port.filter(|p| !matches!((scheme, p.as_str()), ("http", "80") | ("https", "443")));
+        let path = match &self.path {
+            Some(t) => t.render(ctx, req),
+            None => req.uri().path().to_string(),
+        };
+        let mut out = format!("{scheme}://{host}");
+        if let Some(p) = port {
+            out.push(':');
+            out.push_str(&p);
+        }
+        if !path.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(&path);
+        if let Some(q) = req.uri().query().filter(|_| !self.strip_query) {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
 }
 
 /// A weighted split over upstreams.
@@ -162,10 +236,14 @@ fn spread(n: u64, total: u64) -> u64 {
 pub struct DirectResponse {
     /// Status code.
     pub status: StatusCode,
-    /// Body bytes.
+    /// Body bytes (when the body has no variables).
     pub body: bytes::Bytes,
-    /// Headers.
+    /// The body, when it has variables.
+    pub body_template: Option<Template>,
+    /// Headers (those without variables).
     pub headers: HeaderMap,
+    /// Headers whose values have variables.
+    pub header_templates: Vec<(HeaderName, Template)>,
 }
 
 /// The whole compiled configuration.

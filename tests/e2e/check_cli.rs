@@ -890,3 +890,43 @@ consumers:
     let (line, _, message) = out.error_with("`max_failures` must be at least 1");
     assert_eq!(line, 12, "{message}");
 }
+
+#[test]
+fn check_reports_redirect_and_variable_mistakes_at_their_lines() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+  - name: secure
+    address: 127.0.0.1:0
+    protocol: https
+    https_redirect: true
+routes:
+  - name: a
+    match: { path: /a }
+    redirect: { status: 200, scheme: https }
+  - name: b
+    match: { path: /b }
+    redirect: { path: \"/x{pth}\" }
+  - name: c
+    match: { path: /c }
+    redirect: { status: 301 }
+  - name: d
+    match: { path: /d }
+    respond: { body: \"hi {hots}\" }
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, _) = out.error_with("already https");
+    assert_eq!(line, 7);
+    let (line, _, _) = out.error_with("200 is not a redirect status");
+    assert_eq!(line, 11);
+    let (line, _, message) = out.error_with("`{pth}` is not a variable");
+    assert_eq!(line, 14, "{message}");
+    let (line, _, _) = out.error_with("back to the URL they asked for");
+    assert_eq!(line, 17);
+    let (line, _, _) = out.error_with("`{hots}` is not a variable");
+    assert_eq!(line, 20);
+}

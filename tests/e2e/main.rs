@@ -24,6 +24,7 @@ mod limits;
 mod policies;
 mod proxy_protocol;
 mod rate_limit;
+mod redirects;
 mod reload;
 mod resilience;
 mod routing;
