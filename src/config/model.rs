@@ -695,6 +695,8 @@ pub enum PolicyDef {
     BasicAuth(BasicAuthDef),
     /// Who may use the route: consumers, groups, claims, client networks.
     Allow(AllowDef),
+    /// Changes to JSON bodies on their way in and out.
+    Transform(TransformDef),
     /// An auth service asked about every request (Traefik's ForwardAuth,
     /// nginx's auth_request).
     ForwardAuth(ForwardAuthDef),
@@ -907,6 +909,50 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         OneOrMany::One(s) => vec![s],
         OneOrMany::Many(v) => v,
     })
+}
+
+/// `type: transform`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformDef {
+    /// What happens to the request body on its way upstream.
+    #[serde(default)]
+    pub request: Option<TransformStepDef>,
+    /// What happens to the upstream's body on its way back.
+    #[serde(default)]
+    pub response: Option<TransformStepDef>,
+    /// The largest body transformed (past it: 413 for a request, 502 for an answer).
+    #[serde(default = "default_transform_max_body")]
+    pub max_body: Size,
+}
+
+fn default_transform_max_body() -> Size {
+    Size(1 << 20)
+}
+
+/// One direction of a transform: a conversion, or field changes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TransformStepDef {
+    /// `xml_to_json` or `json_to_xml`.
+    Convert(String),
+    /// `{ remove, rename, set }`.
+    Fields(FieldOpsDef),
+}
+
+/// Field changes of a JSON body, by dotted path.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldOpsDef {
+    /// Fields removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Fields moved: `from: to`.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Fields set (made when missing); string values may use variables.
+    #[serde(default)]
+    pub set: BTreeMap<String, serde_json::Value>,
 }
 
 /// `type: api_key`.

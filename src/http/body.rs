@@ -25,6 +25,40 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// It is longer than the reader's limit.
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(u64),
+    /// It broke off (the peer left, or a limit upstream of the reader).
+    #[error("the body broke off: {0}")]
+    Broken(BoxError),
+}
+
+/// Reads `body` whole, up to `limit` bytes, for the policies that must see
+/// a whole body (transforms, validation); nothing else buffers.
+pub async fn read_whole(mut body: Body, limit: u64) -> Result<Bytes, ReadError> {
+    if body.size_hint().lower() > limit {
+        return Err(ReadError::TooLarge(limit));
+    }
+    let mut kept = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(ReadError::Broken)?;
+        if let Ok(data) = frame.into_data() {
+            if kept.len() as u64 + data.len() as u64 > limit {
+                return Err(ReadError::TooLarge(limit));
+            }
+            if kept.is_empty() && body.is_end_stream() {
+                // One frame holds it all: no copy.
+                return Ok(data);
+            }
+            kept.extend_from_slice(&data);
+        }
+    }
+    Ok(kept.freeze())
+}
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

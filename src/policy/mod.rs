@@ -48,6 +48,7 @@ pub mod redis_store;
 pub mod service;
 pub mod template;
 pub mod token_cache;
+pub mod transform;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -282,6 +283,7 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::ApiKey(d) => Ok(Arc::new(api_key::ApiKey::build(d, env)?)),
         PolicyDef::BasicAuth(d) => Ok(Arc::new(basic_auth::BasicAuth::build(d, env)?)),
         PolicyDef::Allow(d) => Ok(Arc::new(allow::Allow::build(d, env)?)),
+        PolicyDef::Transform(d) => Ok(Arc::new(transform::Transform::build(d, env)?)),
         PolicyDef::ForwardAuth(d) => Ok(Arc::new(forward_auth::ForwardAuth::build(d, env)?)),
         PolicyDef::Introspection(d) => Ok(Arc::new(introspection::Introspection::build(d, env)?)),
         #[cfg(test)]

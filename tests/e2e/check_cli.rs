@@ -930,3 +930,32 @@ routes:
     let (line, _, _) = out.error_with("`{hots}` is not a variable");
     assert_eq!(line, 20);
 }
+
+#[test]
+fn check_reports_transform_mistakes_at_their_lines() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+routes:
+  - name: all
+    upstream: app
+    policies: [xml, fields]
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+policies:
+  xml: { type: transform, response: json_to_xml }
+  fields: { type: transform, request: { remove: [a..b], set: { x: \"{tenant}\" } } }
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, _) = out.error_with("not built yet");
+    assert_eq!(line, 12);
+    let (line, _, _) = out.error_with("`a..b` is not a dotted path");
+    assert_eq!(line, 13);
+    let (line, _, _) = out.error_with("`{tenant}` is not a variable");
+    assert_eq!(line, 13);
+}

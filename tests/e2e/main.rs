@@ -33,3 +33,4 @@ mod smoke;
 mod splits;
 mod static_files;
 mod tls;
+mod transforms;

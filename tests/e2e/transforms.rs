@@ -1,0 +1,136 @@
+//! `transform`: JSON bodies changed by dotted path on the way in and out,
+//! with request variables; limits, malformed bodies and what is left alone.
+
+use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use crate::common::*;
+
+/// A backend that answers with the request body it got (as JSON when it
+/// is), the Content-Length it was sent with, a user object, and an ETag.
+async fn body_echo() -> Backend {
+    Backend::start(|req: http::Request<hyper::body::Incoming>| async move {
+        let length = req
+            .headers()
+            .get("content-length")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let bytes = req.into_body().collect().await.unwrap().to_bytes();
+        let got: Value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let answer = json!({"got": got, "length": length, "user": {"name": "Ada", "secret": "x"}});
+        let mut r = http::Response::new(body(answer.to_string()));
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        r.headers_mut()
+            .insert("etag", http::HeaderValue::from_static("\"v1\""));
+        r
+    })
+    .await
+}
+
+async fn gateway(backend: SocketAddr, policy: &str) -> TestGateway {
+    TestGateway::start(&policy_config(backend, &[("shape", policy)], "")).await
+}
+
+async fn post(url: &str, ctype: &str, body: &str) -> (u16, http::HeaderMap, String) {
+    let r = client()
+        .post(url)
+        .header("content-type", ctype)
+        .header("x-tenant", "acme")
+        .header("x-request-id", "req-abcdef12")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn request_and_response_fields_are_removed_renamed_and_set() {
+    let backend = body_echo().await;
+    let gw = gateway(
+        backend.addr,
+        r#"{ type: transform,
+             request: { remove: [password], rename: { user.name: user.full_name }, set: { meta.tenant: "{header.x-tenant}", meta.version: 2 } },
+             response: { remove: [user.secret], set: { request: "{request_id}" } } }"#,
+    )
+    .await;
+    let sent = r#"{"user": {"name": "Ada", "age": 36}, "password": "hunter2", "list": [1, "é"]}"#;
+    let (status, headers, text) = post(&gw.url("web", "/x"), "application/json", sent).await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["got"],
+        json!({"user": {"full_name": "Ada", "age": 36}, "list": [1, "é"], "meta": {"tenant": "acme", "version": 2}})
+    );
+    // The upstream got the new length; the client gets the answer's.
+    let upstream_len: usize = v["got"].to_string().len();
+    assert_eq!(v["length"], upstream_len.to_string());
+    assert_eq!(v["user"], json!({"name": "Ada"}));
+    assert_eq!(v["request"], "req-abcdef12");
+    assert_eq!(headers["content-length"], text.len().to_string().as_str());
+    assert!(!headers.contains_key("etag"), "the old validator went");
+
+    // A request body that is not JSON goes as it is (the JSON answer is
+    // still transformed).
+    let (status, _, text) = post(&gw.url("web", "/x"), "text/plain", "password=1").await;
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["got"], "password=1");
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies_are_refused_with_where_and_why() {
+    let backend = body_echo().await;
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, max_body: 64B, request: { remove: [a] } }",
+    )
+    .await;
+    let url = gw.url("web", "/x");
+    let (status, headers, text) = post(&url, "application/json", "{\"a\": 1,\n \"b\": }").await;
+    let v = assert_problem(
+        http::StatusCode::from_u16(status).unwrap(),
+        &headers,
+        &text,
+        400,
+    );
+    assert!(
+        v["detail"].as_str().unwrap().contains("line 2, column"),
+        "{v}"
+    );
+    let big = format!("{{\"a\": \"{}\"}}", "x".repeat(100));
+    let (status, _, _) = post(&url, "application/json", &big).await;
+    assert_eq!(status, 413);
+    assert!(
+        backend.seen().is_empty(),
+        "refused bodies never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_answer_that_is_not_json_gives_502() {
+    let backend = Backend::start(|_req| async move {
+        let mut r = http::Response::new(body("{not json"));
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    })
+    .await;
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, response: { remove: [a] } }",
+    )
+    .await;
+    let (status, headers, text) = get(&gw.url("web", "/x")).await;
+    assert_problem(status, &headers, &text, 502);
+}
