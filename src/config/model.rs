@@ -702,6 +702,9 @@ pub enum PolicyDef {
     ForwardAuth(ForwardAuthDef),
     /// Bearer tokens checked at an OAuth 2.0 introspection endpoint (RFC 7662).
     Introspection(IntrospectionDef),
+    /// Cross-origin resource sharing: answers preflights, adds
+    /// `Access-Control-*` headers to answers for allowed origins.
+    Cors(CorsDef),
     /// A policy that records what the pipeline asks of it (unit tests of
     /// the phases only; never in a build users run).
     #[cfg(test)]
@@ -1120,6 +1123,32 @@ pub struct AllowDef {
     /// Client networks.
     #[serde(default)]
     pub cidrs: Vec<String>,
+}
+
+/// `type: cors`: which origins may call the route from a browser, with
+/// which methods and headers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsDef {
+    /// Exact origins, `https://*.example.com` subdomain patterns,
+    /// `regex:` patterns, or `*` for any origin.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight may ask for (default GET, HEAD, POST).
+    #[serde(default)]
+    pub allow_methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for, or `*` for any.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers the browser lets the page read, or `*`.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may keep a preflight's answer (default: header omitted).
+    #[serde(default)]
+    pub max_age: Option<Dur>,
+    /// Whether the page may send cookies and credentials (default false).
+    #[serde(default)]
+    pub allow_credentials: bool,
 }
 
 /// `x` or `[x, y]`.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use http::{HeaderName, HeaderValue};
 
 use crate::policy::consumer::Consumer;
+use crate::policy::cors::CorsMark;
 
 /// What the pipeline knows about one request besides the request itself.
 pub struct RequestCtx {
@@ -35,6 +36,9 @@ pub struct RequestCtx {
     /// rate-limit state), after the response phases: a cached answer never
     /// keeps them, and a refusal carries them as an upstream answer does.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// What a `cors` policy decided in its request phase, for its response
+    /// phase (a field, not an extension: no allocation per request).
+    pub cors: CorsMark,
 }
 
 /// An authenticated client.
@@ -75,6 +79,7 @@ impl RequestCtx {
             upstream_error: None,
             extensions: http::Extensions::new(),
             response_headers: Vec::new(),
+            cors: CorsMark::default(),
         }
     }
 

@@ -36,6 +36,7 @@ pub mod auth;
 pub mod basic_auth;
 pub mod consumer;
 pub mod context;
+pub mod cors;
 pub mod forward_auth;
 pub mod introspection;
 pub mod ip_filter;
@@ -286,6 +287,7 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::Transform(d) => Ok(Arc::new(transform::Transform::build(d, env)?)),
         PolicyDef::ForwardAuth(d) => Ok(Arc::new(forward_auth::ForwardAuth::build(d, env)?)),
         PolicyDef::Introspection(d) => Ok(Arc::new(introspection::Introspection::build(d, env)?)),
+        PolicyDef::Cors(d) => Ok(Arc::new(cors::Cors::build(d)?)),
         #[cfg(test)]
         PolicyDef::Probe(d) => Ok(Arc::new(probe::Probe::build(d, env.name))),
     }

@@ -959,3 +959,21 @@ policies:
     let (line, _, _) = out.error_with("`{tenant}` is not a variable");
     assert_eq!(line, 13);
 }
+
+#[test]
+fn check_refuses_a_cors_policy_with_credentials_and_any_origin_and_a_bad_origin() {
+    let out = check(
+        "portcullis.yaml",
+        &format!(
+            "{MINIMAL}policies:\n  cors:\n    type: cors\n    allow_origins: [\"*\", \"https://app.example.com/\"]\n    allow_credentials: true\n"
+        ),
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 2, "{}", out.stderr);
+    assert!(errors[0].2.contains("allow_credentials"), "{}", out.stderr);
+    assert!(errors[1].2.contains("has a path"), "{}", out.stderr);
+    // Each at its own entry of the list.
+    let at: Vec<(u32, u32)> = errors.iter().map(|(l, c, _)| (*l, *c)).collect();
+    assert_eq!(at, [(13, 21), (13, 26)], "{}", out.stderr);
+}

@@ -9,6 +9,7 @@ mod basic_auth;
 mod check_cli;
 mod common;
 mod consumers;
+mod cors;
 mod dns;
 mod examples;
 mod external_auth;
