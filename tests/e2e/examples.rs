@@ -316,6 +316,28 @@ async fn api_gateway_example_runs_as_written() {
     assert_eq!(last.headers["x-consumer"], "acme");
     assert_eq!(last.headers["x-consumer-groups"], "partners");
     assert!(!last.headers.contains_key("x-api-key"));
+    // The catalogue's JSON answer, trimmed and stamped for the partner.
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["backend"], "catalog");
+    assert_eq!(v["served_to"], "acme");
+    // A preflight from the partners' web app is the gateway's to answer.
+    let r = client
+        .request(http::Method::OPTIONS, url("/v1/partners/stock"))
+        .header("origin", "https://app.partners.example.com")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.partners.example.com"
+    );
+    assert_eq!(
+        catalog.seen().len(),
+        seen.len(),
+        "preflights stay at the gateway"
+    );
 
     // Reports: basic auth against the consumer's argon2id hash.
     let r = client.get(url("/v1/reports/daily")).send().await.unwrap();
