@@ -50,6 +50,7 @@ pub mod service;
 pub mod template;
 pub mod token_cache;
 pub mod transform;
+pub mod xml;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -10,12 +10,21 @@
 //! JSON in a request 400 (saying where it broke). An upstream answer past
 //! the limit or malformed is a 502, with the detail in the log.
 //! `Content-Length` is set to the new length.
+//!
+//! Instead of field changes, a direction may convert: `xml_to_json` turns
+//! an XML body (`application/xml`, `text/xml`, `+xml`) into JSON and
+//! `json_to_xml` a JSON body into XML, by the convention in
+//! [`super::xml`], setting `Content-Type` to the new type. Bodies of other
+//! types pass as they are; malformed ones are refused as above (400 for a
+//! request, saying where it broke; 502 for an answer). A DOCTYPE is
+//! malformed here.
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use serde_json::Value;
 
 use super::template::Template;
+use super::xml;
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::{FieldOpsDef, TransformDef, TransformStepDef};
 use crate::http::body::{Body, ReadError, full, read_whole};
@@ -40,10 +49,37 @@ struct FieldOps {
     set: Vec<(Path, SetValue)>,
 }
 
+/// What one direction does.
+#[derive(Debug)]
+enum Step {
+    Fields(FieldOps),
+    XmlToJson,
+    JsonToXml,
+}
+
+impl Step {
+    /// Whether a body of this type is the step's to change: JSON for field
+    /// changes and json_to_xml, XML for xml_to_json.
+    fn applies(&self, headers: &HeaderMap) -> bool {
+        match self {
+            Step::Fields(_) | Step::JsonToXml => is_json(headers),
+            Step::XmlToJson => is_xml(headers),
+        }
+    }
+
+    /// The field changes, when this step makes them.
+    fn fields(&self) -> Option<&FieldOps> {
+        match self {
+            Step::Fields(ops) => Some(ops),
+            _ => None,
+        }
+    }
+}
+
 /// A compiled `transform` policy.
 pub struct Transform {
-    request: Option<FieldOps>,
-    response: Option<FieldOps>,
+    request: Option<Step>,
+    response: Option<Step>,
     max_body: u64,
 }
 
@@ -55,19 +91,23 @@ impl Transform {
     /// Checks the paths and the texts' variables.
     pub fn build(def: &TransformDef, _env: &BuildEnv) -> Result<Transform, Vec<(String, String)>> {
         let mut errors = Vec::new();
-        let mut side = |name: &str, step: &Option<TransformStepDef>| -> Option<FieldOps> {
+        let mut side = |name: &str, step: &Option<TransformStepDef>| -> Option<Step> {
             match step.as_ref()? {
+                TransformStepDef::Convert(kind) if kind == "xml_to_json" => Some(Step::XmlToJson),
+                TransformStepDef::Convert(kind) if kind == "json_to_xml" => Some(Step::JsonToXml),
                 TransformStepDef::Convert(kind) => {
                     errors.push((
                         name.to_string(),
                         format!(
-                            "`{kind}`: JSON ↔ XML conversion is not built yet; \
-                             use {{ set, remove, rename }} field changes"
+                            "`{kind}` is not a conversion: use xml_to_json or json_to_xml, \
+                             or {{ set, remove, rename }} field changes"
                         ),
                     ));
                     None
                 }
-                TransformStepDef::Fields(ops) => Some(field_ops(name, ops, &mut errors)),
+                TransformStepDef::Fields(ops) => {
+                    Some(Step::Fields(field_ops(name, ops, &mut errors)))
+                }
             }
         };
         let request = side("request", &def.request);
@@ -141,6 +181,53 @@ fn is_json(headers: &HeaderMap) -> bool {
         || media
             .rsplit_once('+')
             .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+}
+
+/// Whether `headers` say the body is XML (`application/xml`, `text/xml`
+/// or a `+xml` type).
+fn is_xml(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let media = ct.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/xml")
+        || media.eq_ignore_ascii_case("text/xml")
+        || media
+            .rsplit_once('+')
+            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("xml"))
+}
+
+/// A conversion's result: the new body and its type, or what was wrong
+/// with the old body.
+fn convert(step: &Step, bytes: &[u8]) -> Option<Result<(Vec<u8>, &'static str), String>> {
+    Some(match step {
+        Step::Fields(_) => return None,
+        Step::XmlToJson => match xml::xml_to_json(bytes) {
+            // Serializing a Value cannot fail (its keys are strings).
+            Ok(doc) => Ok((
+                serde_json::to_vec(&doc).unwrap_or_default(),
+                "application/json",
+            )),
+            Err(e) => Err(format!("not valid XML: {e}")),
+        },
+        Step::JsonToXml => match serde_json::from_slice::<Value>(bytes) {
+            Ok(doc) => match xml::json_to_xml(&doc) {
+                Ok(out) => Ok((out, "application/xml")),
+                Err(e) => Err(format!("not convertible to XML: {e}")),
+            },
+            Err(e) => Err(format!("not valid JSON: {}", where_it_broke(&e))),
+        },
+    })
+}
+
+/// Puts a converted body in place with its type and length.
+fn set_converted(headers: &mut HeaderMap, bytes: Vec<u8>, ctype: &'static str) -> Body {
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    full(bytes)
 }
 
 impl FieldOps {
@@ -245,7 +332,7 @@ impl Policy for Transform {
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request<Body>) -> Flow {
         // The response side's texts need the request, which is gone by then.
-        if let Some(ops) = &self.response
+        if let Some(ops) = self.response.as_ref().and_then(Step::fields)
             && ops.set.iter().any(|(_, v)| matches!(v, SetValue::Text(_)))
         {
             ctx.extensions.insert(ResponseValues(ops.values(ctx, req)));
@@ -258,8 +345,8 @@ impl Policy for Transform {
         ctx: &'a mut RequestCtx,
         req: &'a mut Request<Body>,
     ) -> Option<BoxFuture<'a, Flow>> {
-        let ops = self.request.as_ref()?;
-        if !is_json(req.headers()) {
+        let step = self.request.as_ref()?;
+        if !step.applies(req.headers()) {
             return None;
         }
         Some(Box::pin(async move {
@@ -283,6 +370,23 @@ impl Policy for Transform {
                 *req.body_mut() = full(bytes);
                 return Flow::Continue;
             }
+            let ops = match convert(step, &bytes) {
+                None => step.fields(),
+                Some(Ok((out, ctype))) => {
+                    req.headers_mut().remove(header::TRANSFER_ENCODING);
+                    *req.body_mut() = set_converted(req.headers_mut(), out, ctype);
+                    return Flow::Continue;
+                }
+                Some(Err(why)) => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the request body is {why}"),
+                    );
+                }
+            };
+            let Some(ops) = ops else {
+                return Flow::Continue;
+            };
             let mut doc: Value = match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
                 Err(e) => {
@@ -311,10 +415,10 @@ impl Policy for Transform {
         ctx: &'a mut RequestCtx,
         resp: &'a mut Response<Body>,
     ) -> Option<BoxFuture<'a, ()>> {
-        let ops = self.response.as_ref()?;
+        let step = self.response.as_ref()?;
         // The gateway's own answers (problem+json for a failed upstream)
         // are not the upstream's documents.
-        if !is_json(resp.headers()) || ctx.upstream_error.is_some() {
+        if !step.applies(resp.headers()) || ctx.upstream_error.is_some() {
             return None;
         }
         Some(Box::pin(async move {
@@ -333,6 +437,29 @@ impl Policy for Transform {
                     *resp = failed(format!("the upstream's body: {e}"));
                     return;
                 }
+            };
+            if bytes.is_empty() && step.fields().is_none() {
+                // Nothing to convert (a HEAD answer, a 204 that names its type).
+                *resp.body_mut() = full(bytes);
+                return;
+            }
+            let ops = match convert(step, &bytes) {
+                None => step.fields(),
+                Some(Ok((out, ctype))) => {
+                    let headers = resp.headers_mut();
+                    headers.remove(header::TRANSFER_ENCODING);
+                    // The old validators describe the old bytes.
+                    headers.remove(header::ETAG);
+                    *resp.body_mut() = set_converted(resp.headers_mut(), out, ctype);
+                    return;
+                }
+                Some(Err(why)) => {
+                    *resp = failed(format!("the upstream's body is {why}"));
+                    return;
+                }
+            };
+            let Some(ops) = ops else {
+                return;
             };
             let mut doc: Value = match serde_json::from_slice(&bytes) {
                 Ok(v) => v,
@@ -447,6 +574,42 @@ mod tests {
         assert!(!is_json(&h("text/plain")));
         assert!(!is_json(&h("application/jsonx")));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn xml_media_types_are_recognised() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(is_xml(&h("application/xml")));
+        assert!(is_xml(&h("Text/XML; charset=utf-8")));
+        assert!(is_xml(&h("application/soap+xml")));
+        assert!(!is_xml(&h("application/json")));
+        assert!(!is_xml(&h("application/xmlx")));
+    }
+
+    #[test]
+    fn conversions_change_the_body_and_its_type() {
+        let (out, ctype) = convert(&Step::XmlToJson, b"<a><b>1</b></a>")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (out.as_slice(), ctype),
+            (&br#"{"a":{"b":"1"}}"#[..], "application/json")
+        );
+        let (out, ctype) = convert(&Step::JsonToXml, br#"{"a":{"b":"1"}}"#)
+            .unwrap()
+            .unwrap();
+        assert!(out.ends_with(b"<a><b>1</b></a>"));
+        assert_eq!(ctype, "application/xml");
+        let why = convert(&Step::XmlToJson, b"<a>\n<b></a>")
+            .unwrap()
+            .unwrap_err();
+        assert!(why.starts_with("not valid XML: line 2, column"), "{why}");
+        let why = convert(&Step::JsonToXml, b"{").unwrap().unwrap_err();
+        assert!(why.starts_with("not valid JSON: line 1"), "{why}");
     }
 
     #[test]

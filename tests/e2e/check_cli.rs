@@ -947,12 +947,13 @@ upstreams:
   - name: app
     targets: [127.0.0.1:9]
 policies:
-  xml: { type: transform, response: json_to_xml }
+  xml: { type: transform, response: json_to_yaml }
   fields: { type: transform, request: { remove: [a..b], set: { x: \"{tenant}\" } } }
 ",
     );
     assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
-    let (line, _, _) = out.error_with("not built yet");
+    let (line, _, message) = out.error_with("`json_to_yaml` is not a conversion");
+    assert!(message.contains("xml_to_json or json_to_xml"), "{message}");
     assert_eq!(line, 12);
     let (line, _, _) = out.error_with("`a..b` is not a dotted path");
     assert_eq!(line, 13);

@@ -1,5 +1,6 @@
 //! `transform`: JSON bodies changed by dotted path on the way in and out,
-//! with request variables; limits, malformed bodies and what is left alone.
+//! with request variables; JSON ↔ XML conversion; limits, malformed bodies
+//! and what is left alone.
 
 use std::net::SocketAddr;
 
@@ -9,7 +10,8 @@ use serde_json::{Value, json};
 use crate::common::*;
 
 /// A backend that answers with the request body it got (as JSON when it
-/// is), the Content-Length it was sent with, a user object, and an ETag.
+/// is), the Content-Length and Content-Type it was sent with, a user
+/// object, and an ETag.
 async fn body_echo() -> Backend {
     Backend::start(|req: http::Request<hyper::body::Incoming>| async move {
         let length = req
@@ -17,10 +19,15 @@ async fn body_echo() -> Backend {
             .get("content-length")
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_default();
+        let ctype = req
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
         let bytes = req.into_body().collect().await.unwrap().to_bytes();
         let got: Value = serde_json::from_slice(&bytes)
             .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        let answer = json!({"got": got, "length": length, "user": {"name": "Ada", "secret": "x"}});
+        let answer = json!({"got": got, "length": length, "type": ctype, "user": {"name": "Ada", "secret": "x"}});
         let mut r = http::Response::new(body(answer.to_string()));
         r.headers_mut().insert(
             "content-type",
@@ -131,6 +138,90 @@ async fn an_upstream_answer_that_is_not_json_gives_502() {
         "{ type: transform, response: { remove: [a] } }",
     )
     .await;
+    let (status, headers, text) = get(&gw.url("web", "/x")).await;
+    assert_problem(status, &headers, &text, 502);
+}
+
+#[tokio::test]
+async fn xml_requests_reach_the_upstream_as_json_and_json_answers_go_back_as_xml() {
+    let backend = body_echo().await;
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, request: xml_to_json, response: json_to_xml }",
+    )
+    .await;
+    let sent = "<?xml version=\"1.0\"?>\n<order id=\"7\" xmlns:m=\"urn:m\">\n  \
+                <m:item>Grüße &amp; 🦀</m:item>\n  <m:item>b</m:item>\n  <note/>\n</order>";
+    let (status, headers, text) =
+        post(&gw.url("web", "/x"), "application/xml; charset=utf-8", sent).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(headers["content-type"], "application/xml");
+    assert_eq!(headers["content-length"], text.len().to_string().as_str());
+    assert!(!headers.contains_key("etag"), "the old validator went");
+    // The answer's JSON has several members, so it is wrapped in <root>.
+    let v = portcullis::policy::xml::xml_to_json(text.as_bytes()).unwrap();
+    let answer = &v["root"];
+    assert_eq!(
+        answer["got"],
+        json!({"order": {"@id": "7", "@xmlns:m": "urn:m", "m:item": ["Grüße & 🦀", "b"], "note": ""}}),
+        "{text}"
+    );
+    assert_eq!(answer["type"], "application/json");
+    let upstream_len = answer["got"].to_string().len();
+    assert_eq!(answer["length"], upstream_len.to_string());
+    assert!(text.contains("<name>Ada</name>"), "{text}");
+
+    // A JSON request is not XML: it goes as it is (its answer still
+    // becomes XML).
+    let (status, _, text) = post(&gw.url("web", "/x"), "application/json", "{\"a\":1}").await;
+    assert_eq!(status, 200);
+    let v = portcullis::policy::xml::xml_to_json(text.as_bytes()).unwrap();
+    assert_eq!(v["root"]["got"], json!({"a": 1}), "{text}");
+}
+
+#[tokio::test]
+async fn malformed_xml_and_doctypes_are_refused_with_400() {
+    let backend = body_echo().await;
+    let gw = gateway(backend.addr, "{ type: transform, request: xml_to_json }").await;
+    let url = gw.url("web", "/x");
+    let (status, headers, text) = post(&url, "text/xml", "<a>\n  <b>x</c>\n</a>").await;
+    let v = assert_problem(
+        http::StatusCode::from_u16(status).unwrap(),
+        &headers,
+        &text,
+        400,
+    );
+    let detail = v["detail"].as_str().unwrap();
+    assert!(detail.contains("not valid XML: line 2, column"), "{v}");
+
+    let laughs = "<!DOCTYPE x [<!ENTITY a \"lol\"><!ENTITY b \"&a;&a;&a;&a;\">]>\n<x>&b;</x>";
+    let (status, headers, text) = post(&url, "application/soap+xml", laughs).await;
+    let v = assert_problem(
+        http::StatusCode::from_u16(status).unwrap(),
+        &headers,
+        &text,
+        400,
+    );
+    assert!(
+        v["detail"].as_str().unwrap().contains("DOCTYPE is refused"),
+        "{v}"
+    );
+    assert!(
+        backend.seen().is_empty(),
+        "refused bodies never reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_answer_that_is_not_xml_gives_502() {
+    let backend = Backend::start(|_req| async move {
+        let mut r = http::Response::new(body("<a><b></a>"));
+        r.headers_mut()
+            .insert("content-type", http::HeaderValue::from_static("text/xml"));
+        r
+    })
+    .await;
+    let gw = gateway(backend.addr, "{ type: transform, response: xml_to_json }").await;
     let (status, headers, text) = get(&gw.url("web", "/x")).await;
     assert_problem(status, &headers, &text, 502);
 }
