@@ -32,6 +32,8 @@ use std::collections::HashSet;
 use quick_xml::XmlVersion;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::reader::Reader;
+use std::fmt::Write as _;
+
 use serde_json::{Map, Value};
 
 /// The namespace of the `pc:array` / `pc:type` markers.
@@ -362,18 +364,47 @@ pub fn json_to_xml(value: &Value) -> Result<Vec<u8>, XmlError> {
         _ => ("root", std::borrow::Cow::Borrowed(value)),
     };
     let mut w = Writer {
-        out: String::new(),
+        out: String::with_capacity(64 + 2 * value_size_hint(&inner)),
         marked: false,
     };
-    w.element(name, &inner, false, &format!("$.{name}"), 0)?;
-    let mut doc = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    w.out
+        .push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let root_at = w.out.len();
+    w.element(name, &inner, false, &JsonPath::Root(name), 0)?;
     if w.marked {
         // Declared once on the root, after the name, for every marker below.
-        let at = 1 + name.len();
+        let at = root_at + 1 + name.len();
         w.out.insert_str(at, &format!(" {NS_ATTR}=\"{MARKER_NS}\""));
     }
-    doc.push_str(&w.out);
-    Ok(doc.into_bytes())
+    Ok(w.out.into_bytes())
+}
+
+/// A rough size of `v` as JSON, to size the output once.
+fn value_size_hint(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => m.iter().map(|(k, v)| k.len() + value_size_hint(v)).sum(),
+        Value::Array(a) => a.iter().map(value_size_hint).sum(),
+        Value::String(s) => s.len(),
+        _ => 8,
+    }
+}
+
+/// Where in the JSON document the writer is, kept as a chain on the stack
+/// and written out only for an error message.
+enum JsonPath<'a> {
+    Root(&'a str),
+    Member(&'a JsonPath<'a>, &'a str),
+    Index(&'a JsonPath<'a>, usize),
+}
+
+impl std::fmt::Display for JsonPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsonPath::Root(name) => write!(f, "$.{name}"),
+            JsonPath::Member(parent, name) => write!(f, "{parent}.{name}"),
+            JsonPath::Index(parent, i) => write!(f, "{parent}.{i}"),
+        }
+    }
 }
 
 /// Whether `s` is an XML name (prefixed names included).
@@ -391,7 +422,7 @@ struct Writer {
     marked: bool,
 }
 
-fn json_err(path: &str, message: impl Into<String>) -> XmlError {
+fn json_err(path: &JsonPath, message: impl Into<String>) -> XmlError {
     XmlError::Json {
         path: path.to_string(),
         message: message.into(),
@@ -400,30 +431,54 @@ fn json_err(path: &str, message: impl Into<String>) -> XmlError {
 
 /// Escapes text or an attribute value; line ends and tabs as references
 /// so that neither end-of-line nor attribute normalization changes them.
-fn escape(path: &str, s: &str, out: &mut String) -> Result<(), XmlError> {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {
+/// Runs of bytes that need nothing are copied whole.
+fn escape(path: &JsonPath, s: &str, out: &mut String) -> Result<(), XmlError> {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let replacement = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\t' => "&#9;",
+            b'\n' => "&#10;",
+            b'\r' => "&#13;",
+            0..=0x1f => {
                 return Err(json_err(
                     path,
-                    format!("U+{:04X} cannot be written in XML 1.0", c as u32),
+                    format!("U+{b:04X} cannot be written in XML 1.0"),
                 ));
             }
-            c => out.push(c),
-        }
+            // U+FFFE and U+FFFF are EF BF BE and EF BF BF.
+            0xef if bytes.get(i + 1) == Some(&0xbf)
+                && matches!(bytes.get(i + 2), Some(0xbe | 0xbf)) =>
+            {
+                let c = if bytes[i + 2] == 0xbe { 0xfffe } else { 0xffff };
+                return Err(json_err(
+                    path,
+                    format!("U+{c:04X} cannot be written in XML 1.0"),
+                ));
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        // `i` is at an ASCII byte, so both slices end on char boundaries.
+        out.push_str(&s[start..i]);
+        out.push_str(replacement);
+        i += 1;
+        start = i;
     }
+    out.push_str(&s[start..]);
     Ok(())
 }
 
 impl Writer {
-    fn attr(&mut self, path: &str, name: &str, value: &str) -> Result<(), XmlError> {
+    fn attr(&mut self, path: &JsonPath, name: &str, value: &str) -> Result<(), XmlError> {
         self.out.push(' ');
         self.out.push_str(name);
         self.out.push_str("=\"");
@@ -434,7 +489,11 @@ impl Writer {
 
     fn marker(&mut self, name: &str, value: &str) {
         self.marked = true;
-        self.out.push_str(&format!(" {name}=\"{value}\""));
+        self.out.push(' ');
+        self.out.push_str(name);
+        self.out.push_str("=\"");
+        self.out.push_str(value);
+        self.out.push('"');
     }
 
     /// Writes `<name …>value</name>`; `array` marks an array of one.
@@ -443,7 +502,7 @@ impl Writer {
         name: &str,
         value: &Value,
         array: bool,
-        path: &str,
+        path: &JsonPath,
         depth: usize,
     ) -> Result<(), XmlError> {
         if !is_name(name) || name.starts_with("xmlns") {
@@ -460,88 +519,99 @@ impl Writer {
         if array {
             self.marker(ARRAY_ATTR, "true");
         }
-        let (members, text): (Vec<(&String, &Value)>, Option<&Value>) = match value {
+        // Attributes and text first (they belong in the start tag and
+        // before the children), then the members, in a second pass.
+        let mut text = None;
+        let mut has_members = false;
+        match value {
             Value::Object(m) => {
-                let mut members = Vec::new();
-                let mut text = None;
                 for (k, v) in m {
                     if let Some(attr) = k.strip_prefix('@') {
-                        let at = format!("{path}.{k}");
+                        let at = JsonPath::Member(path, k);
                         if !is_name(attr) {
                             return Err(json_err(
                                 &at,
                                 format!("`{attr}` is not an attribute name"),
                             ));
                         }
-                        let v = match v {
-                            Value::String(s) => s.clone(),
-                            Value::Number(_) | Value::Bool(_) => v.to_string(),
-                            Value::Null => String::new(),
+                        match v {
+                            Value::String(s) => self.attr(&at, attr, s)?,
+                            Value::Number(_) | Value::Bool(_) => {
+                                self.attr(&at, attr, &v.to_string())?
+                            }
+                            Value::Null => self.attr(&at, attr, "")?,
                             _ => return Err(json_err(&at, "an attribute must be a scalar")),
-                        };
-                        self.attr(&at, attr, &v)?;
+                        }
                     } else if k == "#text" {
                         if v.is_array() || v.is_object() {
                             return Err(json_err(
-                                &format!("{path}.#text"),
+                                &JsonPath::Member(path, "#text"),
                                 "text must be a scalar",
                             ));
                         }
                         text = Some(v);
                     } else {
-                        members.push((k, v));
+                        has_members = true;
                     }
                 }
                 if m.is_empty() {
                     self.marker(TYPE_ATTR, "object");
                 }
-                (members, text)
             }
             Value::Array(_) => return Err(json_err(path, "an array directly inside an array")),
-            scalar => (Vec::new(), Some(scalar)),
-        };
-        let text = match text {
-            None => String::new(),
-            Some(Value::String(s)) => s.clone(),
+            scalar => text = Some(scalar),
+        }
+        let text_path = JsonPath::Member(path, "#text");
+        // The text as it will be written, and its type marker.
+        let mut number = String::new();
+        let text: &str = match text {
+            None => "",
+            Some(Value::String(s)) => s,
             Some(Value::Null) => {
                 self.marker(TYPE_ATTR, "null");
-                String::new()
+                ""
             }
-            Some(v @ Value::Number(_)) => {
+            Some(Value::Number(n)) => {
                 self.marker(TYPE_ATTR, "number");
-                v.to_string()
+                let _ = write!(number, "{n}");
+                &number
             }
-            Some(v @ Value::Bool(_)) => {
+            Some(Value::Bool(b)) => {
                 self.marker(TYPE_ATTR, "boolean");
-                v.to_string()
+                if *b { "true" } else { "false" }
             }
-            Some(_) => String::new(),
+            Some(_) => "",
         };
-        if members.is_empty() && text.is_empty() {
+        if !has_members && text.is_empty() {
             self.out.push_str("/>");
             return Ok(());
         }
         self.out.push('>');
-        escape(&format!("{path}.#text"), &text, &mut self.out)?;
-        for (k, v) in members {
-            let at = format!("{path}.{k}");
-            match v {
-                Value::Array(items) if items.is_empty() => {
-                    if !is_name(k) {
-                        return Err(json_err(&at, format!("`{k}` is not an XML element name")));
-                    }
-                    self.out.push('<');
-                    self.out.push_str(k);
-                    self.marker(TYPE_ATTR, "array");
-                    self.out.push_str("/>");
+        escape(&text_path, text, &mut self.out)?;
+        if let Value::Object(m) = value {
+            for (k, v) in m {
+                if k.starts_with('@') || k == "#text" {
+                    continue;
                 }
-                Value::Array(items) => {
-                    let one = items.len() == 1;
-                    for (i, item) in items.iter().enumerate() {
-                        self.element(k, item, one, &format!("{at}.{i}"), depth + 1)?;
+                let at = JsonPath::Member(path, k);
+                match v {
+                    Value::Array(items) if items.is_empty() => {
+                        if !is_name(k) {
+                            return Err(json_err(&at, format!("`{k}` is not an XML element name")));
+                        }
+                        self.out.push('<');
+                        self.out.push_str(k);
+                        self.marker(TYPE_ATTR, "array");
+                        self.out.push_str("/>");
                     }
+                    Value::Array(items) => {
+                        let one = items.len() == 1;
+                        for (i, item) in items.iter().enumerate() {
+                            self.element(k, item, one, &JsonPath::Index(&at, i), depth + 1)?;
+                        }
+                    }
+                    v => self.element(k, v, false, &at, depth + 1)?,
                 }
-                v => self.element(k, v, false, &at, depth + 1)?,
             }
         }
         self.out.push_str("</");
