@@ -116,6 +116,11 @@ enum Child {
 fn open(text: &str, e: &BytesStart<'_>, start: u64) -> Result<Frame, XmlError> {
     let err = |m: String| xml_error(text, start, m);
     let name = e.name().as_ref().to_string();
+    // quick-xml reads any bytes as a name; a name such as `@a` or `#text`
+    // would read back as an attribute or a text node.
+    if !is_name(&name) {
+        return Err(err(format!("`{name}` is not an XML element name")));
+    }
     let mut frame = Frame {
         name,
         attrs: Vec::new(),
@@ -130,6 +135,9 @@ fn open(text: &str, e: &BytesStart<'_>, start: u64) -> Result<Frame, XmlError> {
     for attr in e.attributes() {
         let attr = attr.map_err(|e| err(e.to_string()))?;
         let key: &str = attr.key.as_ref();
+        if !is_name(key) {
+            return Err(err(format!("`{key}` is not an XML attribute name")));
+        }
         let value = attr
             .normalized_value(XmlVersion::Implicit1_0)
             .map_err(|e| err(e.to_string()))?
@@ -694,6 +702,22 @@ mod tests {
         assert!(e.to_string().starts_with("at $.a.b.0:"), "{e}");
         let e = json_to_xml(&json!({"a": "\u{1}"})).unwrap_err();
         assert!(e.to_string().contains("U+0001"), "{e}");
+    }
+
+    #[test]
+    fn names_json_would_read_as_attributes_or_text_are_refused() {
+        // Found by the xml fuzz target: `<@A_/>` came back from the JSON
+        // side as an attribute of a `<root>`.
+        for bad in [
+            "<@A_/>",
+            "<#text>x</#text>",
+            "<a @b=\"1\"/>",
+            "<a><1b/></a>",
+        ] {
+            let err = xml_to_json(bad.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains("is not an XML"), "{bad}: {err}");
+        }
+        assert!(xml_to_json(b"<s:a xmlns:s=\"urn:x\" s:b=\"1\"/>").is_ok());
     }
 
     #[test]
