@@ -111,25 +111,8 @@ impl ForwardAuth {
         env: &BuildEnv,
     ) -> Result<ForwardAuth, Vec<(String, String)>> {
         let mut errors: Vec<(String, String)> = Vec::new();
-        if def.timeout.0.is_zero() {
-            errors.push(("timeout".into(), "`timeout` must be above zero".into()));
-        }
-        if def.ca.is_some() && !def.url.starts_with("https://") {
-            errors.push(("ca".into(), "`ca` applies to an https `url` only".into()));
-        }
-        let ca = def.ca.as_deref().map(|p| env.resolve(p));
-        let service = match Service::new(&def.url, ca.as_deref(), def.timeout.0) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                let field = if matches!(e, CallError::Ca(_)) {
-                    "ca"
-                } else {
-                    "url"
-                };
-                errors.push((field.into(), e.to_string()));
-                None
-            }
-        };
+        let service =
+            Service::configured(&def.url, def.ca.as_deref(), def.timeout.0, env, &mut errors);
         let request_headers = header_names("request_headers", &def.request_headers, &mut errors);
         let copy_headers = header_names("copy_headers", &def.copy_headers, &mut errors);
         let cache_key = header_names("cache_key", &def.cache_key, &mut errors);

@@ -99,12 +99,8 @@ impl Introspection {
         env: &BuildEnv,
     ) -> Result<Introspection, Vec<(String, String)>> {
         let mut errors: Vec<(String, String)> = Vec::new();
-        if def.timeout.0.is_zero() {
-            errors.push(("timeout".into(), "`timeout` must be above zero".into()));
-        }
-        if def.ca.is_some() && !def.url.starts_with("https://") {
-            errors.push(("ca".into(), "`ca` applies to an https `url` only".into()));
-        }
+        let service =
+            Service::configured(&def.url, def.ca.as_deref(), def.timeout.0, env, &mut errors);
         if def.client_id.is_empty() {
             errors.push((
                 "client_id".into(),
@@ -117,19 +113,6 @@ impl Introspection {
                 "the endpoint needs the gateway's `client_secret`".into(),
             ));
         }
-        let ca = def.ca.as_deref().map(|p| env.resolve(p));
-        let service = match Service::new(&def.url, ca.as_deref(), def.timeout.0) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                let field = if matches!(e, CallError::Ca(_)) {
-                    "ca"
-                } else {
-                    "url"
-                };
-                errors.push((field.into(), e.to_string()));
-                None
-            }
-        };
         // Form-encoded, then base64: ASCII, always a valid header value.
         let client_auth =
             HeaderValue::try_from(basic_credentials(&def.client_id, &def.client_secret))

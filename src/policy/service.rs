@@ -98,6 +98,37 @@ impl Service {
         })
     }
 
+    /// A policy's `url`, `ca` and `timeout` checked as a whole: the
+    /// timeout above zero, a CA only for https, the CA path relative to
+    /// the file. Mistakes go to `errors` under the field they belong to.
+    pub fn configured(
+        url: &str,
+        ca: Option<&Path>,
+        timeout: Duration,
+        env: &super::BuildEnv,
+        errors: &mut Vec<(String, String)>,
+    ) -> Option<Service> {
+        if timeout.is_zero() {
+            errors.push(("timeout".into(), "`timeout` must be above zero".into()));
+        }
+        if ca.is_some() && !url.starts_with("https://") {
+            errors.push(("ca".into(), "`ca` applies to an https `url` only".into()));
+        }
+        let ca = ca.map(|p| env.resolve(p));
+        match Service::new(url, ca.as_deref(), timeout) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let field = if matches!(e, CallError::Ca(_)) {
+                    "ca"
+                } else {
+                    "url"
+                };
+                errors.push((field.into(), e.to_string()));
+                None
+            }
+        }
+    }
+
     /// The URL as configured.
     pub fn url(&self) -> &str {
         &self.url

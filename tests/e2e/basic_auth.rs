@@ -4,8 +4,6 @@
 //! guessing slowed per client address; a reload taking a changed password
 //! at once; `portcullis hash-password` whose output the gateway accepts.
 
-use std::process::{Command, Stdio};
-
 use base64::Engine;
 use serde_json::Value;
 
@@ -283,27 +281,7 @@ async fn a_reload_forgets_remembered_credentials_so_a_new_password_counts_at_onc
 
 /// Runs `portcullis hash-password ARGS` with `stdin`: success, stdout, stderr.
 fn hash_password_cli(args: &[&str], stdin: &str) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("hash-password")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    run_cli("hash-password", args, stdin)
 }
 
 #[tokio::test]

@@ -40,6 +40,17 @@ async fn body_echo() -> Backend {
     .await
 }
 
+/// A backend that answers every request with `text` as `content_type`.
+async fn typed_answer(content_type: &'static str, text: &'static str) -> Backend {
+    Backend::start(move |_req| async move {
+        let mut r = http::Response::new(body(text));
+        r.headers_mut()
+            .insert("content-type", http::HeaderValue::from_static(content_type));
+        r
+    })
+    .await
+}
+
 async fn gateway(backend: SocketAddr, policy: &str) -> TestGateway {
     TestGateway::start(&policy_config(backend, &[("shape", policy)], "")).await
 }
@@ -124,15 +135,7 @@ async fn malformed_and_oversized_bodies_are_refused_with_where_and_why() {
 
 #[tokio::test]
 async fn an_upstream_answer_that_is_not_json_gives_502() {
-    let backend = Backend::start(|_req| async move {
-        let mut r = http::Response::new(body("{not json"));
-        r.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("application/json"),
-        );
-        r
-    })
-    .await;
+    let backend = typed_answer("application/json", "{not json").await;
     let gw = gateway(
         backend.addr,
         "{ type: transform, response: { remove: [a] } }",
@@ -214,13 +217,7 @@ async fn malformed_xml_and_doctypes_are_refused_with_400() {
 
 #[tokio::test]
 async fn an_upstream_answer_that_is_not_xml_gives_502() {
-    let backend = Backend::start(|_req| async move {
-        let mut r = http::Response::new(body("<a><b></a>"));
-        r.headers_mut()
-            .insert("content-type", http::HeaderValue::from_static("text/xml"));
-        r
-    })
-    .await;
+    let backend = typed_answer("text/xml", "<a><b></a>").await;
     let gw = gateway(backend.addr, "{ type: transform, response: xml_to_json }").await;
     let (status, headers, text) = get(&gw.url("web", "/x")).await;
     assert_problem(status, &headers, &text, 502);
