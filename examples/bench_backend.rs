@@ -1,11 +1,13 @@
 //! The one backend of the side-by-side benchmark (`bash bench/run.sh`): a tiny
 //! keep-alive HTTP server that every proxy, and the direct baseline, talks to.
 //!
-//! A path ending in `/big` (`/big`, `/v1/users/big`) answers 1 MiB; every other
-//! request answers the same 100-byte body. HTTP/1.1 and HTTP/2 (h2c with prior
-//! knowledge) share the plain port; with `--tls-listen`, `--cert` and `--key` a
-//! second port speaks TLS 1.3 with ALPN `h2` and `http/1.1`, so the TLS
-//! scenarios have a direct baseline too.
+//! A path ending in `/big` (`/big`, `/v1/users/big`) answers 1 MiB, one
+//! ending in `/json` a JSON document of about 100 bytes (for
+//! `bench/aggregate.sh`); every other request answers the same 100-byte
+//! body. HTTP/1.1 and HTTP/2 (h2c with prior knowledge) share the plain
+//! port; with `--tls-listen`, `--cert` and `--key` a second port speaks
+//! TLS 1.3 with ALPN `h2` and `http/1.1`, so the TLS scenarios have a
+//! direct baseline too.
 //!
 //! ```sh
 //! cargo run --release --example bench_backend -- --listen 127.0.0.1:18080
@@ -30,6 +32,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 /// The small answer: 100 bytes, newline included.
+/// The answer to a path ending in `/json`: about 100 bytes of JSON.
+const JSON: &[u8] =
+    b"{\"id\":42,\"name\":\"portcullis bench\",\"tags\":[\"a\",\"b\",\"c\"],\"ok\":true,\"note\":\"one hundred bytes.\"}\n";
+
 const SMALL: &[u8] =
     b"portcullis bench backend: a small answer of one hundred bytes, the same for every request here.....\n";
 
@@ -95,15 +101,18 @@ fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, Stri
 }
 
 async fn answer(req: Request<Incoming>, big: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
-    let body = if req.uri().path().ends_with("/big") {
-        big
+    let path = req.uri().path();
+    let (body, ctype) = if path.ends_with("/big") {
+        (big, "text/plain")
+    } else if path.ends_with("/json") {
+        (Bytes::from_static(JSON), "application/json")
     } else {
-        Bytes::from_static(SMALL)
+        (Bytes::from_static(SMALL), "text/plain")
     };
     let mut resp = Response::new(Full::new(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain"),
+        header::HeaderValue::from_static(ctype),
     );
     Ok(resp)
 }

@@ -120,6 +120,14 @@ routes:
     match: {{ path_prefix: /partners }}
     policies: [partner-keys, per-partner]
     upstream: orders
+  - name: dashboard
+    match: {{ path: /dashboard }}
+    aggregate:                      # one call, three upstreams, one JSON answer
+      timeout: 2s
+      calls:
+        user:   {{ upstream: users, path: "/users/{{id}}" }}                # ?id=42
+        orders: {{ upstream: orders, path: "/orders?for={{user.backend}}&limit=5", select: path }}
+        news:   {{ upstream: news, path: /unread, optional: true }}      # nothing listens: null
   - name: assets
     match: {{ path_prefix: /static }}
     rewrite: {{ strip_prefix: /static }}
@@ -132,6 +140,8 @@ upstreams:
       - {users_b}
   - name: orders
     targets: [{orders}]
+  - name: news
+    targets: [127.0.0.1:9]          # the discard port: nothing answers here
 policies:
   nobody: {{ type: ip_filter, deny: [0.0.0.0/0, "::/0"] }}
   partner-keys: {{ type: api_key }}
@@ -209,6 +219,7 @@ Try:
   curl -s http://{GATEWAY}/api/orders/7              # /api stripped before forwarding to orders
   curl -s -X DELETE -i http://{GATEWAY}/api/orders/7 # method not routed: 404 problem+json
   curl -s http://{GATEWAY}/checkout                  # weighted split: 90% orders, 10% users
+  curl -s 'http://{GATEWAY}/dashboard?id=42'         # aggregate: users, then orders with the user's answer, news optional
   curl -i http://{GATEWAY}/internal/secrets          # ip_filter: 403 problem+json
   curl -i http://{GATEWAY}/partners/report           # api_key: 401 without a key
   curl -si -H 'x-api-key: {acme}' http://{GATEWAY}/partners/report

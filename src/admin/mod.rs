@@ -159,6 +159,12 @@ pub async fn handle(
                                 Action::Static(_) => json!("static"),
                                 Action::Respond(r) => json!({"respond": r.status.as_u16()}),
                                 Action::Redirect(r) => json!({"redirect": r.status.as_u16()}),
+                                Action::Aggregate(a) => json!({
+                                    "aggregate": a.calls.iter().map(|c| json!({
+                                        "call": &*c.name,
+                                        "upstream": &*c.upstream.name,
+                                    })).collect::<Vec<_>>(),
+                                }),
                             };
                             json!({
                                 "name": &*b.route.name,

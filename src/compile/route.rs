@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use regex::Regex;
 
 use crate::config::diagnostics::DocPath;
 use crate::config::model::{self, Config};
 use crate::http::headers::HeaderOps;
 use crate::policy::NamedPolicy;
-use crate::policy::template::Template;
+use crate::policy::template::{Scope, Template, pointer};
+use crate::proxy::aggregate::{Aggregate, Call, DEFAULT_FORWARD_HEADERS};
 use crate::proxy::rewrite::Rewrite;
 use crate::proxy::snapshot::{Action, DirectResponse, Redirect, RouteEntry, Split};
 use crate::proxy::static_files::StaticDir;
@@ -238,6 +240,7 @@ impl Compiler<'_> {
             r.static_files.is_some(),
             r.respond.is_some(),
             r.redirect.is_some(),
+            r.aggregate.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -246,7 +249,7 @@ impl Compiler<'_> {
             self.diag.error(
                 at,
                 format!(
-                    "route `{}` needs exactly one of `upstream`, `split`, `static`, `respond` or `redirect` (it has {given})",
+                    "route `{}` needs exactly one of `upstream`, `split`, `static`, `respond`, `redirect` or `aggregate` (it has {given})",
                     r.name
                 ),
                 Some("say what the route does with a request: forward it, split it, serve files or answer".to_string()),
@@ -323,6 +326,9 @@ impl Compiler<'_> {
         }
         if let Some(redirect) = &r.redirect {
             return self.redirect(&at.key("redirect"), redirect);
+        }
+        if let Some(aggregate) = &r.aggregate {
+            return self.aggregate(at, r, aggregate, upstreams, upstream_names);
         }
         let respond = r.respond.as_ref()?;
         let rat = at.key("respond");
@@ -447,6 +453,229 @@ impl Compiler<'_> {
             strip_query: def.strip_query,
         }))
     }
+}
+
+impl Compiler<'_> {
+    /// Compiles an `aggregate` action: the calls' upstreams, methods and
+    /// paths, and the order their variables impose (no cycles).
+    fn aggregate(
+        &mut self,
+        at: &DocPath,
+        r: &model::Route,
+        def: &model::AggregateDef,
+        upstreams: &HashMap<Arc<str>, Arc<Upstream>>,
+        upstream_names: &[&str],
+    ) -> Option<Action> {
+        let at_route = at;
+        let at = at.key("aggregate");
+        let before = self.diag.error_count();
+        if r.rewrite.is_some() {
+            self.diag.error(
+                &at_route.key("rewrite"),
+                "an aggregate route has no single upstream path to rewrite",
+                Some("give each call its own `path`".into()),
+            );
+        }
+        if def.calls.is_empty() {
+            self.diag.error(
+                &at.key("calls"),
+                "an aggregate needs at least one call",
+                None,
+            );
+        }
+        let names: Vec<&str> = def.calls.keys().map(String::as_str).collect();
+        let mut calls = Vec::with_capacity(def.calls.len());
+        for (index, (name, c)) in def.calls.iter().enumerate() {
+            let cat = at.key("calls").key(name);
+            if !valid_call_name(name) {
+                self.diag.error(
+                    &cat,
+                    format!("`{name}` cannot name a call"),
+                    Some(
+                        "use letters, digits, `_` and `-`, not starting with `_`, and not \
+                         `header` or `jwt` (they are variable prefixes)"
+                            .into(),
+                    ),
+                );
+            }
+            let upstream = upstreams.get(c.upstream.as_str()).cloned();
+            if upstream.is_none() && !upstream_names.contains(&c.upstream.as_str()) {
+                self.missing(
+                    &cat.key("upstream"),
+                    "upstream",
+                    &c.upstream,
+                    upstream_names,
+                );
+            }
+            let method = match c.method.as_deref() {
+                None => Some(Method::GET),
+                Some(m) => match Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+                    Ok(m) => Some(m),
+                    Err(_) => {
+                        self.diag.error(
+                            &cat.key("method"),
+                            format!("`{m}` is not an HTTP method"),
+                            None,
+                        );
+                        None
+                    }
+                },
+            };
+            if !c.path.starts_with('/') {
+                self.diag.error(
+                    &cat.key("path"),
+                    format!("`{}` is not a path", c.path),
+                    Some("a call's path starts with `/` (the query may follow)".into()),
+                );
+            }
+            let scope = Scope {
+                params: true,
+                calls: &names,
+            };
+            let path = match Template::parse_in(&c.path, scope) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.diag.error(&cat.key("path"), e, None);
+                    None
+                }
+            };
+            let mut after: Vec<usize> = path.iter().flat_map(|t| t.calls()).collect();
+            after.sort_unstable();
+            after.dedup();
+            if after.contains(&index) {
+                self.diag.error(
+                    &cat.key("path"),
+                    format!("the `{name}` call cannot use its own answer"),
+                    None,
+                );
+            }
+            let select = match c.select.as_deref() {
+                Some(s) if s.is_empty() || s.split('.').any(str::is_empty) => {
+                    self.diag.error(
+                        &cat.key("select"),
+                        format!("`{s}` is not a dotted path"),
+                        Some("name the part to keep, such as data.items".into()),
+                    );
+                    None
+                }
+                s => s.map(pointer),
+            };
+            if let (Some(upstream), Some(method), Some(path)) = (upstream, method, path) {
+                calls.push(Call {
+                    name: Box::from(name.as_str()),
+                    upstream,
+                    method,
+                    path,
+                    timeout: c.timeout.map_or(def.timeout.0, |t| t.0),
+                    optional: c.optional,
+                    select,
+                    after: after.into_boxed_slice(),
+                });
+            }
+        }
+        if self.diag.error_count() > before || calls.len() != names.len() {
+            return None;
+        }
+        if let Some((first, cycle)) = cycle(&calls) {
+            self.diag.error(
+                &at.key("calls").key(&calls[first].name),
+                format!("the calls {cycle} wait for each other's answers"),
+                Some("a call may use the answers of calls that do not use its own".into()),
+            );
+            return None;
+        }
+        let forward_headers = match &def.forward_headers {
+            None => DEFAULT_FORWARD_HEADERS
+                .iter()
+                .map(|n| HeaderName::from_static(n))
+                .collect(),
+            Some(listed) => {
+                let mut out = Vec::with_capacity(listed.len());
+                for (i, name) in listed.iter().enumerate() {
+                    match HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(h) => out.push(h),
+                        Err(_) => self.diag.error(
+                            &at.key("forward_headers").index(i),
+                            format!("`{name}` is not a header name"),
+                            None,
+                        ),
+                    }
+                }
+                out
+            }
+        };
+        // The route table has checked the pattern already; its named groups
+        // are the calls' parameters.
+        let path_groups = r
+            .matches
+            .path_regex
+            .as_deref()
+            .and_then(|p| Regex::new(&format!("^(?:{p})$")).ok());
+        Some(Action::Aggregate(Aggregate {
+            calls: calls.into_boxed_slice(),
+            merge: def.merge,
+            forward_headers: forward_headers.into_boxed_slice(),
+            max_body: def.max_body.0,
+            path_groups,
+        }))
+    }
+}
+
+/// Whether `name` can be a call's name: a member name that can also head a
+/// `{call.field}` variable.
+fn valid_call_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('_')
+        && name != "header"
+        && name != "jwt"
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Calls that wait for each other in a circle, if any: the first one's
+/// index and all their names (depth-first search over `after`).
+fn cycle(calls: &[Call]) -> Option<(usize, String)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Open,
+        Done,
+    }
+    fn visit(i: usize, calls: &[Call], marks: &mut [Mark], stack: &mut Vec<usize>) -> bool {
+        match marks[i] {
+            Mark::Done => return false,
+            Mark::Open => {
+                stack.push(i);
+                return true;
+            }
+            Mark::New => {}
+        }
+        marks[i] = Mark::Open;
+        stack.push(i);
+        for &a in &calls[i].after {
+            if visit(a, calls, marks, stack) {
+                return true;
+            }
+        }
+        stack.pop();
+        marks[i] = Mark::Done;
+        false
+    }
+    let mut marks = vec![Mark::New; calls.len()];
+    for i in 0..calls.len() {
+        let mut stack = Vec::new();
+        if visit(i, calls, &mut marks, &mut stack) {
+            let last = stack.last().copied()?;
+            let start = stack.iter().position(|&s| s == last)?;
+            let names: Vec<String> = stack[start..]
+                .iter()
+                .map(|&s| format!("`{}`", calls[s].name))
+                .collect();
+            return Some((stack[start], names.join(" → ")));
+        }
+    }
+    None
 }
 
 /// Whether `b` may appear in an HTTP token (RFC 9110 §5.6.2).

@@ -129,6 +129,11 @@ impl<'a> Diagnostics<'a> {
         ));
     }
 
+    /// How many errors were recorded so far.
+    pub fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// True when nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.errors.is_empty()

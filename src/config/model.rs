@@ -261,6 +261,9 @@ pub struct Route {
     /// Answer with a redirect to a URL made from the request's.
     #[serde(default)]
     pub redirect: Option<RedirectDef>,
+    /// Call several upstreams and answer one JSON object made of their answers.
+    #[serde(default)]
+    pub aggregate: Option<AggregateDef>,
     /// Protocols a client may upgrade to through this route (default
     /// `[websocket]`); `h2c` is never allowed.
     #[serde(default)]
@@ -411,6 +414,61 @@ pub struct RedirectDef {
     /// Drop the query instead of keeping it.
     #[serde(default)]
     pub strip_query: bool,
+}
+
+/// An `aggregate` action: calls to several upstreams, in parallel where
+/// they do not depend on each other, answered as one JSON object.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateDef {
+    /// How long each call may take, head and body (a call's own `timeout` wins).
+    #[serde(default = "default_aggregate_timeout")]
+    pub timeout: Dur,
+    /// The calls, by the member name their answer gets.
+    pub calls: BTreeMap<String, CallDef>,
+    /// Put the members of each call's answer at the top level instead of
+    /// under the call's name.
+    #[serde(default)]
+    pub merge: bool,
+    /// Request headers copied to every call (default: authorization,
+    /// traceparent, tracestate; the request id always goes).
+    #[serde(default)]
+    pub forward_headers: Option<Vec<String>>,
+    /// The largest answer read from one call (past it the call fails).
+    #[serde(default = "default_aggregate_max_body")]
+    pub max_body: Size,
+}
+
+fn default_aggregate_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+fn default_aggregate_max_body() -> Size {
+    Size(1 << 20)
+}
+
+/// One call of an `aggregate` action.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallDef {
+    /// The upstream that answers it.
+    pub upstream: String,
+    /// The method (default GET).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path and query, with variables: `{id}` (a `path_regex` group, else a
+    /// query parameter), `{user.id}` (a field of the `user` call's answer),
+    /// `{header.NAME}`, `{jwt.CLAIM}`, `{consumer}`, `{request_id}`.
+    pub path: String,
+    /// This call's own time limit.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// A failure gives `null` and an `_errors` entry instead of a 502.
+    #[serde(default)]
+    pub optional: bool,
+    /// The part of the answer to keep, by dotted path (`data.items`).
+    #[serde(default)]
+    pub select: Option<String>,
 }
 
 /// A named group of targets.

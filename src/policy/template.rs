@@ -3,6 +3,10 @@
 //! `{jwt.CLAIM}` — in texts of the configuration (`respond` bodies and
 //! headers, `redirect` hosts and paths), filled in per request.
 //!
+//! Aggregate call paths may also use `{name}` (a `path_regex` group, else a
+//! query parameter) and `{call.field}` (a field of an earlier call's JSON
+//! answer): see [`Scope`] and [`Template::render_url`].
+//!
 //! A text is parsed once, when the configuration is compiled, into literal
 //! pieces and variables. Only `{name}` where `name` is made of letters,
 //! digits, `_`, `-` and `.` is a variable, and it must be a known one (a
@@ -10,9 +14,12 @@
 //! body such as `{"ok": true}` needs no escaping. `{{` and `}}` are literal
 //! braces.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use http::{HeaderName, Request};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
 
 use crate::http::headers::host_of;
 use crate::policy::context::RequestCtx;
@@ -29,7 +36,49 @@ enum Var {
     Consumer,
     Header(HeaderName),
     Claim(String),
+    /// A request parameter by name (aggregate call paths only).
+    Param(String),
+    /// A field of an earlier call's answer: the call's index and a JSON
+    /// pointer into its answer (aggregate call paths only).
+    Call(usize, String),
 }
+
+/// The variables a text may use beyond the request's own.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scope<'a> {
+    /// Bare names (`{id}`) are request parameters.
+    pub params: bool,
+    /// Calls whose answers `{call.field}` may name, by index.
+    pub calls: &'a [&'a str],
+}
+
+/// Where the values of parameters and earlier calls come from.
+pub trait Values {
+    /// The decoded value of the request parameter `name`.
+    fn param(&self, name: &str) -> Option<Cow<'_, str>>;
+    /// The answer of call `index`, when it has one.
+    fn call(&self, index: usize) -> Option<&Value>;
+}
+
+/// Why a text could not be filled in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unfilled {
+    /// The request has no such parameter.
+    #[error("the request has no `{0}` (neither a path group nor a query parameter)")]
+    Param(String),
+    /// The earlier call's answer (call `.1`) lacks the field.
+    #[error("`{0}` is not in the answer it names")]
+    Field(String, usize),
+}
+
+/// Bytes kept as they are in a URL path or query value: RFC 3986's
+/// unreserved characters. Everything else is escaped, so that a value can
+/// add neither a path segment nor a query parameter.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// A piece of a text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +97,11 @@ impl Template {
     /// Parses `text`; the error names the unknown variable and lists the
     /// known ones.
     pub fn parse(text: &str) -> Result<Template, String> {
+        Template::parse_in(text, Scope::default())
+    }
+
+    /// Parses `text`, which may also use the variables `scope` allows.
+    pub fn parse_in(text: &str, scope: Scope<'_>) -> Result<Template, String> {
         let mut pieces = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -65,7 +119,7 @@ impl Template {
                 .map(|(name, _)| name)
                 .filter(|name| is_variable_name(name))
             {
-                let var = variable(name)?;
+                let var = variable(name, scope)?;
                 if !literal.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut literal)));
                 }
@@ -99,6 +153,81 @@ impl Template {
         }
         out
     }
+
+    /// The calls (by index) whose answers the text uses.
+    pub fn calls(&self) -> impl Iterator<Item = usize> + '_ {
+        self.pieces.iter().filter_map(|p| match p {
+            Piece::Var(Var::Call(i, _)) => Some(*i),
+            _ => None,
+        })
+    }
+
+    /// The text as a URL path and query: every value but `{path}` and
+    /// `{query}` (already in URL form) percent-encoded, so that no value can
+    /// add a segment (`../admin`) or a parameter (`&admin=1`).
+    pub fn render_url<B>(
+        &self,
+        ctx: &RequestCtx,
+        req: &Request<B>,
+        values: &dyn Values,
+    ) -> Result<String, Unfilled> {
+        let mut out = String::new();
+        let mut value = String::new();
+        for piece in &self.pieces {
+            let var = match piece {
+                Piece::Text(t) => {
+                    out.push_str(t);
+                    continue;
+                }
+                Piece::Var(v @ (Var::Path | Var::Query)) => {
+                    push_value(&mut out, v, ctx, req);
+                    continue;
+                }
+                Piece::Var(v) => v,
+            };
+            value.clear();
+            match var {
+                Var::Param(name) => {
+                    let v = values
+                        .param(name)
+                        .ok_or_else(|| Unfilled::Param(name.clone()))?;
+                    value.push_str(&v);
+                }
+                Var::Call(i, pointer) => match values.call(*i).and_then(|v| v.pointer(pointer)) {
+                    None | Some(Value::Null) => {
+                        return Err(Unfilled::Field(dotted(pointer), *i));
+                    }
+                    Some(Value::String(s)) => value.push_str(s),
+                    Some(other) => {
+                        let _ = write!(value, "{other}");
+                    }
+                },
+                other => push_value(&mut value, other, ctx, req),
+            }
+            out.extend(utf8_percent_encode(&value, UNRESERVED));
+        }
+        Ok(out)
+    }
+}
+
+/// A dotted path (`data.items.0`) as a JSON pointer (`/data/items/0`).
+pub fn pointer(dotted: &str) -> String {
+    let mut out = String::with_capacity(dotted.len() + 1);
+    for segment in dotted.split('.') {
+        out.push('/');
+        out.push_str(&segment.replace('~', "~0").replace('/', "~1"));
+    }
+    out
+}
+
+/// A JSON pointer back as the dotted path it was written as.
+fn dotted(pointer: &str) -> String {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn is_variable_name(name: &str) -> bool {
@@ -108,7 +237,7 @@ fn is_variable_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
 }
 
-fn variable(name: &str) -> Result<Var, String> {
+fn variable(name: &str, scope: Scope<'_>) -> Result<Var, String> {
     Ok(match name {
         "scheme" => Var::Scheme,
         "host" => Var::Host,
@@ -126,6 +255,23 @@ fn variable(name: &str) -> Result<Var, String> {
             if let Some(claim) = name.strip_prefix("jwt.").filter(|c| !c.is_empty()) {
                 return Ok(Var::Claim(claim.to_string()));
             }
+            if let Some((call, field)) = name.split_once('.')
+                && let Some(i) = scope.calls.iter().position(|c| *c == call)
+                && !field.is_empty()
+            {
+                return Ok(Var::Call(i, pointer(field)));
+            }
+            if scope.params && !name.contains('.') {
+                return Ok(Var::Param(name.to_string()));
+            }
+            if !scope.calls.is_empty()
+                && let Some((call, _)) = name.split_once('.')
+            {
+                return Err(format!(
+                    "`{{{name}}}` names no call: `{call}` is not one of {}",
+                    scope.calls.join(", ")
+                ));
+            }
             return Err(format!(
                 "`{{{name}}}` is not a variable; use {{scheme}}, {{host}}, {{path}}, {{query}}, \
                  {{method}}, {{request_id}}, {{consumer}}, {{header.NAME}} or {{jwt.CLAIM}} \
@@ -137,6 +283,9 @@ fn variable(name: &str) -> Result<Var, String> {
 
 fn push_value<B>(out: &mut String, var: &Var, ctx: &RequestCtx, req: &Request<B>) {
     match var {
+        // Only aggregate call paths have these, and they are rendered by
+        // `render_url`, which has their values.
+        Var::Param(_) | Var::Call(..) => {}
         Var::Scheme => out.push_str(if ctx.tls { "https" } else { "http" }),
         Var::Host => out.push_str(host_of(req).map_or("", |h| split_port(h).0)),
         Var::Path => out.push_str(req.uri().path()),
@@ -245,6 +394,87 @@ mod tests {
             let err = Template::parse(bad).unwrap_err();
             assert!(err.contains("{scheme}"), "{bad}: {err}");
         }
+    }
+
+    struct Given {
+        params: Vec<(&'static str, &'static str)>,
+        answers: Vec<Option<Value>>,
+    }
+
+    impl Values for Given {
+        fn param(&self, name: &str) -> Option<Cow<'_, str>> {
+            self.params
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| Cow::Borrowed(*v))
+        }
+        fn call(&self, index: usize) -> Option<&Value> {
+            self.answers.get(index)?.as_ref()
+        }
+    }
+
+    #[test]
+    fn url_values_are_escaped_and_earlier_answers_are_read() {
+        let calls = ["user", "cart"];
+        let scope = Scope {
+            params: true,
+            calls: &calls,
+        };
+        let given = Given {
+            params: vec![("id", "../admin"), ("q", "a&b=c d"), ("n", "é")],
+            answers: vec![
+                Some(serde_json::json!({"id": 42, "name": "Ada L", "tags": ["x/y"], "none": null})),
+                None,
+            ],
+        };
+        let r = req("/in/path?x=1%202", "api.example.com");
+        let render = |text: &str| {
+            Template::parse_in(text, scope)
+                .unwrap_or_else(|e| panic!("{text}: {e}"))
+                .render_url(&ctx(false), &r, &given)
+        };
+        let cases: &[(&str, &str)] = &[
+            ("/users/{id}", "/users/..%2Fadmin"),
+            ("/s?q={q}&n={n}", "/s?q=a%26b%3Dc%20d&n=%C3%A9"),
+            (
+                "/o?u={user.id}&n={user.name}&t={user.tags.0}",
+                "/o?u=42&n=Ada%20L&t=x%2Fy",
+            ),
+            (
+                "/p{path}?{query}&t={header.x-tenant}",
+                "/p/in/path?x=1%202&t=acme",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(render(text).as_deref(), Ok(*want), "{text}");
+        }
+        assert_eq!(render("/{missing}"), Err(Unfilled::Param("missing".into())));
+        assert_eq!(
+            render("/{user.none}"),
+            Err(Unfilled::Field("none".into(), 0))
+        );
+        assert_eq!(
+            render("/{cart.total}"),
+            Err(Unfilled::Field("total".into(), 1))
+        );
+        let t = Template::parse_in("/{cart.a}/{user.b}/{cart.c}", scope).unwrap();
+        assert_eq!(t.calls().collect::<Vec<_>>(), [1, 0, 1]);
+    }
+
+    #[test]
+    fn call_variables_must_name_a_call_and_params_need_their_scope() {
+        let calls = ["user"];
+        let scope = Scope {
+            params: true,
+            calls: &calls,
+        };
+        let err = Template::parse_in("/{usr.id}", scope).unwrap_err();
+        assert!(err.contains("`usr` is not one of user"), "{err}");
+        // Outside aggregate call paths a bare name is still a typo.
+        assert!(Template::parse("/{id}").is_err());
+        assert!(Template::parse("/{user.id}").is_err());
+        assert_eq!(pointer("a.b~c/d.0"), "/a/b~0c~1d/0");
+        assert_eq!(dotted("/a/b~0c~1d/0"), "a.b~c/d.0");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The data plane for HTTP: the snapshot it serves from, the connection a
 //! request came on, the request pipeline, forwarding to upstreams, static
-//! files, and recording each request when its answer ends.
+//! files, aggregated calls, and recording each request when its answer ends.
 
+pub mod aggregate;
 pub mod connection;
 pub mod forward;
 #[cfg(test)]

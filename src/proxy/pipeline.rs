@@ -9,6 +9,7 @@
 //!    authorize, rate limit, validate, cache lookup, request transform); any
 //!    policy may answer and stop the chain.
 //! 5. **action**: forward to an upstream (or a weighted split), serve a file,
+//!    fan out to several upstreams and answer one JSON object (aggregate),
 //!    or answer directly.
 //! 6. **error hook**: when the upstream failed, the policies that ran hear
 //!    why (the gateway's 502/503/504 stands in for the upstream's answer).
@@ -191,6 +192,9 @@ where
                 resp
             }
             Action::Redirect(redirect) => redirect_to(redirect, &ctx, &req),
+            Action::Aggregate(aggregate) => {
+                aggregate.run(&ctx, &conn, &route, req.map(|_| ())).await
+            }
             Action::Static(dir) => {
                 let path = req.uri().path();
                 let path = match &route.rewrite {

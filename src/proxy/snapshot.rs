@@ -133,6 +133,8 @@ pub enum Action {
     Respond(DirectResponse),
     /// Answer with a redirect.
     Redirect(Redirect),
+    /// Call several upstreams, answer one JSON object.
+    Aggregate(super::aggregate::Aggregate),
 }
 
 /// A redirect: the request's URL with the configured parts replaced.

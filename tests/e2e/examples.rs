@@ -339,6 +339,25 @@ async fn api_gateway_example_runs_as_written() {
         "preflights stay at the gateway"
     );
 
+    // The summary: one request, the orders and catalogue services called
+    // in parallel with the token's subject, one JSON answer.
+    let r = client
+        .get(url("/v1/me/summary"))
+        .bearer_auth(&carol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["orders"]["backend"], "orders", "{v}");
+    assert_eq!(v["orders"]["path"], "/orders?user=carol&limit=5", "{v}");
+    assert_eq!(v["picks"]["path"], "/recommendations?for=carol", "{v}");
+    assert_eq!(
+        status_with(&url("/v1/me/summary"), &[]).await,
+        401,
+        "the calls need the token too"
+    );
+
     // Reports: basic auth against the consumer's argon2id hash.
     let r = client.get(url("/v1/reports/daily")).send().await.unwrap();
     assert_eq!(r.status(), 401);

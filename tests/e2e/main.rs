@@ -4,6 +4,7 @@
 
 mod access_log;
 mod admin;
+mod aggregate;
 mod balancing;
 mod basic_auth;
 mod check_cli;

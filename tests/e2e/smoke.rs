@@ -73,6 +73,17 @@ async fn demo_configuration_is_valid() {
     );
     let (status, _, text) = get(&gw.url("web", "/ping")).await;
     assert_eq!((status.as_u16(), text.as_str()), (200, "pong\n"));
+    // The aggregated dashboard: the user, the orders made with the user's
+    // answer, and the optional news (nothing listens there) as null.
+    let (status, _, text) = get(&gw.url("web", "/dashboard?id=42")).await;
+    assert_eq!(status, 200, "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(doc["user"]["path"], "/users/42", "{doc}");
+    let orders = doc["orders"].as_str().unwrap();
+    assert!(orders.starts_with("/orders?for="), "{doc}");
+    assert!(orders.ends_with("&limit=5"), "{doc}");
+    assert_eq!(doc["news"], serde_json::Value::Null);
+    assert_eq!(doc["_errors"][0]["call"], "news", "{doc}");
 }
 
 #[tokio::test]
