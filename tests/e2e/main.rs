@@ -12,6 +12,7 @@ mod common;
 mod consumers;
 mod cors;
 mod dns;
+mod docs_examples;
 mod examples;
 mod external_auth;
 mod forwarding;
