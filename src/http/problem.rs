@@ -9,6 +9,12 @@ use super::body::{Body, full};
 /// Media type of every error the gateway produces.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// Marks an answer the gateway or a policy made itself (a problem, a
+/// refusal) rather than one the upstream sent: response policies that
+/// rewrite the upstream's documents leave such answers as they are.
+#[derive(Clone, Copy, Debug)]
+pub struct GatewayAnswer;
+
 /// Builds a problem+json response with `status`, a client-facing `detail`
 /// and the request id so that a client report can be matched to a log line.
 pub fn problem(status: StatusCode, detail: &str, request_id: &str) -> Response<Body> {
@@ -24,6 +30,7 @@ pub fn problem(status: StatusCode, detail: &str, request_id: &str) -> Response<B
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    resp.extensions_mut().insert(GatewayAnswer);
     resp
 }
 
@@ -37,6 +44,7 @@ mod tests {
         let resp = problem(StatusCode::BAD_GATEWAY, "upstream failed", "abc");
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert!(resp.extensions().get::<GatewayAnswer>().is_some());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["status"], 502);

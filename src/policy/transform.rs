@@ -20,7 +20,7 @@
 //! malformed here.
 
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::Value;
 
 use super::template::Template;
@@ -28,7 +28,7 @@ use super::xml;
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::{FieldOpsDef, TransformDef, TransformStepDef};
 use crate::http::body::{Body, ReadError, full, read_whole};
-use crate::http::problem::problem;
+use crate::http::problem::{GatewayAnswer, problem};
 use crate::policy::context::RequestCtx;
 
 /// A dotted path into a JSON document, split once.
@@ -86,6 +86,12 @@ pub struct Transform {
 /// The response side's texts, filled in while the request was at hand.
 #[derive(Clone)]
 struct ResponseValues(Vec<Value>);
+
+/// Noted for a HEAD request: its answer has no body whatever its headers
+/// say, so the response side leaves it alone (an extension, not a field:
+/// only HEAD requests pay for it).
+#[derive(Clone, Copy)]
+struct HeadRequest;
 
 impl Transform {
     /// Checks the paths and the texts' variables.
@@ -331,6 +337,9 @@ impl Policy for Transform {
     }
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request<Body>) -> Flow {
+        if self.response.is_some() && req.method() == Method::HEAD {
+            ctx.extensions.insert(HeadRequest);
+        }
         // The response side's texts need the request, which is gone by then.
         if let Some(ops) = self.response.as_ref().and_then(Step::fields)
             && ops.set.iter().any(|(_, v)| matches!(v, SetValue::Text(_)))
@@ -416,9 +425,14 @@ impl Policy for Transform {
         resp: &'a mut Response<Body>,
     ) -> Option<BoxFuture<'a, ()>> {
         let step = self.response.as_ref()?;
-        // The gateway's own answers (problem+json for a failed upstream)
-        // are not the upstream's documents.
-        if !step.applies(resp.headers()) || ctx.upstream_error.is_some() {
+        // The gateway's own answers (problem+json for a failed upstream, a
+        // policy's refusal, this policy's own 400 or 413) are not the
+        // upstream's documents; an answer to HEAD has no body to change.
+        if !step.applies(resp.headers())
+            || ctx.upstream_error.is_some()
+            || resp.extensions().get::<GatewayAnswer>().is_some()
+            || ctx.extensions.get::<HeadRequest>().is_some()
+        {
             return None;
         }
         Some(Box::pin(async move {
@@ -438,8 +452,8 @@ impl Policy for Transform {
                     return;
                 }
             };
-            if bytes.is_empty() && step.fields().is_none() {
-                // Nothing to convert (a HEAD answer, a 204 that names its type).
+            if bytes.is_empty() {
+                // Nothing to change (a 204 or 304 that names its type).
                 *resp.body_mut() = full(bytes);
                 return;
             }

@@ -38,7 +38,7 @@ use super::forward::{self, Forwarded};
 use crate::http::body::{Body, BodyStats, BoxError, LimitedBody};
 use crate::http::headers::host_of;
 use crate::http::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
-use crate::http::problem::problem;
+use crate::http::problem::{GatewayAnswer, problem};
 use crate::observe::metrics::{RequestLabels, empty_label};
 use crate::policy::context::RequestCtx;
 use crate::policy::{Chain, Flow};
@@ -174,7 +174,12 @@ where
 
     // action
     let mut resp = match answered {
-        Some(resp) => resp,
+        Some(mut resp) => {
+            // A policy's refusal is the gateway's answer, not a document
+            // of the route's for response transforms to rewrite.
+            resp.extensions_mut().insert(GatewayAnswer);
+            resp
+        }
         None => match &route.action {
             Action::Respond(direct) => {
                 let body = match &direct.body_template {

@@ -222,3 +222,85 @@ async fn an_upstream_answer_that_is_not_xml_gives_502() {
     let (status, headers, text) = get(&gw.url("web", "/x")).await;
     assert_problem(status, &headers, &text, 502);
 }
+
+#[tokio::test]
+async fn a_transforms_own_refusals_pass_its_response_side_as_they_are() {
+    let backend = body_echo().await;
+    // Conversion on the way back: the 400 stays problem+json, not XML.
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, request: { remove: [a] }, response: json_to_xml }",
+    )
+    .await;
+    let (status, headers, text) = post(&gw.url("web", "/x"), "application/json", "{\"a\": ").await;
+    let v = assert_problem(
+        http::StatusCode::from_u16(status).unwrap(),
+        &headers,
+        &text,
+        400,
+    );
+    assert!(v["detail"].as_str().unwrap().contains("not valid JSON"), "{v}");
+
+    // Field changes on the way back: the problem body is not edited, and
+    // one larger than max_body stays the 413 it is (not a 502).
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, max_body: 64B, request: { remove: [a] }, response: { remove: [detail], set: { x: 1 } } }",
+    )
+    .await;
+    let url = gw.url("web", "/x");
+    let (status, headers, text) = post(&url, "application/json", "{\"a\": ").await;
+    let v = assert_problem(
+        http::StatusCode::from_u16(status).unwrap(),
+        &headers,
+        &text,
+        400,
+    );
+    assert!(v["detail"].is_string() && v.get("x").is_none(), "{v}");
+    let big = format!("{{\"a\": \"{}\"}}", "x".repeat(100));
+    let (status, headers, text) = post(&url, "application/json", &big).await;
+    let v = assert_problem(
+        http::StatusCode::from_u16(status).unwrap(),
+        &headers,
+        &text,
+        413,
+    );
+    assert!(v.get("x").is_none(), "{v}");
+    assert!(backend.seen().is_empty(), "refused bodies never reach the upstream");
+}
+
+#[tokio::test]
+async fn empty_json_answers_and_answers_to_head_pass_response_field_changes() {
+    // A 204 that names a JSON type has nothing to change.
+    let backend = Backend::start(|_req| async move {
+        let mut r = http::Response::new(body(""));
+        *r.status_mut() = http::StatusCode::NO_CONTENT;
+        r.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    })
+    .await;
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, response: { remove: [a], set: { x: 1 } } }",
+    )
+    .await;
+    let (status, _, text) = get(&gw.url("web", "/x")).await;
+    assert_eq!(status, 204, "{text}");
+    assert_eq!(text, "");
+
+    // HEAD: the answer keeps the length of the body a GET would get.
+    let backend = body_echo().await;
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, response: { remove: [user.secret], set: { x: 1 } } }",
+    )
+    .await;
+    let r = client().head(gw.url("web", "/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let length = r.headers()["content-length"].to_str().unwrap().to_string();
+    assert_ne!(length, "0", "the upstream's length stands");
+    assert_eq!(r.headers()["etag"], "\"v1\"", "nothing was rewritten");
+}
