@@ -353,12 +353,13 @@ impl Compiler<'_> {
                     return None;
                 }
             };
+            let literal = template.literal();
             match (
                 HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
+                literal.as_deref().map(HeaderValue::from_str),
             ) {
-                (Ok(n), _) if !template.is_constant() => header_templates.push((n, template)),
-                (Ok(n), Ok(v)) => {
+                (Ok(n), None) => header_templates.push((n, template)),
+                (Ok(n), Some(Ok(v))) => {
                     headers.append(n, v);
                 }
                 _ => {
@@ -371,8 +372,11 @@ impl Compiler<'_> {
                 }
             }
         }
-        let body_template = match Template::parse(&respond.body) {
-            Ok(t) => (!t.is_constant()).then_some(t),
+        let (body, body_template) = match Template::parse(&respond.body) {
+            Ok(t) => match t.literal() {
+                Some(literal) => (bytes::Bytes::from(literal), None),
+                None => (bytes::Bytes::new(), Some(t)),
+            },
             Err(e) => {
                 self.diag.error(&rat.key("body"), e, None);
                 return None;
@@ -380,7 +384,7 @@ impl Compiler<'_> {
         };
         Some(Action::Respond(DirectResponse {
             status,
-            body: bytes::Bytes::from(respond.body.replace("{{", "{").replace("}}", "}")),
+            body,
             body_template,
             headers,
             header_templates,

@@ -142,6 +142,21 @@ impl Template {
         self.pieces.iter().all(|p| matches!(p, Piece::Text(_)))
     }
 
+    /// The text of a template without variables, with `{{` and `}}`
+    /// already turned into single braces; `None` when it has variables.
+    /// Every place that sends a constant text as it is takes it from here,
+    /// so that the escape means the same everywhere.
+    pub fn literal(&self) -> Option<String> {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Var(_) => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// The text with this request's values filled in.
     pub fn render<B>(&self, ctx: &RequestCtx, req: &Request<B>) -> String {
         let mut out = String::new();
@@ -386,6 +401,15 @@ mod tests {
                 .is_constant()
         );
         assert!(!Template::parse("{path}").unwrap().is_constant());
+    }
+
+    #[test]
+    fn a_constant_texts_literal_has_the_escapes_turned_into_braces() {
+        let literal = |text: &str| Template::parse(text).unwrap().literal();
+        assert_eq!(literal("{{path}} {\"a\": 1}").as_deref(), Some("{path} {\"a\": 1}"));
+        assert_eq!(literal("}}{{").as_deref(), Some("}{"));
+        assert_eq!(literal("").as_deref(), Some(""));
+        assert_eq!(literal("/x/{path}"), None);
     }
 
     #[test]

@@ -160,8 +160,10 @@ fn field_ops(side: &str, def: &FieldOpsDef, errors: &mut Vec<(String, String)>) 
         let p = path(errors, format!("{side}.set.{at}"), at);
         let value = match value {
             Value::String(text) => match Template::parse(text) {
-                Ok(t) if t.is_constant() => SetValue::Json(Value::String(text.clone())),
-                Ok(t) => SetValue::Text(t),
+                Ok(t) => match t.literal() {
+                    Some(literal) => SetValue::Json(Value::String(literal)),
+                    None => SetValue::Text(t),
+                },
                 Err(e) => {
                     errors.push((format!("{side}.set.{at}"), e));
                     continue;

@@ -47,7 +47,7 @@ routes:
     respond:
       status: 200
       body: '{{"host": "{{host}}", "path": "{{path}}", "query": "{{query}}", "id": "{{request_id}}", "literal": "{{{{x}}}}"}}'
-      headers: {{ content-type: application/json, x-tenant-was: "{{header.x-tenant}}", x-fixed: "{{not a variable}}" }}
+      headers: {{ content-type: application/json, x-tenant-was: "{{header.x-tenant}}", x-fixed: "{{not a variable}}", x-escaped: "{{{{y}}}}" }}
   - name: all
     upstream: app
 upstreams:
@@ -104,6 +104,8 @@ async fn respond_fills_in_request_variables_and_leaves_other_braces() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-tenant-was"], "acme");
     assert_eq!(r.headers()["x-fixed"], "{not a variable}");
+    // `{{` and `}}` are braces in a header without variables too.
+    assert_eq!(r.headers()["x-escaped"], "{y}");
     let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(v["host"], "api.example.com");
     assert_eq!(v["path"], "/hello");

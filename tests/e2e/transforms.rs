@@ -304,3 +304,18 @@ async fn empty_json_answers_and_answers_to_head_pass_response_field_changes() {
     assert_ne!(length, "0", "the upstream's length stands");
     assert_eq!(r.headers()["etag"], "\"v1\"", "nothing was rewritten");
 }
+
+#[tokio::test]
+async fn doubled_braces_are_single_braces_in_set_strings_with_or_without_variables() {
+    let backend = body_echo().await;
+    let gw = gateway(
+        backend.addr,
+        r#"{ type: transform, response: { set: { plain: "{{x}}", filled: "{{{request_id}}}" } } }"#,
+    )
+    .await;
+    let (status, _, text) = post(&gw.url("web", "/x"), "application/json", "{}").await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["plain"], "{x}");
+    assert_eq!(v["filled"], "{req-abcdef12}");
+}
