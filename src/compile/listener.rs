@@ -75,6 +75,8 @@ impl Compiler<'_> {
             .iter()
             .map(|r| vec![false; r.skip_policies.len()])
             .collect();
+        // Routes already told that two cors policies apply to them.
+        let mut two_cors = vec![false; cfg.routes.len()];
         let mut out = Vec::new();
         for (li, l) in cfg.listeners.iter().enumerate() {
             let at = DocPath::root().key("listeners").index(li);
@@ -138,6 +140,9 @@ impl Compiler<'_> {
                     }
                 }
                 all.extend(route_policies.iter().cloned());
+                if !two_cors[*ri] {
+                    two_cors[*ri] = self.two_cors(cfg, *ri, &all);
+                }
                 specs.push(spec.clone());
                 bindings.push(Binding {
                     route: route.clone(),
@@ -187,6 +192,33 @@ impl Compiler<'_> {
             }
         }
         out
+    }
+
+    /// Refuses a chain with two `cors` policies (the listener's and the
+    /// route's, or two of the route's): each would answer or mark the
+    /// request by its own lists, so together they cancel each other out.
+    /// Says whether it refused.
+    fn two_cors(&mut self, cfg: &Config, ri: usize, chain: &[NamedPolicy]) -> bool {
+        let cors: Vec<&str> = chain
+            .iter()
+            .map(|p| &*p.name)
+            .filter(|name| matches!(cfg.policies.get(*name), Some(model::PolicyDef::Cors(_))))
+            .collect();
+        if cors.len() < 2 {
+            return false;
+        }
+        self.diag.error(
+            &DocPath::root().key("routes").index(ri),
+            format!(
+                "route `{}` gets two cors policies (`{}` and `{}`); only one can answer for it",
+                cfg.routes[ri].name, cors[0], cors[1]
+            ),
+            Some(
+                "put one cors policy on the route or on the listener; use skip_policies to replace a listener's"
+                    .into(),
+            ),
+        );
+        true
     }
 
     /// Compiles a `tcp`, `tls` or `udp` listener.

@@ -978,3 +978,47 @@ fn check_refuses_a_cors_policy_with_credentials_and_any_origin_and_a_bad_origin(
     let at: Vec<(u32, u32)> = errors.iter().map(|(l, c, _)| (*l, *c)).collect();
     assert_eq!(at, [(13, 21), (13, 26)], "{}", out.stderr);
 }
+
+#[test]
+fn check_refuses_two_cors_policies_on_one_route_at_the_route() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    policies: [site-cors]
+routes:
+  - name: api
+    match: { path_prefix: /api }
+    policies: [api-cors]
+    upstream: app
+  - name: both
+    match: { path_prefix: /both }
+    skip_policies: [site-cors]
+    policies: [api-cors, site-cors]
+    upstream: app
+  - name: replaced
+    match: { path_prefix: /replaced }
+    skip_policies: [site-cors]
+    policies: [api-cors]
+    upstream: app
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+policies:
+  site-cors: { type: cors, allow_origins: [\"https://www.example.com\"] }
+  api-cors: { type: cors, allow_origins: [\"https://app.example.com\"] }
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let errors = out.errors();
+    assert_eq!(errors.len(), 2, "{}", out.stderr);
+    // The listener's and the route's; then two of the route's own.
+    assert_eq!(errors[0].0, 6, "{}", out.stderr);
+    assert!(errors[0].2.contains("route `api` gets two cors policies"), "{}", out.stderr);
+    assert_eq!(errors[1].0, 10, "{}", out.stderr);
+    assert!(errors[1].2.contains("route `both`"), "{}", out.stderr);
+    let hint = out.hint_for("route `api` gets two cors policies");
+    assert!(hint.contains("skip_policies"), "{hint}");
+}
