@@ -61,6 +61,7 @@ impl Compiler<'_> {
                 }
             }
         }
+        self.redirect_loops(cfg, &attached);
         // Route index in `routes` by file index (routes that failed to compile are absent).
         let by_name: HashMap<&str, usize> = routes
             .iter()
@@ -219,6 +220,48 @@ impl Compiler<'_> {
             ),
         );
         true
+    }
+
+    /// Refuses a redirect that can only send clients back to the URL they
+    /// asked for: it names a scheme every listener of its route already
+    /// has and changes nothing else (a route on both an http and an https
+    /// listener may name https: it moves the http clients).
+    fn redirect_loops(&mut self, cfg: &Config, attached: &[Vec<usize>]) {
+        for (ri, r) in cfg.routes.iter().enumerate() {
+            let Some(def) = &r.redirect else { continue };
+            let Some(scheme) = def.scheme.as_deref() else {
+                continue;
+            };
+            let protocol = match scheme {
+                "http" => Protocol::Http,
+                "https" => Protocol::Https,
+                // Refused where the redirect is compiled.
+                _ => continue,
+            };
+            if def.host.is_some() || def.port.is_some() || def.path.is_some() || def.strip_query {
+                continue;
+            }
+            let mut listeners = attached
+                .iter()
+                .enumerate()
+                .filter(|(_, routes)| routes.contains(&ri))
+                .map(|(li, _)| &cfg.listeners[li]);
+            let Some(first) = listeners.next() else {
+                continue;
+            };
+            if first.protocol == protocol && listeners.all(|l| l.protocol == protocol) {
+                self.diag.error(
+                    &DocPath::root().key("routes").index(ri).key("redirect").key("scheme"),
+                    format!(
+                        "this redirect sends clients back to the URL they asked for: every listener of route `{}` is already {scheme}",
+                        r.name
+                    ),
+                    Some(format!(
+                        "attach the route to a listener that is not {scheme}, or change the host, port, path or query as well"
+                    )),
+                );
+            }
+        }
     }
 
     /// Compiles a `tcp`, `tls` or `udp` listener.

@@ -1022,3 +1022,52 @@ policies:
     let hint = out.hint_for("route `api` gets two cors policies");
     assert!(hint.contains("skip_policies"), "{hint}");
 }
+
+#[test]
+fn check_refuses_a_redirect_to_the_scheme_every_listener_of_its_route_has() {
+    let out = check(
+        "portcullis.yaml",
+        "\
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+  - name: secure
+    address: 127.0.0.1:0
+    protocol: https
+    tls: { certificates: [ { cert: missing.pem, key: missing.key } ] }
+routes:
+  - name: to-http
+    listeners: [web]
+    match: { path: /a }
+    redirect: { scheme: http }
+  - name: to-https
+    listeners: [secure]
+    match: { path: /b }
+    redirect: { scheme: https, status: 308 }
+  - name: upgrade
+    match: { path: /c }
+    redirect: { scheme: https, status: 308 }
+  - name: moved
+    listeners: [web]
+    match: { path: /d }
+    redirect: { scheme: http, path: /e }
+upstreams:
+  - name: app
+    targets: [127.0.0.1:9]
+",
+    );
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let looping: Vec<(u32, String)> = out
+        .errors()
+        .into_iter()
+        .filter(|(_, _, m)| m.contains("back to the URL they asked for"))
+        .map(|(line, _, m)| (line, m))
+        .collect();
+    assert_eq!(looping.len(), 2, "{}", out.stderr);
+    assert_eq!(looping[0].0, 12, "{}", out.stderr);
+    assert!(looping[0].1.contains("already http"), "{}", out.stderr);
+    assert_eq!(looping[1].0, 16, "{}", out.stderr);
+    assert!(looping[1].1.contains("already https"), "{}", out.stderr);
+    let hint = out.hint_for("every listener of route `to-http`");
+    assert!(hint.contains("attach the route"), "{hint}");
+}
