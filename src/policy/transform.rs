@@ -279,7 +279,8 @@ fn take(doc: &mut Value, path: &[String]) -> Option<Value> {
         };
     }
     match at {
-        Value::Object(m) => m.remove(last),
+        // shift_remove, not remove: the members after it keep their order.
+        Value::Object(m) => m.shift_remove(last),
         Value::Array(a) => {
             let i = last.parse::<usize>().ok().filter(|i| *i < a.len())?;
             Some(a.remove(i))
@@ -566,6 +567,24 @@ mod tests {
                 "meta": {"version": 2},
                 "flag": null,
             })
+        );
+    }
+
+    #[test]
+    fn members_keep_their_order_and_new_ones_come_last() {
+        let o = ops(
+            &["secret", "b.x"],
+            &[("m", "renamed")],
+            &[("b.new", json!(1)), ("added", json!(true))],
+        );
+        let mut doc: Value =
+            serde_json::from_str(r#"{"z":1,"secret":0,"m":2,"b":{"y":1,"x":2,"a":3},"c":4}"#)
+                .unwrap();
+        // Set values come in path order (`added` before `b.new`).
+        o.apply(&mut doc, &[json!(true), json!(1)]);
+        assert_eq!(
+            serde_json::to_string(&doc).unwrap(),
+            r#"{"z":1,"b":{"y":1,"a":3,"new":1},"c":4,"renamed":2,"added":true}"#
         );
     }
 

@@ -319,3 +319,30 @@ async fn doubled_braces_are_single_braces_in_set_strings_with_or_without_variabl
     assert_eq!(v["plain"], "{x}");
     assert_eq!(v["filled"], "{req-abcdef12}");
 }
+
+#[tokio::test]
+async fn members_keep_their_order_through_field_changes_and_json_to_xml() {
+    let backend = typed_answer(
+        "application/json",
+        r#"{"z":1,"secret":0,"b":{"y":2,"a":3},"m":4}"#,
+    )
+    .await;
+    let gw = gateway(backend.addr, "{ type: transform, response: { remove: [secret] } }").await;
+    let (status, _, text) = get(&gw.url("web", "/x")).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, r#"{"z":1,"b":{"y":2,"a":3},"m":4}"#);
+
+    // Schema-ordered XML: Header stays before Body.
+    let backend = typed_answer(
+        "application/json",
+        r#"{"Envelope":{"Header":{"z":"1","a":"2"},"Body":{"Op":"x"}}}"#,
+    )
+    .await;
+    let gw = gateway(backend.addr, "{ type: transform, response: json_to_xml }").await;
+    let (status, _, text) = get(&gw.url("web", "/x")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.ends_with("<Envelope><Header><z>1</z><a>2</a></Header><Body><Op>x</Op></Body></Envelope>"),
+        "{text}"
+    );
+}
