@@ -23,7 +23,10 @@
 //! and an error the gateway made after routing (413, 502, 503, 504). So a
 //! CORS policy (request phase filter) adds its headers to a 401, and a
 //! compress policy (request phase filter: it only notes what the client
-//! accepts) sees every body. Two hooks observe the rest: [`Policy::on_error`]
+//! accepts) sees every body. An answer the gateway or a policy made
+//! carries [`crate::http::problem::GatewayAnswer`] in its extensions, so a
+//! policy that rewrites the upstream's documents (`transform`) can leave
+//! it as it is. Two hooks observe the rest: [`Policy::on_error`]
 //! when the upstream failed (before the response phases, with the reason),
 //! and [`Policy::on_log`] after the answer's last byte (with the outcome).
 //!
