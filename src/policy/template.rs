@@ -406,7 +406,10 @@ mod tests {
     #[test]
     fn a_constant_texts_literal_has_the_escapes_turned_into_braces() {
         let literal = |text: &str| Template::parse(text).unwrap().literal();
-        assert_eq!(literal("{{path}} {\"a\": 1}").as_deref(), Some("{path} {\"a\": 1}"));
+        assert_eq!(
+            literal("{{path}} {\"a\": 1}").as_deref(),
+            Some("{path} {\"a\": 1}")
+        );
         assert_eq!(literal("}}{{").as_deref(), Some("}{"));
         assert_eq!(literal("").as_deref(), Some(""));
         assert_eq!(literal("/x/{path}"), None);

@@ -669,13 +669,14 @@ mod tests {
     fn members_and_elements_keep_their_order_both_ways() {
         // Schema-ordered XML (SOAP: Header before Body) needs JSON member
         // order kept, not sorted.
-        let doc: Value = serde_json::from_str(
-            r#"{"Envelope":{"Header":{"z":"1","a":"2"},"Body":{"Op":"x"}}}"#,
-        )
-        .unwrap();
+        let doc: Value =
+            serde_json::from_str(r#"{"Envelope":{"Header":{"z":"1","a":"2"},"Body":{"Op":"x"}}}"#)
+                .unwrap();
         let xml = String::from_utf8(json_to_xml(&doc).unwrap()).unwrap();
         assert!(
-            xml.ends_with("<Envelope><Header><z>1</z><a>2</a></Header><Body><Op>x</Op></Body></Envelope>"),
+            xml.ends_with(
+                "<Envelope><Header><z>1</z><a>2</a></Header><Body><Op>x</Op></Body></Envelope>"
+            ),
             "{xml}"
         );
         let back = xml_to_json(b"<r><z>1</z><b>2</b><a x=\"1\">3</a></r>").unwrap();

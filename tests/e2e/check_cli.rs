@@ -1016,7 +1016,11 @@ policies:
     assert_eq!(errors.len(), 2, "{}", out.stderr);
     // The listener's and the route's; then two of the route's own.
     assert_eq!(errors[0].0, 6, "{}", out.stderr);
-    assert!(errors[0].2.contains("route `api` gets two cors policies"), "{}", out.stderr);
+    assert!(
+        errors[0].2.contains("route `api` gets two cors policies"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(errors[1].0, 10, "{}", out.stderr);
     assert!(errors[1].2.contains("route `both`"), "{}", out.stderr);
     let hint = out.hint_for("route `api` gets two cors policies");

@@ -239,7 +239,10 @@ async fn a_transforms_own_refusals_pass_its_response_side_as_they_are() {
         &text,
         400,
     );
-    assert!(v["detail"].as_str().unwrap().contains("not valid JSON"), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("not valid JSON"),
+        "{v}"
+    );
 
     // Field changes on the way back: the problem body is not edited, and
     // one larger than max_body stays the 413 it is (not a 502).
@@ -266,7 +269,10 @@ async fn a_transforms_own_refusals_pass_its_response_side_as_they_are() {
         413,
     );
     assert!(v.get("x").is_none(), "{v}");
-    assert!(backend.seen().is_empty(), "refused bodies never reach the upstream");
+    assert!(
+        backend.seen().is_empty(),
+        "refused bodies never reach the upstream"
+    );
 }
 
 #[tokio::test]
@@ -327,7 +333,11 @@ async fn members_keep_their_order_through_field_changes_and_json_to_xml() {
         r#"{"z":1,"secret":0,"b":{"y":2,"a":3},"m":4}"#,
     )
     .await;
-    let gw = gateway(backend.addr, "{ type: transform, response: { remove: [secret] } }").await;
+    let gw = gateway(
+        backend.addr,
+        "{ type: transform, response: { remove: [secret] } }",
+    )
+    .await;
     let (status, _, text) = get(&gw.url("web", "/x")).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(text, r#"{"z":1,"b":{"y":2,"a":3},"m":4}"#);
@@ -342,7 +352,9 @@ async fn members_keep_their_order_through_field_changes_and_json_to_xml() {
     let (status, _, text) = get(&gw.url("web", "/x")).await;
     assert_eq!(status, 200, "{text}");
     assert!(
-        text.ends_with("<Envelope><Header><z>1</z><a>2</a></Header><Body><Op>x</Op></Body></Envelope>"),
+        text.ends_with(
+            "<Envelope><Header><z>1</z><a>2</a></Header><Body><Op>x</Op></Body></Envelope>"
+        ),
         "{text}"
     );
 }
