@@ -76,8 +76,8 @@ EOF
 # The backend and the load generator share CPU 1; the gateway has CPU 0.
 taskset -c 1 "$BACKEND_BIN" --listen "127.0.0.1:$BACKEND_PORT" >"$RUN_DIR/backend.log" 2>&1 &
 PIDS+=($!)
-TOKIO_WORKER_THREADS=1 taskset -c 0 "$PORTCULLIS_BIN" run -c "$RUN_DIR/portcullis.yaml" \
-  --log-level warn >"$RUN_DIR/gateway.log" 2>&1 &
+RUST_LOG=warn TOKIO_WORKER_THREADS=1 taskset -c 0 "$PORTCULLIS_BIN" run -c "$RUN_DIR/portcullis.yaml" \
+  >"$RUN_DIR/gateway.log" 2>&1 &
 PIDS+=($!)
 wait_port "$BACKEND_PORT"
 wait_port "$GATEWAY_PORT"
