@@ -137,7 +137,7 @@ async fn three_calls_of_200_ms_take_about_as_long_as_one() {
     );
     assert!(took >= Duration::from_millis(200), "{took:?}");
     assert!(
-        took < Duration::from_millis(450),
+        took < Duration::from_millis(480),
         "three 200 ms calls took {took:?}: not in parallel"
     );
 }
@@ -296,7 +296,7 @@ async fn a_call_that_uses_an_earlier_answer_runs_after_it_and_the_rest_in_parall
     assert_eq!(doc["user"]["id"], "42");
     assert_eq!(doc["orders"]["query"], "user=42&name=Ada&tag=a%26b");
     assert_eq!(doc["slow"]["name"], "x");
-    assert!(took < Duration::from_millis(450), "{took:?}");
+    assert!(took < Duration::from_millis(480), "{took:?}");
     let seen: Vec<String> = backend.seen().iter().map(|s| s.uri.clone()).collect();
     let at = |prefix: &str| seen.iter().position(|u| u.starts_with(prefix)).unwrap();
     assert!(at("/users/42") < at("/orders"), "{seen:?}");
