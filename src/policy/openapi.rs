@@ -456,7 +456,17 @@ fn is_base64(s: &str) -> bool {
 impl OpenApi {
     /// Reads the document and compiles a validator for each of its schemas.
     pub fn build(def: &OpenApiDef, env: &BuildEnv) -> Result<OpenApi, Vec<(String, String)>> {
-        let path = env.resolve(&def.spec);
+        OpenApi::load(def, env.base, env.name)
+    }
+
+    /// As [`OpenApi::build`], with `spec` relative to `base`, for a policy
+    /// named `name` (in log lines).
+    pub fn load(
+        def: &OpenApiDef,
+        base: &std::path::Path,
+        name: &str,
+    ) -> Result<OpenApi, Vec<(String, String)>> {
+        let path = crate::config::resolve_path(base, &def.spec);
         let display = def.spec.display().to_string();
         let errors = |es: Vec<SpecError>| -> Vec<(String, String)> {
             es.into_iter()
@@ -525,7 +535,7 @@ impl OpenApi {
             format!("/{}", spec.base_path.join("/"))
         };
         Ok(OpenApi {
-            name: env.name.to_string(),
+            name: name.to_string(),
             matcher,
             base,
             items,
@@ -1343,6 +1353,35 @@ components:
         .collect();
         want.sort();
         assert_eq!(got, want);
+        let r = check(&p, "POST", "/v1/orders", &[JSON], body).unwrap_err();
+        let message = |pointer: &str| {
+            r.violations
+                .iter()
+                .find(|v| v.pointer == pointer)
+                .map(|v| v.message.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            message("/body/items/0/qty"),
+            "0 is less than the minimum of 1"
+        );
+        assert_eq!(
+            message("/body/customer"),
+            r#""not-an-email" is not a "email""#
+        );
+        // Long values are not quoted back.
+        let long = format!(
+            r#"{{"customer": "a@b.c", "items": [], "note": "{}"}}"#,
+            "x".repeat(100)
+        );
+        let r = check(&p, "POST", "/v1/orders", &[JSON], &long).unwrap_err();
+        let note = r
+            .violations
+            .iter()
+            .find(|v| v.pointer == "/body/note")
+            .unwrap();
+        assert!(!note.message.contains("xxxx"), "{}", note.message);
+        assert!(note.message.starts_with("the value"), "{}", note.message);
     }
 
     #[test]

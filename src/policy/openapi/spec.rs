@@ -1345,6 +1345,12 @@ components:
         ));
         assert!(m[0].starts_with("specs/api.yaml:11:"), "{m:?}");
         assert!(m[0].contains("not a valid schema"), "{m:?}");
+        assert!(
+            m[0].contains(
+                r#""strin" is not valid under any of the schemas listed in the 'anyOf' keyword"#
+            ),
+            "{m:?}"
+        );
 
         let m = messages(load("openapi: 3.0.0\npaths:\n  /a: [\n"));
         assert!(m[0].starts_with("specs/api.yaml:"), "{m:?}");
