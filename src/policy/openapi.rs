@@ -893,12 +893,12 @@ impl Refusal {
     }
 }
 
+/// The compiled validators, and for each bundle entry its validator's index.
+type Compiled = (Vec<jsonschema::Validator>, Vec<Option<usize>>);
+
 /// Compiles a validator for every schema a parameter or body names
-/// directly (the shared ones come with them through `$ref`): the
-/// validators, and for each bundle entry its validator's index.
-fn compile(
-    spec: &mut Spec,
-) -> Result<(Vec<jsonschema::Validator>, Vec<Option<usize>>), Vec<SpecError>> {
+/// directly (the shared ones come with them through `$ref`).
+fn compile(spec: &mut Spec) -> Result<Compiled, Vec<SpecError>> {
     let mut used = vec![false; spec.defs.len()];
     for item in &spec.paths {
         for op in &item.operations {
