@@ -120,6 +120,7 @@ pub struct OpenApi {
 struct PendingBody {
     violations: Vec<Violation>,
     validator: usize,
+    required: bool,
 }
 
 /// The operation a request matched, for the response phase.
@@ -149,7 +150,12 @@ enum BodyPlan {
     /// Nothing to read.
     Nothing,
     /// Read it and validate it with this validator.
-    Read(usize),
+    Read {
+        /// The body's schema.
+        validator: usize,
+        /// Whether an empty body breaks the document.
+        required: bool,
+    },
 }
 
 /// Whether a media type is JSON (`application/json` or `+json`).
@@ -654,11 +660,7 @@ impl OpenApi {
         if let Some((required, content)) = &op.body {
             if !has_body {
                 if *required {
-                    violations.push(Violation {
-                        pointer: "/body".into(),
-                        rule: "required".into(),
-                        message: "this operation requires a request body".into(),
-                    });
+                    violations.push(body_required());
                 }
             } else if !content.is_empty() {
                 let ctype = headers
@@ -717,7 +719,10 @@ impl OpenApi {
                             violations,
                         );
                     }
-                    body = BodyPlan::Read(v);
+                    body = BodyPlan::Read {
+                        validator: v,
+                        required: *required,
+                    };
                 }
             }
         }
@@ -728,9 +733,13 @@ impl OpenApi {
         }
     }
 
-    /// Checks a JSON body with validator `v`, adding its violations.
-    fn body(&self, v: usize, bytes: &[u8], violations: &mut Vec<Violation>) {
+    /// Checks a JSON body with validator `v`, adding its violations; an
+    /// empty body is one only when it is `required`.
+    fn body(&self, v: usize, bytes: &[u8], required: bool, violations: &mut Vec<Violation>) {
         if bytes.is_empty() {
+            if required {
+                violations.push(body_required());
+            }
             return;
         }
         match serde_json::from_slice::<Value>(bytes) {
@@ -756,8 +765,12 @@ impl OpenApi {
                 body: plan,
                 ..
             } => {
-                if let BodyPlan::Read(v) = plan {
-                    self.body(v, body, &mut violations);
+                if let BodyPlan::Read {
+                    validator,
+                    required,
+                } = plan
+                {
+                    self.body(validator, body, required, &mut violations);
                 }
                 invalid(violations)
             }
@@ -854,6 +867,14 @@ impl OpenApi {
                 Map::new(),
             );
         }
+    }
+}
+
+fn body_required() -> Violation {
+    Violation {
+        pointer: "/body".into(),
+        rule: "required".into(),
+        message: "this operation requires a request body".into(),
     }
 }
 
@@ -1024,10 +1045,14 @@ impl Policy for OpenApi {
                     ctx.extensions.insert(matched);
                 }
                 match body {
-                    BodyPlan::Read(validator) => {
+                    BodyPlan::Read {
+                        validator,
+                        required,
+                    } => {
                         ctx.extensions.insert(PendingBody {
                             violations,
                             validator,
+                            required,
                         });
                         Flow::Continue
                     }
@@ -1050,6 +1075,7 @@ impl Policy for OpenApi {
             let PendingBody {
                 mut violations,
                 validator,
+                required,
             } = pending;
             let body = std::mem::replace(req.body_mut(), crate::http::body::empty());
             let bytes = match crate::http::body::read_whole(body, self.max_body).await {
@@ -1074,7 +1100,7 @@ impl Policy for OpenApi {
                     ));
                 }
             };
-            self.body(validator, &bytes, &mut violations);
+            self.body(validator, &bytes, required, &mut violations);
             match invalid(violations) {
                 Ok(()) => {
                     *req.body_mut() = full(bytes);
@@ -1142,7 +1168,7 @@ impl Policy for OpenApi {
                 }
             };
             let mut violations = Vec::new();
-            self.body(validator, &bytes, &mut violations);
+            self.body(validator, &bytes, false, &mut violations);
             *resp.body_mut() = full(bytes);
             if !violations.is_empty() {
                 self.answer_broke(ctx, resp, &violations);

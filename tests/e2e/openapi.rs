@@ -274,6 +274,18 @@ async fn a_content_type_the_operation_does_not_list_gets_415() {
     let (status, headers, text) = send("POST", &gw.url("web", "/v1/orders"), &[KEY], "").await;
     let problem = assert_problem(status, &headers, &text, 400);
     assert_eq!(violations(&problem), pairs(&[("/body", "required")]));
+    // So is an empty chunked one, which is only known empty once read.
+    let answer = raw(
+        gw.addr("web"),
+        b"POST /v1/orders HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n\
+          Idempotency-Key: 1b4e28ba-2fa1-11d2-883f-0016d3cca427\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains(r#""pointer":"/body","rule":"required""#), "{answer}");
+    assert!(backend.seen().is_empty());
 }
 
 #[tokio::test]

@@ -113,8 +113,10 @@ fn fit<'s>(parts: &[Part], segment: &'s str, out: &mut Vec<&'s str>) -> bool {
             Part::Param(_) => {
                 let value = match parts.get(i + 1) {
                     Some(Part::Literal(next)) => {
-                        match rest.get(1..).and_then(|r| r.find(next.as_str())) {
-                            Some(at) => &rest[..at + 1],
+                        // At least one character, whatever its length in bytes.
+                        let first = rest.chars().next().map_or(0, char::len_utf8);
+                        match rest[first..].find(next.as_str()) {
+                            Some(at) => &rest[..first + at],
                             None => return false,
                         }
                     }
@@ -292,6 +294,10 @@ mod tests {
             Some(vec![("major", "2")])
         );
         assert_eq!(m.find("/v/x"), None, "a parameter is never empty");
+        assert_eq!(
+            m.find("/files/é.txt").map(|f| f.params),
+            Some(vec![("name", "é"), ("ext", "txt")])
+        );
     }
 
     #[test]
