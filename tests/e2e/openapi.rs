@@ -284,7 +284,10 @@ async fn a_content_type_the_operation_does_not_list_gets_415() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains(r#""pointer":"/body","rule":"required""#), "{answer}");
+    assert!(
+        answer.contains(r#""pointer":"/body","rule":"required""#),
+        "{answer}"
+    );
     assert!(backend.seen().is_empty());
 }
 

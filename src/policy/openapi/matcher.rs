@@ -300,6 +300,59 @@ mod tests {
         );
     }
 
+    /// The template with the values put back in place of its parameters.
+    fn rebuilt(template: &str, params: &[(&str, &str)]) -> String {
+        let mut out = String::new();
+        let mut values = params.iter();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            out.push_str(&rest[..open]);
+            let close = open + rest[open..].find('}').unwrap();
+            let (name, value) = values.next().unwrap();
+            assert_eq!(*name, &rest[open + 1..close]);
+            assert!(!value.is_empty());
+            out.push_str(value);
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    #[test]
+    fn every_match_puts_the_path_back_together() {
+        let templates = [
+            "/orders",
+            "/orders/{id}",
+            "/orders/mine",
+            "/orders/{id}/items/{item}",
+            "/files/{name}.{ext}",
+            "/files/{name}",
+            "/v{major}.{minor}/x",
+            "/a/{b}-{c}/d",
+        ];
+        let m = matcher(&templates);
+        let pieces = [
+            "orders", "mine", "42", "items", "files", "a.b", "v1.2", "x", "a", "b-c", "d", "", "é.",
+        ];
+        let mut found = 0;
+        let mut paths = vec![String::new()];
+        for _ in 0..4 {
+            let mut longer = Vec::new();
+            for p in &paths {
+                for piece in pieces {
+                    let path = format!("{p}/{piece}");
+                    if let Some(f) = m.find(&path) {
+                        found += 1;
+                        assert_eq!(rebuilt(templates[f.item], &f.params), path);
+                    }
+                    longer.push(path);
+                }
+            }
+            paths = longer;
+        }
+        assert!(found > 100, "{found}");
+    }
+
     #[test]
     fn bad_templates_are_refused() {
         let mut m = Matcher::default();
