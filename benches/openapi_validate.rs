@@ -90,6 +90,10 @@ fn validate(c: &mut Criterion) {
             ))
         })
     });
+    // The part of the above that is JSON parsing alone, for comparison.
+    group.bench_function("parse_order_1k", |b| {
+        b.iter(|| black_box(serde_json::from_slice::<serde_json::Value>(black_box(&body)).unwrap()))
+    });
     group.throughput(Throughput::Elements(1));
     group.bench_function("get_orders_query_and_header", |b| {
         b.iter(|| {

@@ -408,6 +408,11 @@ fn collect(
     prefix: &str,
     out: &mut Vec<Violation>,
 ) {
+    // The common case, a valid value, takes the validator's fast path;
+    // the errors are gathered only for an invalid one.
+    if validator.is_valid(instance) {
+        return;
+    }
     for e in validator.iter_errors(instance) {
         if out.len() >= MAX_VIOLATIONS {
             return;
