@@ -755,6 +755,8 @@ pub enum PolicyDef {
     Allow(AllowDef),
     /// Changes to JSON bodies on their way in and out.
     Transform(TransformDef),
+    /// Requests (and optionally answers) checked against an OpenAPI 3.0/3.1 document.
+    Openapi(OpenApiDef),
     /// An auth service asked about every request (Traefik's ForwardAuth,
     /// nginx's auth_request).
     ForwardAuth(ForwardAuthDef),
@@ -989,6 +991,36 @@ pub struct TransformDef {
 
 fn default_transform_max_body() -> Size {
     Size(1 << 20)
+}
+
+/// `type: openapi`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiDef {
+    /// The OpenAPI 3.0 or 3.1 document (YAML or JSON), relative to this file's directory.
+    pub spec: PathBuf,
+    /// Answer undocumented paths with 404 and undocumented methods with 405.
+    #[serde(default)]
+    pub strict: bool,
+    /// Whether upstream answers are checked too: `off`, `log` or `enforce` (502).
+    #[serde(default)]
+    pub validate_responses: ResponseValidation,
+    /// The largest body read to validate (past it: 413 for a request).
+    #[serde(default = "default_transform_max_body")]
+    pub max_body: Size,
+}
+
+/// What `openapi` does with upstream answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseValidation {
+    /// Answers pass unchecked.
+    #[default]
+    Off,
+    /// Answers are checked; a mismatch is logged and the answer passes.
+    Log,
+    /// Answers are checked; a mismatch becomes a 502.
+    Enforce,
 }
 
 /// One direction of a transform: a conversion, or field changes.

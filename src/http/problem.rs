@@ -18,14 +18,31 @@ pub struct GatewayAnswer;
 /// Builds a problem+json response with `status`, a client-facing `detail`
 /// and the request id so that a client report can be matched to a log line.
 pub fn problem(status: StatusCode, detail: &str, request_id: &str) -> Response<Body> {
+    problem_with(status, detail, request_id, serde_json::Map::new())
+}
+
+/// A problem+json response as [`problem`] makes it, with `extra` members
+/// (RFC 9457 extensions, such as a list of violations) after the standard ones.
+pub fn problem_with(
+    status: StatusCode,
+    detail: &str,
+    request_id: &str,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Response<Body> {
     let title = status.canonical_reason().unwrap_or("Error");
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "type": "about:blank",
         "title": title,
         "status": status.as_u16(),
         "detail": detail,
         "request_id": request_id,
     });
+    if let Some(members) = body.as_object_mut() {
+        for (k, v) in extra {
+            // The standard members keep their meaning.
+            members.entry(k).or_insert(v);
+        }
+    }
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -50,6 +67,19 @@ mod tests {
         assert_eq!(v["status"], 502);
         assert_eq!(v["title"], "Bad Gateway");
         assert_eq!(v["detail"], "upstream failed");
+        assert_eq!(v["request_id"], "abc");
+    }
+
+    #[tokio::test]
+    async fn extra_members_follow_the_standard_ones_without_replacing_them() {
+        let mut extra = serde_json::Map::new();
+        extra.insert("errors".into(), serde_json::json!([{"pointer": "/body"}]));
+        extra.insert("status".into(), serde_json::json!(200));
+        let resp = problem_with(StatusCode::BAD_REQUEST, "invalid", "abc", extra);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["errors"][0]["pointer"], "/body");
         assert_eq!(v["request_id"], "abc");
     }
 }

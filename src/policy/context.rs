@@ -29,6 +29,10 @@ pub struct RequestCtx {
     /// Why the upstream gave no answer, when it did not (the gateway's
     /// 502/503/504 then stands in for it).
     pub upstream_error: Option<crate::upstream::UpstreamError>,
+    /// Whether the answer is the upstream's own (not a policy's refusal,
+    /// a direct answer, a file or the gateway's error), for policies that
+    /// check what upstreams send.
+    pub upstream_answered: bool,
     /// What policies pass from their request phase to their response or
     /// log phase (allocated only when one inserts something).
     pub extensions: http::Extensions,
@@ -77,6 +81,7 @@ impl RequestCtx {
             tls,
             identity: None,
             upstream_error: None,
+            upstream_answered: false,
             extensions: http::Extensions::new(),
             response_headers: Vec::new(),
             cors: CorsMark::default(),

@@ -45,6 +45,7 @@ pub mod introspection;
 pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
+pub mod openapi;
 #[cfg(test)]
 pub mod probe;
 pub mod rate_limit;
@@ -289,6 +290,7 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::BasicAuth(d) => Ok(Arc::new(basic_auth::BasicAuth::build(d, env)?)),
         PolicyDef::Allow(d) => Ok(Arc::new(allow::Allow::build(d, env)?)),
         PolicyDef::Transform(d) => Ok(Arc::new(transform::Transform::build(d, env)?)),
+        PolicyDef::Openapi(d) => Ok(Arc::new(openapi::OpenApi::build(d, env)?)),
         PolicyDef::ForwardAuth(d) => Ok(Arc::new(forward_auth::ForwardAuth::build(d, env)?)),
         PolicyDef::Introspection(d) => Ok(Arc::new(introspection::Introspection::build(d, env)?)),
         PolicyDef::Cors(d) => Ok(Arc::new(cors::Cors::build(d)?)),

@@ -277,6 +277,7 @@ fn note_upstream(
 ) -> Response<Body> {
     record.labels.upstream = upstream.name.clone();
     ctx.upstream_error = forwarded.error;
+    ctx.upstream_answered = forwarded.error.is_none();
     if let Some(log) = record.log.as_mut() {
         log.target = forwarded.target;
     }

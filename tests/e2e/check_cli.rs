@@ -1075,3 +1075,85 @@ upstreams:
     let hint = out.hint_for("every listener of route `to-http`");
     assert!(hint.contains("attach the route"), "{hint}");
 }
+
+/// Runs `portcullis check` on MINIMAL plus an `openapi` policy whose
+/// description is `spec` (written as specs/orders.yaml beside the file).
+fn check_openapi(spec: Option<&str>) -> Checked {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("specs")).unwrap();
+    if let Some(spec) = spec {
+        std::fs::write(dir.path().join("specs/orders.yaml"), spec).unwrap();
+    }
+    let file = dir.path().join("portcullis.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{MINIMAL}policies:\n  orders-spec: {{ type: openapi, spec: specs/orders.yaml }}\n"
+        ),
+    )
+    .unwrap();
+    let out = check_path(&file);
+    Checked {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        file,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn check_reads_an_openapi_description_and_reports_its_mistakes_at_their_own_lines() {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/specs/orders.yaml"),
+    )
+    .unwrap();
+    // Without its sibling common.yaml the example's `$ref`s point nowhere.
+    let out = check_openapi(Some(&example));
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot read `specs/common.yaml`"),
+        "{}",
+        out.stderr
+    );
+
+    // A schema with a type that does not exist, on the spec's line 9.
+    let out = check_openapi(Some(
+        "openapi: 3.0.3
+info: { title: t, version: '1' }
+paths:
+  /orders:
+    post:
+      requestBody:
+        content:
+          application/json:
+            schema: { type: object, properties: { qty: { type: int } } }
+      responses:
+        '201': { description: created }
+",
+    ));
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("policy `orders-spec`");
+    assert_eq!(line, 11, "the policy's line: {message}");
+    assert!(message.contains("specs/orders.yaml:9:"), "{message}");
+    assert!(message.contains("not a valid schema"), "{message}");
+
+    // YAML that does not parse, on line 4.
+    let out = check_openapi(Some("openapi: 3.1.0\npaths:\n  /a:\n    get: [\n"));
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("not valid YAML");
+    assert_eq!(line, 11, "{message}");
+    assert!(message.contains("specs/orders.yaml:"), "{message}");
+
+    // No file at all.
+    let out = check_openapi(None);
+    assert_eq!(out.code, Some(1), "stderr:\n{}", out.stderr);
+    let (line, _, message) = out.error_with("cannot read the OpenAPI document");
+    assert_eq!(line, 11, "{message}");
+
+    // A good description passes.
+    let out = check_openapi(Some(
+        "openapi: 3.1.0\ninfo: { title: t, version: '1' }\npaths:\n  /a:\n    get:\n      responses:\n        '200': { description: ok }\n",
+    ));
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+}

@@ -24,6 +24,7 @@ mod http2_conformance;
 mod jwt;
 mod l4;
 mod limits;
+mod openapi;
 mod policies;
 mod proxy_protocol;
 mod rate_limit;
