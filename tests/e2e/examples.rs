@@ -234,6 +234,9 @@ async fn api_gateway_example_runs_as_written() {
     ]
     .into_iter()
     .collect();
+    // The test's config file lives in a temp dir: the description is
+    // named by its place in examples/.
+    let text = text.replace("spec: specs/", &format!("spec: {root}/specs/"));
     let gw = TestGateway::start(&swap_addresses(&text, &swaps)).await;
     let client = client();
     let url = |path: &str| gw.url("api", path);
@@ -337,6 +340,47 @@ async fn api_gateway_example_runs_as_written() {
         catalog.seen().len(),
         seen.len(),
         "preflights stay at the gateway"
+    );
+
+    // Orders are checked against examples/specs/orders.yaml: a path
+    // parameter of the wrong type, a body that breaks the schema, a
+    // method the description does not have.
+    let dave = minted_token("dave", "orders:read");
+    let seen_before = orders.seen().len();
+    let (status, headers, text) = {
+        let r = client
+            .get(url("/v1/orders/abc"))
+            .bearer_auth(&dave)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.headers().clone(), r.text().await.unwrap())
+    };
+    let v = assert_problem(status, &headers, &text, 400);
+    assert!(text.contains("orderId"), "{v}");
+    let r = client
+        .post(url("/v1/orders"))
+        .bearer_auth(&dave)
+        .header("content-type", "application/json")
+        .body(r#"{"lines": "many"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert!(v["errors"].as_array().unwrap().len() >= 2, "{v}");
+    let r = client
+        .put(url("/v1/orders/42"))
+        .bearer_auth(&dave)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert!(r.headers()["allow"].to_str().unwrap().contains("PATCH"));
+    assert_eq!(
+        orders.seen().len(),
+        seen_before,
+        "refused requests never reach the service"
     );
 
     // The summary: one request, the orders and catalogue services called
