@@ -1234,6 +1234,10 @@ pub struct CompressDef {
     /// Decoding of `Content-Encoding: gzip|br|zstd` request bodies (default off).
     #[serde(default)]
     pub request: CompressRequestDef,
+    /// Decode an upstream's encoded answer for a client that does not
+    /// accept its encoding, as nginx's gunzip does (default false).
+    #[serde(default)]
+    pub decompress_for_clients: bool,
 }
 
 /// `levels` of a `compress` policy: one per algorithm.

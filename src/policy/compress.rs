@@ -17,6 +17,11 @@
 //! type gets `Vary: Accept-Encoding`, encoded or not, so that a cache keeps
 //! the two apart.
 //!
+//! With `decompress_for_clients`, an answer the upstream encoded with an
+//! encoding the client does not accept (or a client that sent no
+//! `Accept-Encoding`) is decoded as it streams, as nginx's gunzip does,
+//! and then encoded again if the client accepts one of the offered ones.
+//!
 //! With `request.decompress`, a request body with `Content-Encoding: gzip`,
 //! `br` or `zstd` is decoded (whole, up to `max_size`, and never more than
 //! `max_ratio` decoded bytes per encoded byte read so far: a decompression
@@ -114,15 +119,15 @@ impl Encoding {
 
 /// What a `compress` policy's request phase leaves for its response phase.
 #[derive(Clone, Copy, Debug, Default)]
-pub enum CompressMark {
-    /// The client accepts none of the offered encodings (or sent no
-    /// `Accept-Encoding`): the answer goes as it is.
-    #[default]
-    Identity,
+pub struct CompressMark {
     /// A HEAD request: its answer has no body to encode.
-    Head,
-    /// Encode the answer with this.
-    Encode(Encoding),
+    head: bool,
+    /// The encoding to answer with; `None`: the client accepts none of
+    /// the offered ones (or sent no `Accept-Encoding`).
+    encode: Option<Encoding>,
+    /// A bit per [`Encoding`] the client accepts, offered or not (noted
+    /// only with `decompress_for_clients`).
+    accepts: u8,
 }
 
 /// One `content_types` entry, lowercase.
@@ -176,6 +181,7 @@ pub struct Compress {
     min_size: u64,
     types: Box<[TypeRule]>,
     request: Option<RequestLimits>,
+    for_clients: bool,
 }
 
 impl Compress {
@@ -271,6 +277,7 @@ impl Compress {
             min_size: def.min_size.map_or(1024, |s| s.0),
             types: types.into(),
             request,
+            for_clients: def.decompress_for_clients,
         })
     }
 
@@ -320,6 +327,52 @@ impl Compress {
             None => resp.body().size_hint().exact(),
         };
         known.is_some_and(|n| n < self.min_size) || resp.body().is_end_stream()
+    }
+}
+
+impl Compress {
+    /// Decodes an answer the upstream encoded with an encoding this client
+    /// does not accept (then, with its `Content-Encoding` gone, the answer
+    /// may be encoded again with one it does).
+    fn decode_for_client(&self, mark: CompressMark, resp: &mut Response<Body>) {
+        let Some(encoding) = resp
+            .headers()
+            .get(CONTENT_ENCODING)
+            .and_then(|v| Encoding::from_coding(v.as_bytes().trim_ascii()))
+        else {
+            return;
+        };
+        let status = resp.status();
+        if mark.accepts & (1 << encoding as u8) != 0
+            || status.is_informational()
+            || matches!(
+                status,
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED | StatusCode::PARTIAL_CONTENT
+            )
+            || resp.headers().contains_key(CONTENT_RANGE)
+            || no_transform(resp.headers())
+        {
+            return;
+        }
+        let headers = resp.headers_mut();
+        headers.remove(CONTENT_ENCODING);
+        headers.remove(CONTENT_LENGTH);
+        headers.remove(ACCEPT_RANGES);
+        if let Some(weak) = headers.get(ETAG).and_then(weaken) {
+            headers.insert(ETAG, weak);
+        }
+        vary_accept_encoding(headers);
+        let body = std::mem::replace(resp.body_mut(), crate::http::body::empty());
+        let input = reader(body);
+        *resp.body_mut() = match encoding {
+            Encoding::Gzip => {
+                let mut d = GzipDecoder::new(input);
+                d.multiple_members(true);
+                stream(d)
+            }
+            Encoding::Br => stream(BrotliDecoder::new(input)),
+            Encoding::Zstd => stream(ZstdDecoder::new(input)),
+        };
     }
 }
 
@@ -467,13 +520,25 @@ impl Policy for Compress {
 
     fn on_request(&self, ctx: &mut RequestCtx, req: &mut Request<Body>) -> Flow {
         ctx.compress = if req.method() == Method::HEAD {
-            CompressMark::Head
+            CompressMark {
+                head: true,
+                ..CompressMark::default()
+            }
         } else {
             let lines = req.headers().get_all(ACCEPT_ENCODING);
             let lines = || lines.iter().map(HeaderValue::as_bytes);
-            match negotiate::choose(lines, &self.algorithms) {
-                Some(e) => CompressMark::Encode(e),
-                None => CompressMark::Identity,
+            let mut accepts = 0;
+            if self.for_clients {
+                for e in [Encoding::Gzip, Encoding::Br, Encoding::Zstd] {
+                    if negotiate::accepts(lines(), e) {
+                        accepts |= 1 << e as u8;
+                    }
+                }
+            }
+            CompressMark {
+                head: false,
+                encode: negotiate::choose(lines, &self.algorithms),
+                accepts,
             }
         };
         if self.request.is_some()
@@ -538,13 +603,19 @@ impl Policy for Compress {
 
     fn on_response(&self, ctx: &mut RequestCtx, resp: &mut Response<Body>) {
         let mark = std::mem::take(&mut ctx.compress);
+        if self.for_clients && !mark.head {
+            self.decode_for_client(mark, resp);
+        }
         if Self::untouchable(resp) || !self.listed(resp.headers()) {
             return;
         }
         // Whether this client got it encoded or not, the answer at this
         // URL depends on Accept-Encoding.
         vary_accept_encoding(resp.headers_mut());
-        let CompressMark::Encode(encoding) = mark else {
+        if mark.head {
+            return;
+        }
+        let Some(encoding) = mark.encode else {
             return;
         };
         if self.too_small(resp) {

@@ -340,6 +340,35 @@ async fn the_gateways_own_answers_are_encoded_too() {
     }
 }
 
+#[tokio::test]
+async fn encoded_answers_are_decoded_for_clients_that_do_not_accept_them() {
+    let backend = backend().await;
+    let gw = gateway(
+        backend.addr,
+        "{ type: compress, decompress_for_clients: true }",
+    )
+    .await;
+    let original = big_json();
+
+    // No Accept-Encoding (curl without --compressed): plain.
+    let (status, headers, data) = fetch(&gw, "/encoded", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(encoding(&headers), None);
+    assert_eq!(&data[..], original.as_bytes());
+    assert!(headers.get("content-length").is_none());
+    assert!(varies(&headers));
+
+    // gzip accepted: the upstream's own bytes.
+    let (_, headers, data) = fetch(&gw, "/encoded", Some("gzip")).await;
+    assert_eq!(encoding(&headers), Some("gzip"));
+    assert_eq!(&data[..], &gzip(original.as_bytes())[..]);
+
+    // brotli only: decoded, then encoded again for this client.
+    let (_, headers, data) = fetch(&gw, "/encoded", Some("br, gzip;q=0")).await;
+    assert_eq!(encoding(&headers), Some("br"));
+    assert_eq!(decoded(&headers, &data), original.as_bytes());
+}
+
 async fn post_encoded(
     gw: &TestGateway,
     coding: &str,

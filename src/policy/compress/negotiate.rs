@@ -29,6 +29,12 @@ pub fn choose<'a, I: Iterator<Item = &'a [u8]>>(
     best.map(|(e, _)| e)
 }
 
+/// Whether the lines accept `encoding` (q above 0, by name or by `*`),
+/// whether or not it is on offer.
+pub fn accepts<'a>(lines: impl Iterator<Item = &'a [u8]>, encoding: Encoding) -> bool {
+    quality(lines, encoding) > 0
+}
+
 /// The q-value the lines give `encoding`: its own entry's (the highest,
 /// if listed twice), else `*`'s, else 0.
 fn quality<'a>(lines: impl Iterator<Item = &'a [u8]>, encoding: Encoding) -> Quality {
