@@ -49,10 +49,14 @@ use hyper::body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::{Flow, Phase, Policy, ResponsePhase};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::CompressDef;
 use crate::http::body::{Body, BoxError, full};
 use crate::http::problem::problem;
+use crate::observe::metrics::CompressedLabels;
 use crate::policy::context::RequestCtx;
 
 /// A content coding the policy encodes and decodes.
@@ -182,11 +186,12 @@ pub struct Compress {
     types: Box<[TypeRule]>,
     request: Option<RequestLimits>,
     for_clients: bool,
+    compressed: Family<CompressedLabels, Counter>,
 }
 
 impl Compress {
     /// Checks and compiles the definition; errors name the field and entry.
-    pub fn build(def: &CompressDef) -> Result<Compress, Vec<(String, String)>> {
+    pub fn build(def: &CompressDef, env: &BuildEnv) -> Result<Compress, Vec<(String, String)>> {
         let mut errors = Vec::new();
         let mut algorithms = Vec::new();
         match &def.algorithms {
@@ -278,6 +283,7 @@ impl Compress {
             types: types.into(),
             request,
             for_clients: def.decompress_for_clients,
+            compressed: env.metrics.compressed.clone(),
         })
     }
 
@@ -630,6 +636,14 @@ impl Policy for Compress {
         }
         let body = std::mem::replace(resp.body_mut(), crate::http::body::empty());
         *resp.body_mut() = encode(body, encoding, self.levels[encoding as usize]);
+        if let Some(route) = &ctx.route {
+            self.compressed
+                .get_or_create(&CompressedLabels {
+                    route: route.clone(),
+                    encoding: encoding.token(),
+                })
+                .inc();
+        }
     }
 }
 
@@ -638,12 +652,23 @@ mod tests {
     use super::*;
     use crate::config::model::CompressLevelsDef;
 
+    fn build(def: &CompressDef) -> Result<Compress, Vec<(String, String)>> {
+        let metrics = Box::leak(Box::new(crate::observe::metrics::Metrics::new()));
+        let consumers = Box::leak(Box::new(std::sync::Arc::new(
+            crate::policy::consumer::Consumers::empty(),
+        )));
+        Compress::build(
+            def,
+            &crate::policy::tests::env("squeeze", metrics, consumers),
+        )
+    }
+
     fn policy(types: Option<&[&str]>) -> Compress {
         let def = CompressDef {
             content_types: types.map(|t| t.iter().map(|s| s.to_string()).collect()),
             ..Default::default()
         };
-        Compress::build(&def).unwrap_or_else(|e| panic!("{e:?}"))
+        build(&def).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     fn listed(p: &Compress, ctype: &str) -> bool {
@@ -719,7 +744,7 @@ mod tests {
             content_types: Some(vec!["text".into(), "text/*".into()]),
             ..Default::default()
         };
-        let errors = Compress::build(&def).err().unwrap_or_default();
+        let errors = build(&def).err().unwrap_or_default();
         let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,

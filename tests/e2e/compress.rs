@@ -214,6 +214,13 @@ async fn each_algorithm_round_trips_through_a_real_decoder() {
         assert_eq!(headers["etag"], "W/\"v1\"", "{algorithm}");
         assert!(varies(&headers), "{algorithm}");
     }
+    let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
+    for algorithm in ["gzip", "br", "zstd"] {
+        let line = format!(
+            r#"portcullis_compressed_responses_total{{route="all",encoding="{algorithm}"}} 1"#
+        );
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
