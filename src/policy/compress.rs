@@ -501,10 +501,18 @@ async fn decode(
     let mut out = BytesMut::new();
     loop {
         out.reserve(16 * 1024);
-        let n = decoder
-            .read_buf(&mut out)
-            .await
-            .map_err(DecodeError::Broken)?;
+        let n = decoder.read_buf(&mut out).await.map_err(|e| {
+            // The listener's max_body stopped the encoded body: that is
+            // a body too large too, not a broken one.
+            let limit = e
+                .get_ref()
+                .is_some_and(|inner| inner.is::<crate::http::body::BodyTooLarge>());
+            if limit {
+                DecodeError::TooLarge
+            } else {
+                DecodeError::Broken(e)
+            }
+        })?;
         if n == 0 {
             return Ok(out.freeze());
         }
@@ -782,6 +790,13 @@ mod tests {
         assert_eq!(h.get_all(VARY).iter().count(), 2);
     }
 
+    fn gzip_of(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
+    }
+
     #[tokio::test]
     async fn a_bomb_is_refused() {
         use std::io::Write;
@@ -806,5 +821,10 @@ mod tests {
         };
         let got = decode(full(Bytes::from(vec![1u8; 10])), Encoding::Gzip, small).await;
         assert!(matches!(got, Err(DecodeError::Broken(_))), "{got:?}");
+        // Past the listener's max_body (on the encoded bytes): too large.
+        let stats = std::sync::Arc::new(crate::http::body::BodyStats::default());
+        let limited = crate::http::body::LimitedBody::new(full(gzip_of(b"hello")), Some(5), stats);
+        let got = decode(limited.boxed_unsync(), Encoding::Gzip, roomy).await;
+        assert!(matches!(got, Err(DecodeError::TooLarge)), "{got:?}");
     }
 }
