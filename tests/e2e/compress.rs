@@ -376,6 +376,30 @@ async fn encoded_answers_are_decoded_for_clients_that_do_not_accept_them() {
     assert_eq!(decoded(&headers, &data), original.as_bytes());
 }
 
+#[tokio::test]
+async fn a_transformed_answer_is_compressed_after_the_transform() {
+    let backend = backend().await;
+    // Listed after the transform or before, compress runs last.
+    let gw = TestGateway::start(&policy_config(
+        backend.addr,
+        &[
+            ("squeeze", "{ type: compress }"),
+            (
+                "shape",
+                "{ type: transform, response: { set: { added: true } } }",
+            ),
+        ],
+        "",
+    ))
+    .await;
+    let (status, headers, data) = fetch(&gw, "/big.json", Some("gzip")).await;
+    assert_eq!(status, 200);
+    assert_eq!(encoding(&headers), Some("gzip"));
+    let doc: serde_json::Value = serde_json::from_slice(&decoded(&headers, &data)).unwrap();
+    assert_eq!(doc["added"], true);
+    assert_eq!(doc["items"].as_array().unwrap().len(), 400);
+}
+
 async fn post_encoded(
     gw: &TestGateway,
     coding: &str,
