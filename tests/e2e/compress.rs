@@ -214,10 +214,25 @@ async fn each_algorithm_round_trips_through_a_real_decoder() {
         assert_eq!(headers["etag"], "W/\"v1\"", "{algorithm}");
         assert!(varies(&headers), "{algorithm}");
     }
+    // The same over HTTP/2 (h2c).
+    let r = h2c_client()
+        .get(gw.url("web", "/big.json"))
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    let headers = r.headers().clone();
+    assert_eq!(encoding(&headers), Some("br"));
+    assert_eq!(
+        decoded(&headers, &r.bytes().await.unwrap()),
+        original.as_bytes()
+    );
+
     let (_, _, metrics) = get(&gw.admin_url("/metrics")).await;
-    for algorithm in ["gzip", "br", "zstd"] {
+    for (algorithm, n) in [("gzip", 1), ("br", 2), ("zstd", 1)] {
         let line = format!(
-            r#"portcullis_compressed_responses_total{{route="all",encoding="{algorithm}"}} 1"#
+            r#"portcullis_compressed_responses_total{{route="all",encoding="{algorithm}"}} {n}"#
         );
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
     }
