@@ -765,6 +765,9 @@ pub enum PolicyDef {
     /// Cross-origin resource sharing: answers preflights, adds
     /// `Access-Control-*` headers to answers for allowed origins.
     Cors(CorsDef),
+    /// Response bodies encoded with gzip, brotli or zstd for the clients
+    /// that accept them; request bodies decoded.
+    Compress(CompressDef),
     /// A policy that records what the pipeline asks of it (unit tests of
     /// the phases only; never in a build users run).
     #[cfg(test)]
@@ -1239,6 +1242,64 @@ pub struct CorsDef {
     /// Whether the page may send cookies and credentials (default false).
     #[serde(default)]
     pub allow_credentials: bool,
+}
+
+/// `type: compress`: which answers are encoded, how, and whether
+/// encoded request bodies are decoded for the upstream.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressDef {
+    /// Encodings in order of preference, for ties in the client's q-values
+    /// (`zstd`, `br` or `brotli`, `gzip`; default zstd, br, gzip).
+    #[serde(default)]
+    pub algorithms: Option<Vec<String>>,
+    /// Compression level per algorithm (default gzip 6, br 4, zstd 3).
+    #[serde(default)]
+    pub levels: CompressLevelsDef,
+    /// Bodies of a known length below this are sent as they are (default 1KiB).
+    #[serde(default)]
+    pub min_size: Option<Size>,
+    /// Media types to encode: `type/subtype`, `type/*`, `+suffix` or `*/*`
+    /// (default text/*, JSON, JavaScript, XML, SVG, wasm).
+    #[serde(default)]
+    pub content_types: Option<Vec<String>>,
+    /// Decoding of `Content-Encoding: gzip|br|zstd` request bodies (default off).
+    #[serde(default)]
+    pub request: CompressRequestDef,
+    /// Decode an upstream's encoded answer for a client that does not
+    /// accept its encoding, as nginx's gunzip does (default false).
+    #[serde(default)]
+    pub decompress_for_clients: bool,
+}
+
+/// `levels` of a `compress` policy: one per algorithm.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressLevelsDef {
+    /// gzip, 1 (fastest) to 9 (smallest); default 6.
+    #[serde(default)]
+    pub gzip: Option<i64>,
+    /// brotli, 0 to 11; default 4 (11 is far too slow on the fly).
+    #[serde(default, alias = "brotli")]
+    pub br: Option<i64>,
+    /// zstd, 1 to 22; default 3.
+    #[serde(default)]
+    pub zstd: Option<i64>,
+}
+
+/// `request` of a `compress` policy: decoding request bodies.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressRequestDef {
+    /// Whether encoded request bodies are decoded before the upstream (default false).
+    #[serde(default)]
+    pub decompress: bool,
+    /// Decoded bytes allowed per encoded byte, against decompression bombs (default 100).
+    #[serde(default)]
+    pub max_ratio: Option<u64>,
+    /// The largest decoded body (default 10MiB).
+    #[serde(default)]
+    pub max_size: Option<Size>,
 }
 
 /// `x` or `[x, y]`.

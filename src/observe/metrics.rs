@@ -105,6 +105,15 @@ pub struct AuthFailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `portcullis_compressed_responses_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompressedLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// The content coding (`gzip`, `br`, `zstd`).
+    pub encoding: &'static str,
+}
+
 /// A histogram family whose histograms share the latency buckets.
 pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -131,6 +140,8 @@ pub struct Metrics {
     pub rate_limited: Family<PolicyLabels, Counter>,
     /// `portcullis_auth_failures_total{route,policy,reason}`.
     pub auth_failures: Family<AuthFailureLabels, Counter>,
+    /// `portcullis_compressed_responses_total{route,encoding}`.
+    pub compressed: Family<CompressedLabels, Counter>,
     /// `portcullis_rate_limit_store_errors_total{policy}`.
     pub rate_limit_store_errors: Family<PolicyLabel, Counter>,
     /// `portcullis_access_log_dropped_total{destination}`.
@@ -196,6 +207,12 @@ impl Metrics {
             "Rate-limit checks the shared store could not answer (on_store_error applied)",
             rate_limit_store_errors.clone(),
         );
+        let compressed = Family::<CompressedLabels, Counter>::default();
+        registry.register(
+            "compressed_responses",
+            "Answers a compress policy encoded, by encoding",
+            compressed.clone(),
+        );
         let access_log_dropped = Family::<DestinationLabel, Counter>::default();
         registry.register(
             "access_log_dropped",
@@ -239,6 +256,7 @@ impl Metrics {
             rate_limited,
             auth_failures,
             rate_limit_store_errors,
+            compressed,
             access_log_dropped,
         }
     }

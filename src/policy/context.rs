@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::policy::compress::CompressMark;
 use crate::policy::consumer::Consumer;
 use crate::policy::cors::CorsMark;
 
@@ -43,6 +44,9 @@ pub struct RequestCtx {
     /// What a `cors` policy decided in its request phase, for its response
     /// phase (a field, not an extension: no allocation per request).
     pub cors: CorsMark,
+    /// What a `compress` policy learnt of the client in its request phase
+    /// (the encoding it accepts), for its response phase.
+    pub compress: CompressMark,
 }
 
 /// An authenticated client.
@@ -85,6 +89,7 @@ impl RequestCtx {
             extensions: http::Extensions::new(),
             response_headers: Vec::new(),
             cors: CorsMark::default(),
+            compress: CompressMark::default(),
         }
     }
 

@@ -37,6 +37,7 @@ pub mod answer_cache;
 pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
+pub mod compress;
 pub mod consumer;
 pub mod context;
 pub mod cors;
@@ -294,6 +295,7 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::ForwardAuth(d) => Ok(Arc::new(forward_auth::ForwardAuth::build(d, env)?)),
         PolicyDef::Introspection(d) => Ok(Arc::new(introspection::Introspection::build(d, env)?)),
         PolicyDef::Cors(d) => Ok(Arc::new(cors::Cors::build(d)?)),
+        PolicyDef::Compress(d) => Ok(Arc::new(compress::Compress::build(d, env)?)),
         #[cfg(test)]
         PolicyDef::Probe(d) => Ok(Arc::new(probe::Probe::build(d, env.name))),
     }

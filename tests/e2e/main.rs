@@ -9,6 +9,7 @@ mod balancing;
 mod basic_auth;
 mod check_cli;
 mod common;
+mod compress;
 mod consumers;
 mod cors;
 mod dns;
