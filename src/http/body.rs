@@ -31,7 +31,11 @@ pub enum ReadError {
     /// It is longer than the reader's limit.
     #[error("the body is larger than {0} bytes")]
     TooLarge(u64),
-    /// It broke off (the peer left, or a limit upstream of the reader).
+    /// The client sent more than its listener's `max_body` (the
+    /// [`LimitedBody`] under the reader stopped it).
+    #[error("the body is larger than the listener accepts")]
+    OverListenerLimit,
+    /// It broke off (the peer left).
     #[error("the body broke off: {0}")]
     Broken(BoxError),
 }
@@ -44,7 +48,14 @@ pub async fn read_whole(mut body: Body, limit: u64) -> Result<Bytes, ReadError> 
     }
     let mut kept = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(ReadError::Broken)?;
+        let frame = frame.map_err(|e| {
+            // A listener's limit is the client's doing (413), not a break.
+            if e.is::<BodyTooLarge>() {
+                ReadError::OverListenerLimit
+            } else {
+                ReadError::Broken(e)
+            }
+        })?;
         if let Ok(data) = frame.into_data() {
             if kept.len() as u64 + data.len() as u64 > limit {
                 return Err(ReadError::TooLarge(limit));

@@ -20,6 +20,34 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// The media type of the `Content-Type` header, without its parameters,
+/// as sent (compare it case-insensitively).
+pub fn media_type(headers: &HeaderMap) -> Option<&str> {
+    let ctype = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(ctype.split(';').next().unwrap_or("").trim())
+}
+
+/// Whether a media type is JSON: `application/json` or a `+json` type
+/// (any case).
+pub fn is_json_media(media: &str) -> bool {
+    media.eq_ignore_ascii_case("application/json") || has_suffix(media, "json")
+}
+
+/// Whether a media type is XML: `application/xml`, `text/xml` or a `+xml`
+/// type (any case).
+pub fn is_xml_media(media: &str) -> bool {
+    media.eq_ignore_ascii_case("application/xml")
+        || media.eq_ignore_ascii_case("text/xml")
+        || has_suffix(media, "xml")
+}
+
+/// Whether `media` is a `+suffix` type (RFC 6839).
+fn has_suffix(media: &str, suffix: &str) -> bool {
+    media
+        .rsplit_once('+')
+        .is_some_and(|(_, s)| s.eq_ignore_ascii_case(suffix))
+}
+
 /// The host the client asked for: the URI authority (HTTP/2, absolute form) or the Host header.
 pub fn host_of<B>(req: &Request<B>) -> Option<&str> {
     host_from(req.uri(), req.headers().get(header::HOST))

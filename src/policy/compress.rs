@@ -41,7 +41,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_TYPE, ETAG, TRANSFER_ENCODING, VARY,
+    ETAG, TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
@@ -55,6 +55,7 @@ use prometheus_client::metrics::family::Family;
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::CompressDef;
 use crate::http::body::{Body, BoxError, full};
+use crate::http::headers::media_type;
 use crate::http::problem::problem;
 use crate::observe::metrics::CompressedLabels;
 use crate::policy::context::RequestCtx;
@@ -289,10 +290,9 @@ impl Compress {
 
     /// Whether an answer with these headers is of a type to encode.
     fn listed(&self, headers: &HeaderMap) -> bool {
-        let Some(ctype) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        let Some(media) = media_type(headers) else {
             return false;
         };
-        let media = ctype.split(';').next().unwrap_or("").trim();
         let Some((ty, sub)) = media.split_once('/') else {
             return false;
         };
@@ -681,7 +681,10 @@ mod tests {
 
     fn listed(p: &Compress, ctype: &str) -> bool {
         let mut h = HeaderMap::new();
-        h.insert(CONTENT_TYPE, HeaderValue::from_str(ctype).unwrap());
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_str(ctype).unwrap(),
+        );
         p.listed(&h)
     }
 

@@ -34,7 +34,8 @@ pub use spec::{SpecError, Version};
 use self::spec::{In, MediaDef, ParamDef, Shape, Spec, StatusKey, Style, Types};
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::{OpenApiDef, ResponseValidation};
-use crate::http::body::{Body, BodyTooLarge, BoxError, full};
+use crate::http::body::{Body, BoxError, full};
+use crate::http::headers::is_json_media;
 use crate::http::problem::problem_with;
 use crate::policy::context::RequestCtx;
 
@@ -156,11 +157,6 @@ enum BodyPlan {
         /// Whether an empty body breaks the document.
         required: bool,
     },
-}
-
-/// Whether a media type is JSON (`application/json` or `+json`).
-fn is_json(media: &str) -> bool {
-    media == "application/json" || media.ends_with("+json")
 }
 
 /// The documented media type a body of type `media` falls under: exact,
@@ -712,7 +708,7 @@ impl OpenApi {
                     );
                 };
                 if let Some(v) = m.validator
-                    && is_json(&ctype)
+                    && is_json_media(&ctype)
                 {
                     let encoded = headers
                         .get(header::CONTENT_ENCODING)
@@ -848,7 +844,7 @@ impl OpenApi {
             .get(header::CONTENT_ENCODING)
             .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
         match m.validator {
-            Some(v) if is_json(&ctype) && !encoded => Ok(Some(v)),
+            Some(v) if is_json_media(&ctype) && !encoded => Ok(Some(v)),
             _ => Ok(None),
         }
     }
@@ -1088,7 +1084,7 @@ impl Policy for OpenApi {
                 Err(crate::http::body::ReadError::TooLarge(n)) => {
                     return too_large(ctx, n);
                 }
-                Err(crate::http::body::ReadError::Broken(e)) if e.is::<BodyTooLarge>() => {
+                Err(crate::http::body::ReadError::OverListenerLimit) => {
                     return Flow::Respond(problem_with(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "the request body is larger than this listener accepts",

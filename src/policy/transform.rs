@@ -28,6 +28,7 @@ use super::xml;
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::{FieldOpsDef, TransformDef, TransformStepDef};
 use crate::http::body::{Body, ReadError, full, read_whole};
+use crate::http::headers::{is_json_media, is_xml_media, media_type};
 use crate::http::problem::{GatewayAnswer, problem};
 use crate::policy::context::RequestCtx;
 
@@ -178,34 +179,13 @@ fn field_ops(side: &str, def: &FieldOpsDef, errors: &mut Vec<(String, String)>) 
 
 /// Whether `headers` say the body is JSON.
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let media = ct.split(';').next().unwrap_or("").trim();
-    media.eq_ignore_ascii_case("application/json")
-        || media
-            .rsplit_once('+')
-            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+    media_type(headers).is_some_and(is_json_media)
 }
 
 /// Whether `headers` say the body is XML (`application/xml`, `text/xml`
 /// or a `+xml` type).
 fn is_xml(headers: &HeaderMap) -> bool {
-    let Some(ct) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let media = ct.split(';').next().unwrap_or("").trim();
-    media.eq_ignore_ascii_case("application/xml")
-        || media.eq_ignore_ascii_case("text/xml")
-        || media
-            .rsplit_once('+')
-            .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("xml"))
+    media_type(headers).is_some_and(is_xml_media)
 }
 
 /// A conversion's result: the new body and its type, or what was wrong
@@ -371,6 +351,12 @@ impl Policy for Transform {
                     return refuse(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         &format!("this route transforms request bodies of at most {n} bytes"),
+                    );
+                }
+                Err(ReadError::OverListenerLimit) => {
+                    return refuse(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the request body is larger than this listener accepts",
                     );
                 }
                 Err(ReadError::Broken(_)) => {

@@ -214,7 +214,9 @@ impl Aggregate {
                 .await
                 .map_err(|e| match e {
                     ReadError::TooLarge(n) => format!("its answer is larger than {n} bytes"),
-                    ReadError::Broken(_) => "its answer broke off".to_string(),
+                    ReadError::Broken(_) | ReadError::OverListenerLimit => {
+                        "its answer broke off".to_string()
+                    }
                 })?;
             if bytes.is_empty() {
                 return Ok(Value::Null);

@@ -358,3 +358,48 @@ async fn members_keep_their_order_through_field_changes_and_json_to_xml() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_chunked_body_past_the_listeners_max_body_is_413_not_a_broken_body() {
+    let backend = body_echo().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: "127.0.0.1:0"
+    max_body: 100
+routes:
+  - name: all
+    policies: [shape]
+    upstream: app
+upstreams:
+  - name: app
+    targets: ["{}"]
+policies:
+  shape: {{ type: transform, request: {{ remove: [secret] }} }}
+"#,
+        backend.addr
+    ))
+    .await;
+    // No Content-Length: the listener's limit stops the stream mid-read.
+    let chunks: Vec<Result<String, std::io::Error>> = vec![
+        Ok("{\"a\": \"".into()),
+        Ok("y".repeat(200)),
+        Ok("\"}".into()),
+    ];
+    let r = client()
+        .post(gw.url("web", "/"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    assert_problem(status, &headers, &text, 413);
+    assert!(text.contains("larger than this listener accepts"), "{text}");
+    assert!(backend.seen().is_empty());
+}
