@@ -21,6 +21,7 @@ use portcullis::config::model::{ConsumerDef, ConsumerHeadersDef, PolicyDef};
 use portcullis::http::body::{Body, empty};
 use portcullis::observe::metrics::Metrics;
 use portcullis::policy::basic_auth::{FailureRegistry, HashFormat, hash_password};
+use portcullis::policy::cache::store::CacheRegistry;
 use portcullis::policy::consumer::{Analytics, Consumers, hash_key};
 use portcullis::policy::context::RequestCtx;
 use portcullis::policy::jwks::RemoteKeySets;
@@ -35,6 +36,7 @@ struct Env {
     rate_limits: CounterRegistry,
     basic_auth_failures: FailureRegistry,
     key_sets: RemoteKeySets,
+    caches: CacheRegistry,
     dir: tempfile::TempDir,
 }
 
@@ -45,6 +47,7 @@ impl Env {
             rate_limits: CounterRegistry::default(),
             basic_auth_failures: FailureRegistry::default(),
             key_sets: RemoteKeySets::default(),
+            caches: CacheRegistry::default(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -65,6 +68,7 @@ impl Env {
             base: self.dir.path(),
             redis: policy::Store::Absent,
             consumers,
+            caches: &self.caches,
         };
         match policy::build(&def, &env) {
             Ok(p) => p,

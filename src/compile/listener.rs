@@ -147,7 +147,7 @@ impl Compiler<'_> {
                 specs.push(spec.clone());
                 bindings.push(Binding {
                     route: route.clone(),
-                    chain: policy::Chain::new(all),
+                    chain: Arc::new(policy::Chain::new(all)),
                 });
             }
             let table = match RouteTable::build(specs) {

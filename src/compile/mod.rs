@@ -63,6 +63,8 @@ pub struct Env<'a> {
     pub key_sets: &'a RemoteKeySets,
     /// Redis connections.
     pub redis_stores: &'a RedisStores,
+    /// Cache stores.
+    pub caches: &'a crate::policy::cache::store::CacheRegistry,
     /// `portcullis check`: validate without opening or fetching anything.
     pub check_only: bool,
 }
@@ -275,6 +277,7 @@ impl Compiler<'_> {
                     (None, None) => policy::Store::Absent,
                 },
                 consumers: &self.consumers,
+                caches: self.env.caches,
             };
             match policy::build(def, &env) {
                 Ok(p) => {

@@ -768,6 +768,8 @@ pub enum PolicyDef {
     /// Response bodies encoded with gzip, brotli or zstd for the clients
     /// that accept them; request bodies decoded.
     Compress(CompressDef),
+    /// An RFC 9111 shared cache of upstream answers.
+    Cache(CacheDef),
     /// A policy that records what the pipeline asks of it (unit tests of
     /// the phases only; never in a build users run).
     #[cfg(test)]
@@ -1270,6 +1272,83 @@ pub struct CompressDef {
     /// accept its encoding, as nginx's gunzip does (default false).
     #[serde(default)]
     pub decompress_for_clients: bool,
+}
+
+/// `type: cache`: an RFC 9111 shared cache in memory, its keys and its
+/// stale-serving settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDef {
+    /// Memory for stored answers, bodies and headers (default 256MiB).
+    #[serde(default)]
+    pub max_size: Option<Size>,
+    /// Answers bigger than this stream through without being stored
+    /// (default 8MiB).
+    #[serde(default)]
+    pub max_entry_size: Option<Size>,
+    /// How requests become keys.
+    #[serde(default)]
+    pub key: CacheKeyDef,
+    /// Methods whose answers are stored: GET and HEAD always; POST only
+    /// when listed (its key then holds a digest of the body).
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    /// Store answers that set cookies, without their Set-Cookie (default
+    /// false: such answers are not stored).
+    #[serde(default)]
+    pub store_set_cookie: bool,
+    /// Cap on heuristic freshness, 10% of the time since Last-Modified
+    /// (default 1d; 0s turns heuristics off).
+    #[serde(default)]
+    pub heuristic_max: Option<Dur>,
+    /// Freshness for heuristically cacheable answers that carry no
+    /// freshness information at all (default 0s: none).
+    #[serde(default)]
+    pub default_ttl: Option<Dur>,
+    /// Serve an answer this long past its freshness while it is refreshed
+    /// in the background, when the answer itself says nothing (default 0s).
+    #[serde(default)]
+    pub stale_while_revalidate: Option<Dur>,
+    /// Serve an answer this long past its freshness when the origin fails,
+    /// when the answer itself says nothing (default 0s).
+    #[serde(default)]
+    pub stale_if_error: Option<Dur>,
+    /// How long a request waits for an identical request's answer before
+    /// going upstream itself (default 5s).
+    #[serde(default)]
+    pub lock_timeout: Option<Dur>,
+}
+
+/// `key` of a `cache` policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheKeyDef {
+    /// The query string: `keep` (default), `sort` (parameter order does
+    /// not matter) or `ignore`.
+    #[serde(default)]
+    pub query: CacheQuery,
+    /// Query parameters left out of the key (`utm_source`, ...).
+    #[serde(default)]
+    pub ignore_params: Vec<String>,
+    /// Request headers whose values are part of the key.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Whether the consumer is part of the key (answers per consumer).
+    #[serde(default)]
+    pub consumer: bool,
+}
+
+/// What a cache key does with the query string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheQuery {
+    /// As sent.
+    #[default]
+    Keep,
+    /// Parameters sorted.
+    Sort,
+    /// Left out.
+    Ignore,
 }
 
 /// `levels` of a `compress` policy: one per algorithm.

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod codec;
+pub mod conditional;
 pub mod headers;
 pub mod problem;
 pub mod upgrade;

@@ -114,6 +114,24 @@ pub struct CompressedLabels {
     pub encoding: &'static str,
 }
 
+/// Labels of `portcullis_cache_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheRequestLabels {
+    /// Route name.
+    pub route: Arc<str>,
+    /// What the cache did: hit, miss, stale, revalidated, collapsed, bypass.
+    pub result: &'static str,
+}
+
+/// Labels of the per-tier cache gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheTierLabels {
+    /// The cache policy's name.
+    pub cache: Arc<str>,
+    /// `memory` (later also `disk`, `redis`).
+    pub tier: &'static str,
+}
+
 /// A histogram family whose histograms share the latency buckets.
 pub type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -142,6 +160,14 @@ pub struct Metrics {
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     /// `portcullis_compressed_responses_total{route,encoding}`.
     pub compressed: Family<CompressedLabels, Counter>,
+    /// `portcullis_cache_requests_total{route,result}`.
+    pub cache_requests: Family<CacheRequestLabels, Counter>,
+    /// `portcullis_cache_entries{cache,tier}`.
+    pub cache_entries: Family<CacheTierLabels, Gauge>,
+    /// `portcullis_cache_bytes{cache,tier}`.
+    pub cache_bytes: Family<CacheTierLabels, Gauge>,
+    /// `portcullis_cache_evictions_total{cache,tier}`.
+    pub cache_evictions: Family<CacheTierLabels, Counter>,
     /// `portcullis_rate_limit_store_errors_total{policy}`.
     pub rate_limit_store_errors: Family<PolicyLabel, Counter>,
     /// `portcullis_access_log_dropped_total{destination}`.
@@ -213,6 +239,30 @@ impl Metrics {
             "Answers a compress policy encoded, by encoding",
             compressed.clone(),
         );
+        let cache_requests = Family::<CacheRequestLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Requests a cache policy saw, by what it did",
+            cache_requests.clone(),
+        );
+        let cache_entries = Family::<CacheTierLabels, Gauge>::default();
+        registry.register(
+            "cache_entries",
+            "Keys stored, by cache and tier",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Family::<CacheTierLabels, Gauge>::default();
+        registry.register(
+            "cache_bytes",
+            "Bytes stored (bodies, headers and overhead), by cache and tier",
+            cache_bytes.clone(),
+        );
+        let cache_evictions = Family::<CacheTierLabels, Counter>::default();
+        registry.register(
+            "cache_evictions",
+            "Entries pushed out for room, by cache and tier",
+            cache_evictions.clone(),
+        );
         let access_log_dropped = Family::<DestinationLabel, Counter>::default();
         registry.register(
             "access_log_dropped",
@@ -257,6 +307,10 @@ impl Metrics {
             auth_failures,
             rate_limit_store_errors,
             compressed,
+            cache_requests,
+            cache_entries,
+            cache_bytes,
+            cache_evictions,
             access_log_dropped,
         }
     }

@@ -1073,7 +1073,7 @@ mod tests {
         }
         let status = match flow {
             Flow::Continue => 200,
-            Flow::Respond(r) => r.status().as_u16(),
+            Flow::Respond(r) | Flow::Refresh(r) => r.status().as_u16(),
         };
         (status, checked)
     }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::policy::cache::CacheMark;
 use crate::policy::compress::CompressMark;
 use crate::policy::consumer::Consumer;
 use crate::policy::cors::CorsMark;
@@ -47,6 +48,12 @@ pub struct RequestCtx {
     /// What a `compress` policy learnt of the client in its request phase
     /// (the encoding it accepts), for its response phase.
     pub compress: CompressMark,
+    /// What a `cache` policy did in its request phase, for its response
+    /// phase and for `compress` (the stored entry a hit came from).
+    pub cache: CacheMark,
+    /// Set on the background request that refreshes a stale cached answer
+    /// (see [`crate::policy::Flow::Refresh`]).
+    pub refresh: bool,
 }
 
 /// An authenticated client.
@@ -90,6 +97,8 @@ impl RequestCtx {
             response_headers: Vec::new(),
             cors: CorsMark::default(),
             compress: CompressMark::default(),
+            cache: CacheMark::Untouched,
+            refresh: false,
         }
     }
 

@@ -37,6 +37,7 @@ pub mod answer_cache;
 pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
+pub mod cache;
 pub mod compress;
 pub mod consumer;
 pub mod context;
@@ -106,6 +107,11 @@ pub enum Flow {
     Continue,
     /// Answer the client with this response and stop the chain.
     Respond(Response<Body>),
+    /// Answer the client with this response now, and run the rest of the
+    /// chain (this policy again, with [`RequestCtx::refresh`] set) and the
+    /// route's upstream in the background, dropping that answer once the
+    /// response phases have seen it: a cache's stale-while-revalidate.
+    Refresh(Response<Body>),
 }
 
 /// A policy attached to routes or listeners. Every method but `phase` has a
@@ -216,9 +222,19 @@ impl Chain {
 
     /// The policies whose response phases run after `ran` request phases ran.
     pub fn responders(&self, ran: usize) -> impl Iterator<Item = &NamedPolicy> {
+        self.responders_between(0, ran)
+    }
+
+    /// The policies whose response phases run after the request phases
+    /// from `from` up to `ran` ran (a background refresh's).
+    pub fn responders_between(
+        &self,
+        from: usize,
+        ran: usize,
+    ) -> impl Iterator<Item = &NamedPolicy> {
         self.response
             .iter()
-            .filter(move |(i, _)| *i < ran)
+            .filter(move |(i, _)| (from..ran).contains(i))
             .map(|(_, p)| p)
     }
 }
@@ -252,6 +268,8 @@ pub struct BuildEnv<'a> {
     pub redis: Store<'a>,
     /// The configured consumers.
     pub consumers: &'a Arc<consumer::Consumers>,
+    /// Cache stores, kept across reloads.
+    pub caches: &'a cache::store::CacheRegistry,
 }
 
 /// A shared store section of the configuration, as policies find it.
@@ -296,6 +314,7 @@ pub fn build(def: &PolicyDef, env: &BuildEnv) -> Result<Arc<dyn Policy>, Vec<(St
         PolicyDef::Introspection(d) => Ok(Arc::new(introspection::Introspection::build(d, env)?)),
         PolicyDef::Cors(d) => Ok(Arc::new(cors::Cors::build(d)?)),
         PolicyDef::Compress(d) => Ok(Arc::new(compress::Compress::build(d, env)?)),
+        PolicyDef::Cache(d) => Ok(Arc::new(cache::Cache::build(d, env)?)),
         #[cfg(test)]
         PolicyDef::Probe(d) => Ok(Arc::new(probe::Probe::build(d, env.name))),
     }
@@ -329,6 +348,7 @@ pub(crate) mod tests {
             base: Path::new("."),
             redis: Store::Absent,
             consumers,
+            caches: Box::leak(Box::default()),
         }
     }
 

@@ -9,6 +9,7 @@ pub mod forward;
 mod phase_tests;
 pub mod pipeline;
 pub mod record;
+pub mod refresh;
 pub mod rewrite;
 pub mod snapshot;
 pub mod static_files;

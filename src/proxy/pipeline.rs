@@ -35,6 +35,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 
 use super::forward::{self, Forwarded};
+use super::refresh;
 use crate::http::body::{Body, BodyStats, BoxError, LimitedBody};
 use crate::http::headers::host_of;
 use crate::http::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
@@ -166,9 +167,26 @@ where
         {
             flow = pending.await;
         }
-        if let Flow::Respond(resp) = flow {
-            answered = Some(resp);
-            break;
+        match flow {
+            Flow::Continue => {}
+            Flow::Respond(resp) => {
+                answered = Some(resp);
+                break;
+            }
+            Flow::Refresh(resp) => {
+                // The client has this answer now; the rest of the line
+                // runs in the background (see `refresh`).
+                refresh::spawn(
+                    chain.clone(),
+                    route.clone(),
+                    conn.clone(),
+                    ran - 1,
+                    &ctx,
+                    &req,
+                );
+                answered = Some(resp);
+                break;
+            }
         }
     }
 

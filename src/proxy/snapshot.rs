@@ -97,8 +97,9 @@ pub struct ListenerPlan {
 pub struct Binding {
     /// The route.
     pub route: Arc<RouteEntry>,
-    /// Its policies, ordered for the request and for the answer.
-    pub chain: Chain,
+    /// Its policies, ordered for the request and for the answer (shared
+    /// with background refreshes, which outlive the request).
+    pub chain: Arc<Chain>,
 }
 
 /// A compiled route.

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::http::body::{Body, BoxError, empty};
+use crate::http::conditional::{ByteRange, ContentRange, Validators, byte_range};
 use crate::http::problem::problem;
 
 /// Read size per body chunk: large enough that a big file costs few
@@ -207,7 +208,7 @@ impl StaticDir {
             return Err(StaticError::NotFound);
         }
         let size = meta.len();
-        let validators = Validators::new(&meta);
+        let validators = file_validators(&meta);
 
         if validators.not_modified(headers) {
             let mut resp = Response::new(empty());
@@ -387,240 +388,31 @@ fn content_type(path: &Path) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
-/// The validators of one file, computed once per request.
-struct Validators {
-    /// Whole seconds since the epoch: HTTP dates have no finer precision.
-    modified_secs: Option<u64>,
-    last_modified: Option<HeaderValue>,
-    /// Strong and quoted; `None` without a usable mtime, since a tag from the
-    /// size alone would call two different files equal.
-    etag: Option<HeaderValue>,
-}
-
-impl Validators {
-    fn new(meta: &std::fs::Metadata) -> Validators {
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .filter(|d| d.as_secs() < HTTP_DATE_LIMIT_SECS);
-        let Some(modified) = modified else {
-            return Validators {
-                modified_secs: None,
-                last_modified: None,
-                etag: None,
-            };
+/// The validators of one file: a strong tag from its mtime and size.
+fn file_validators(meta: &std::fs::Metadata) -> Validators {
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .filter(|d| d.as_secs() < HTTP_DATE_LIMIT_SECS);
+    let Some(modified) = modified else {
+        return Validators {
+            modified_secs: None,
+            last_modified: None,
+            etag: None,
         };
-        let secs = modified.as_secs();
-        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
-        let etag = format!(
-            "\"{secs:x}-{:x}-{:x}\"",
-            modified.subsec_nanos(),
-            meta.len()
-        );
-        Validators {
-            modified_secs: Some(secs),
-            last_modified: HeaderValue::try_from(date).ok(),
-            etag: HeaderValue::try_from(etag).ok(),
-        }
-    }
-
-    fn insert_into(&self, headers: &mut HeaderMap) {
-        if let Some(etag) = &self.etag {
-            headers.insert(header::ETAG, etag.clone());
-        }
-        if let Some(date) = &self.last_modified {
-            headers.insert(header::LAST_MODIFIED, date.clone());
-        }
-    }
-
-    /// RFC 9110 §13.2.2: If-None-Match (weak comparison) decides when
-    /// present; otherwise If-Modified-Since, at second precision.
-    fn not_modified(&self, headers: &HeaderMap) -> bool {
-        if headers.contains_key(header::IF_NONE_MATCH) {
-            let ours = self.etag.as_ref().map(HeaderValue::as_bytes);
-            return headers
-                .get_all(header::IF_NONE_MATCH)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(entity_tags)
-                .any(|tag| match tag {
-                    EntityTag::Any => true,
-                    EntityTag::Tag { opaque, .. } => Some(opaque.as_bytes()) == ours,
-                });
-        }
-        let since = headers
-            .get(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| httpdate::parse_http_date(v).ok())
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-        match (since, self.modified_secs) {
-            (Some(since), Some(modified)) => modified <= since.as_secs(),
-            _ => false,
-        }
-    }
-
-    /// RFC 9110 §13.1.5: a Range applies only if If-Range, when present,
-    /// still names this file (strong comparison for tags, exact date).
-    fn if_range_allows(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(header::IF_RANGE) else {
-            return true;
-        };
-        let Ok(value) = value.to_str().map(str::trim) else {
-            return false;
-        };
-        if value.starts_with('"') || value.starts_with("W/") {
-            // Ours is never weak, so a weak tag never matches, as strong
-            // comparison requires.
-            return self.etag.as_ref().map(HeaderValue::as_bytes) == Some(value.as_bytes());
-        }
-        let date = httpdate::parse_http_date(value)
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-        match (date, self.modified_secs) {
-            (Some(date), Some(modified)) => date.as_secs() == modified,
-            _ => false,
-        }
-    }
-}
-
-/// One member of an entity-tag list.
-#[derive(Debug, PartialEq)]
-enum EntityTag<'a> {
-    Any,
-    Tag {
-        weak: bool,
-        /// With its quotes, as it appears in an ETag header.
-        opaque: &'a str,
-    },
-}
-
-/// Parses `*` or a comma-separated entity-tag list. Commas may appear inside
-/// quotes, so this scans rather than splits; malformed members are skipped.
-fn entity_tags(value: &str) -> Vec<EntityTag<'_>> {
-    let mut tags = Vec::new();
-    let mut rest = value;
-    loop {
-        rest = rest.trim_start_matches([' ', '\t', ',']);
-        if rest.is_empty() {
-            return tags;
-        }
-        if let Some(after) = rest.strip_prefix('*') {
-            tags.push(EntityTag::Any);
-            rest = after;
-            continue;
-        }
-        let (weak, tag) = match rest.strip_prefix("W/") {
-            Some(tag) => (true, tag),
-            None => (false, rest),
-        };
-        if let Some(inner) = tag.strip_prefix('"')
-            && let Some(close) = inner.find('"')
-        {
-            // Both quotes are ASCII, so these byte offsets are char boundaries.
-            tags.push(EntityTag::Tag {
-                weak,
-                opaque: &tag[..close + 2],
-            });
-            rest = &inner[close + 1..];
-        } else {
-            rest = rest.find(',').map_or("", |i| &rest[i..]);
-        }
-    }
-}
-
-/// What a Range header asks of a file of a given size.
-#[derive(Debug, PartialEq)]
-enum ByteRange {
-    /// No usable Range: serve the whole file.
-    Whole,
-    /// Inclusive byte positions, already clamped to the file.
-    Part {
-        start: u64,
-        end: u64,
-    },
-    Unsatisfiable,
-}
-
-/// Reads a single `bytes=` range. Anything else (absent, malformed, another
-/// unit, several ranges) is ignored in favour of the whole file, which RFC
-/// 9110 §14.2 allows and which spares us multipart/byteranges.
-fn byte_range(headers: &HeaderMap, size: u64) -> ByteRange {
-    let mut values = headers.get_all(header::RANGE).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return ByteRange::Whole;
     };
-    let Some((unit, spec)) = value.to_str().ok().and_then(|v| v.split_once('=')) else {
-        return ByteRange::Whole;
-    };
-    if !unit.trim().eq_ignore_ascii_case("bytes") || spec.contains(',') {
-        return ByteRange::Whole;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return ByteRange::Whole;
-    };
-    if first.is_empty() {
-        let Some(suffix) = decimal(last) else {
-            return ByteRange::Whole;
-        };
-        if suffix == 0 || size == 0 {
-            return ByteRange::Unsatisfiable;
-        }
-        return ByteRange::Part {
-            start: size - suffix.min(size),
-            end: size - 1,
-        };
-    }
-    let Some(start) = decimal(first) else {
-        return ByteRange::Whole;
-    };
-    let end = if last.is_empty() {
-        u64::MAX
-    } else {
-        match decimal(last) {
-            Some(end) if end >= start => end,
-            _ => return ByteRange::Whole,
-        }
-    };
-    if start >= size {
-        return ByteRange::Unsatisfiable;
-    }
-    ByteRange::Part {
-        start,
-        end: end.min(size - 1),
-    }
-}
-
-/// Parses ASCII digits, saturating: a position past `u64::MAX` is past the
-/// end of any file, which the callers' clamping already handles.
-fn decimal(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(s.bytes().fold(0u64, |n, d| {
-        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-    }))
-}
-
-/// A Content-Range value.
-enum ContentRange {
-    Part {
-        start: u64,
-        end: u64,
-        size: u64,
-    },
-    /// For 416: only the size is known to the client.
-    Size(u64),
-}
-
-impl From<ContentRange> for HeaderValue {
-    fn from(range: ContentRange) -> HeaderValue {
-        let text = match range {
-            ContentRange::Part { start, end, size } => format!("bytes {start}-{end}/{size}"),
-            ContentRange::Size(size) => format!("bytes */{size}"),
-        };
-        // Digits, spaces, `*`, `-` and `/` only: always a valid header value.
-        HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("bytes */0"))
+    let secs = modified.as_secs();
+    let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+    let etag = format!(
+        "\"{secs:x}-{:x}-{:x}\"",
+        modified.subsec_nanos(),
+        meta.len()
+    );
+    Validators {
+        modified_secs: Some(secs),
+        last_modified: HeaderValue::try_from(date).ok(),
+        etag: HeaderValue::try_from(etag).ok(),
     }
 }
 
@@ -1120,43 +912,5 @@ mod tests {
                 "{index:?}"
             );
         }
-    }
-
-    #[test]
-    fn entity_tag_list_parsing() {
-        assert_eq!(
-            entity_tags(" \"a,b\" ,W/\"c\", junk, *"),
-            vec![
-                EntityTag::Tag {
-                    weak: false,
-                    opaque: "\"a,b\""
-                },
-                EntityTag::Tag {
-                    weak: true,
-                    opaque: "\"c\""
-                },
-                EntityTag::Any,
-            ]
-        );
-    }
-
-    #[test]
-    fn byte_range_parsing() {
-        let range = |v: &str, size| byte_range(&headers(&[(header::RANGE, v)]), size);
-        assert_eq!(range("bytes=0-0", 10), ByteRange::Part { start: 0, end: 0 });
-        assert_eq!(range("BYTES=2-", 10), ByteRange::Part { start: 2, end: 9 });
-        assert_eq!(range("bytes=-0", 10), ByteRange::Unsatisfiable);
-        assert_eq!(range("bytes=0-", 0), ByteRange::Unsatisfiable);
-        assert_eq!(range("bytes=-5", 0), ByteRange::Unsatisfiable);
-        assert_eq!(
-            range("bytes=99999999999999999999999-", 10),
-            ByteRange::Unsatisfiable
-        );
-        assert_eq!(
-            range("bytes=0-99999999999999999999999", 10),
-            ByteRange::Part { start: 0, end: 9 }
-        );
-        assert_eq!(range("bytes=1", 10), ByteRange::Whole);
-        assert_eq!(range("bytes=+1-2", 10), ByteRange::Whole);
     }
 }

@@ -15,6 +15,7 @@ use crate::config::load::{Loaded, load_file};
 use crate::observe::access_log::AccessLogs;
 use crate::observe::metrics::{Metrics, ResultLabel};
 use crate::policy::basic_auth::FailureRegistry;
+use crate::policy::cache::store::CacheRegistry;
 use crate::policy::jwks::RemoteKeySets;
 use crate::policy::rate_limit::CounterRegistry;
 use crate::policy::redis_store::RedisStores;
@@ -75,6 +76,8 @@ pub struct Runtime {
     pub key_sets: RemoteKeySets,
     /// Redis connections by URL, kept across reloads.
     pub redis_stores: RedisStores,
+    /// Cache stores by policy name, kept across reloads.
+    pub caches: CacheRegistry,
     /// The configuration the current snapshot was compiled from, to compile
     /// it again when a DNS answer changes.
     loaded: Mutex<Option<Arc<Loaded>>>,
@@ -126,6 +129,7 @@ impl Runtime {
             basic_auth_failures: FailureRegistry::default(),
             key_sets: RemoteKeySets::default(),
             redis_stores: RedisStores::default(),
+            caches: CacheRegistry::default(),
             loaded: Mutex::new(None),
         });
         // Unresolvable names are reported by compile, at their line.
@@ -224,6 +228,7 @@ impl Runtime {
             basic_auth_failures: &self.basic_auth_failures,
             key_sets: &self.key_sets,
             redis_stores: &self.redis_stores,
+            caches: &self.caches,
             check_only: self.check_only,
         }
     }

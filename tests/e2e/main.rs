@@ -7,6 +7,7 @@ mod admin;
 mod aggregate;
 mod balancing;
 mod basic_auth;
+mod cache;
 mod check_cli;
 mod common;
 mod compress;

@@ -1,0 +1,417 @@
+//! Where a cache policy keeps its answers: the memory tier (moka, bounded
+//! by bytes, TinyLFU admission so a burst of one-off requests cannot push
+//! out the hot set), the requests in flight that identical misses wait
+//! for, purges and the figures the admin API shows.
+//!
+//! A store outlives configuration reloads (found again by policy name and
+//! size, see [`CacheRegistry`]), so a reload keeps what is cached.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderMap;
+use moka::notification::RemovalCause;
+use tokio::sync::watch;
+
+use super::entry::Entry;
+use super::key;
+use crate::kept::KeptWhileUsed;
+
+/// Variants one key keeps at most (one per combination of the values its
+/// answers' `Vary` names); the oldest goes first.
+const MAX_VARIANTS: usize = 8;
+
+/// The answers stored under one primary key, one per secondary key.
+pub type Variants = Arc<[Arc<Entry>]>;
+
+/// One cache policy's storage, shared by every snapshot that keeps the
+/// policy.
+pub struct CacheStore {
+    /// The policy's name.
+    pub name: Arc<str>,
+    memory: moka::sync::Cache<Arc<str>, Variants>,
+    /// Requests fetching a key now, for identical misses to wait on.
+    flights: Mutex<HashMap<Arc<str>, watch::Receiver<bool>>>,
+    counts: Arc<Counts>,
+}
+
+/// Running totals for the admin API and metrics.
+#[derive(Default)]
+pub struct Counts {
+    /// Entries pushed out for room.
+    pub evictions: AtomicU64,
+    /// Requests answered from the cache (fresh or stale).
+    pub hits: AtomicU64,
+    /// Requests the cache could not answer.
+    pub misses: AtomicU64,
+}
+
+/// What a purge removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purge {
+    /// One primary key, exactly as the admin API lists it.
+    Key(String),
+    /// Every key whose path starts with this (on any host).
+    Prefix(String),
+    /// Every key of this host.
+    Host(String),
+    /// Every answer tagged so by `Cache-Tag` or `Surrogate-Key`.
+    Tag(String),
+    /// Every key of one URL, whatever the key added to it (headers, the
+    /// consumer, a body digest).
+    Url(String),
+}
+
+/// A request's part in fetching a key.
+pub enum Flight {
+    /// It fetches; the others wait until the guard is dropped.
+    Leader(FlightGuard),
+    /// Another request fetches; wait on this.
+    Follower(watch::Receiver<bool>),
+}
+
+/// Held by the request fetching a key; dropping it wakes the requests
+/// waiting for that key (the answer is stored by then, or will not be).
+pub struct FlightGuard {
+    store: Arc<CacheStore>,
+    key: Arc<str>,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        crate::lock(&self.store.flights).remove(&self.key);
+        let _ = self.done.send(true);
+    }
+}
+
+/// Size and use figures of one store.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// The policy's name.
+    pub name: Arc<str>,
+    /// Entries (primary keys) in memory.
+    pub entries: u64,
+    /// Bytes in memory, overhead included.
+    pub bytes: u64,
+    /// The memory bound.
+    pub max_bytes: u64,
+    /// Entries pushed out for room.
+    pub evictions: u64,
+    /// Requests answered from the cache.
+    pub hits: u64,
+    /// Requests it could not answer.
+    pub misses: u64,
+}
+
+impl CacheStore {
+    /// An empty store of at most `max_bytes`.
+    pub fn new(name: Arc<str>, max_bytes: u64) -> CacheStore {
+        let counts = Arc::new(Counts::default());
+        let evicted = counts.clone();
+        let memory = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &Arc<str>, v: &Variants| {
+                let bytes: u64 =
+                    v.iter().map(|e| u64::from(e.weight)).sum::<u64>() + k.len() as u64;
+                bytes.min(u64::from(u32::MAX)) as u32
+            })
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == RemovalCause::Size {
+                    evicted.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .build();
+        CacheStore {
+            name,
+            memory,
+            flights: Mutex::new(HashMap::new()),
+            counts,
+        }
+    }
+
+    /// The stored answer for a request: the variant of `key` whose
+    /// secondary key the request's headers match; for a GET, only one
+    /// with a body.
+    pub fn lookup(&self, key: &str, req: &HeaderMap, want_body: bool) -> Option<Arc<Entry>> {
+        let variants = self.memory.get(key)?;
+        variants
+            .iter()
+            .find(|e| (!want_body || !e.head_only) && key::matches(&e.vary, req))
+            .cloned()
+    }
+
+    /// Stores an answer under `key`, in place of the variant with the same
+    /// secondary key. An answer to HEAD never replaces one with a body.
+    pub fn insert(&self, key: &str, entry: Arc<Entry>) {
+        let key: Arc<str> = Arc::from(key);
+        self.memory.entry(key).and_upsert_with(|old| {
+            let mut list: Vec<Arc<Entry>> = Vec::with_capacity(MAX_VARIANTS);
+            if let Some(old) = old {
+                for e in old.value().iter() {
+                    if e.vary == entry.vary {
+                        if entry.head_only && !e.head_only {
+                            // Keep the one with a body.
+                            return old.into_value();
+                        }
+                        continue;
+                    }
+                    list.push(e.clone());
+                }
+            }
+            if list.len() >= MAX_VARIANTS {
+                list.remove(0);
+            }
+            list.push(entry.clone());
+            list.into()
+        });
+    }
+
+    /// Whether anything is stored under `key`.
+    pub fn has_key(&self, key: &str) -> bool {
+        self.memory.contains_key(key)
+    }
+
+    /// Takes every variant of `key` out; whether there was any.
+    pub fn invalidate(&self, key: &str) -> bool {
+        self.memory.remove(key).is_some()
+    }
+
+    /// Takes out what `purge` selects; how many primary keys went.
+    pub fn purge(&self, purge: &Purge) -> usize {
+        let doomed: Vec<Arc<str>> = self
+            .memory
+            .iter()
+            .filter(|(k, v)| match purge {
+                Purge::Key(want) => k.as_ref().as_ref() == want.as_str(),
+                Purge::Prefix(prefix) => {
+                    key::host_and_path(k).is_some_and(|(_, p)| p.starts_with(prefix.as_str()))
+                }
+                Purge::Host(host) => {
+                    key::host_and_path(k).is_some_and(|(h, _)| h.eq_ignore_ascii_case(host))
+                }
+                Purge::Tag(tag) => v.iter().any(|e| e.tags.iter().any(|t| **t == **tag)),
+                Purge::Url(url) => {
+                    let k = k.strip_prefix("POST ").unwrap_or(k);
+                    k.strip_prefix(url.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+                }
+            })
+            .map(|(k, _)| k.as_ref().clone())
+            .collect();
+        doomed.iter().filter(|k| self.invalidate(k)).count()
+    }
+
+    /// Joins or starts the fetch of `key`.
+    pub fn flight(self: &Arc<Self>, key: &str) -> Flight {
+        let mut flights = crate::lock(&self.flights);
+        if let Some(rx) = flights.get(key) {
+            return Flight::Follower(rx.clone());
+        }
+        let key: Arc<str> = Arc::from(key);
+        let (done, rx) = watch::channel(false);
+        flights.insert(key.clone(), rx);
+        Flight::Leader(FlightGuard {
+            store: self.clone(),
+            key,
+            done,
+        })
+    }
+
+    /// Notes a request answered from the cache, or not.
+    pub fn count(&self, hit: bool) {
+        let c = if hit {
+            &self.counts.hits
+        } else {
+            &self.counts.misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Size and use figures now.
+    pub fn stats(&self) -> Stats {
+        self.memory.run_pending_tasks();
+        Stats {
+            name: self.name.clone(),
+            entries: self.memory.entry_count(),
+            bytes: self.memory.weighted_size(),
+            max_bytes: self.memory.policy().max_capacity().unwrap_or(0),
+            evictions: self.counts.evictions.load(Ordering::Relaxed),
+            hits: self.counts.hits.load(Ordering::Relaxed),
+            misses: self.counts.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The `n` keys that answered most, with their hit counts.
+    pub fn top_keys(&self, n: usize) -> Vec<(Arc<str>, u64)> {
+        let mut all: Vec<(Arc<str>, u64)> = self
+            .memory
+            .iter()
+            .map(|(k, v)| {
+                let hits = v.iter().map(|e| e.hits.load(Ordering::Relaxed)).sum();
+                (k.as_ref().clone(), hits)
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// Waits for a fetch another request leads, at most `timeout`.
+    pub async fn wait(mut rx: watch::Receiver<bool>, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await;
+    }
+}
+
+/// Stores by (policy name, memory bound), kept across reloads while a
+/// snapshot uses them.
+pub type CacheRegistry = KeptWhileUsed<(String, u64), CacheStore>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::cache::rules::Heuristic;
+    use bytes::Bytes;
+    use http::{HeaderName, HeaderValue, StatusCode};
+    use std::time::SystemTime;
+
+    fn entry(
+        vary: &[(&str, Option<&str>)],
+        tags: &str,
+        body: usize,
+        head_only: bool,
+    ) -> Arc<Entry> {
+        let mut h = HeaderMap::new();
+        h.insert("cache-tag", HeaderValue::from_str(tags).unwrap());
+        let now = SystemTime::now();
+        Arc::new(Entry::new(
+            StatusCode::OK,
+            h,
+            Bytes::from(vec![b'x'; body]),
+            head_only,
+            now,
+            now,
+            Heuristic {
+                max: Duration::ZERO,
+                default_ttl: Duration::ZERO,
+            },
+            vary.iter()
+                .map(|(n, v)| {
+                    (
+                        HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        v.map(Box::from),
+                    )
+                })
+                .collect(),
+        ))
+    }
+
+    fn req(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn variants_by_secondary_key() {
+        let store = CacheStore::new("c".into(), 1 << 20);
+        store.insert(
+            "http://h/a",
+            entry(&[("accept-language", Some("en"))], "t", 1, false),
+        );
+        store.insert(
+            "http://h/a",
+            entry(&[("accept-language", Some("fr"))], "t", 2, false),
+        );
+        let en = store.lookup("http://h/a", &req(&[("accept-language", "en")]), true);
+        assert_eq!(en.unwrap().body.len(), 1);
+        let fr = store.lookup("http://h/a", &req(&[("accept-language", "fr")]), true);
+        assert_eq!(fr.unwrap().body.len(), 2);
+        assert!(store.lookup("http://h/a", &req(&[]), true).is_none());
+        // Same secondary key: replaced.
+        store.insert(
+            "http://h/a",
+            entry(&[("accept-language", Some("en"))], "t", 3, false),
+        );
+        let en = store.lookup("http://h/a", &req(&[("accept-language", "en")]), true);
+        assert_eq!(en.unwrap().body.len(), 3);
+        // A HEAD answer never replaces one with a body, and never answers a GET.
+        store.insert(
+            "http://h/a",
+            entry(&[("accept-language", Some("en"))], "t", 0, true),
+        );
+        let en = store.lookup("http://h/a", &req(&[("accept-language", "en")]), true);
+        assert_eq!(en.unwrap().body.len(), 3);
+        store.insert("http://h/b", entry(&[], "t", 0, true));
+        assert!(store.lookup("http://h/b", &req(&[]), true).is_none());
+        assert!(store.lookup("http://h/b", &req(&[]), false).is_some());
+    }
+
+    #[test]
+    fn purges_by_each_selector() {
+        let store = CacheStore::new("c".into(), 1 << 20);
+        let fill = || {
+            store.insert("https://a.example/shop/1", entry(&[], "shop, p1", 1, false));
+            store.insert("https://a.example/shop/2?x=1", entry(&[], "shop", 1, false));
+            store.insert("https://b.example/shop/3", entry(&[], "other", 1, false));
+            store.insert("https://b.example/blog", entry(&[], "blog", 1, false));
+        };
+        fill();
+        assert_eq!(
+            store.purge(&Purge::Key("https://a.example/shop/1".into())),
+            1
+        );
+        assert_eq!(
+            store.purge(&Purge::Key("https://a.example/shop/1".into())),
+            0
+        );
+        fill();
+        assert_eq!(store.purge(&Purge::Prefix("/shop/".into())), 3);
+        fill();
+        assert_eq!(store.purge(&Purge::Host("B.example".into())), 2);
+        fill();
+        assert_eq!(store.purge(&Purge::Tag("shop".into())), 2);
+        assert!(
+            store
+                .lookup("https://b.example/blog", &req(&[]), true)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn memory_is_bounded_by_bytes() {
+        let store = CacheStore::new("c".into(), 64 * 1024);
+        for i in 0..200 {
+            store.insert(&format!("http://h/{i}"), entry(&[], "t", 1024, false));
+        }
+        let stats = store.stats();
+        assert!(stats.bytes <= 64 * 1024, "{stats:?}");
+        assert!(stats.entries < 200 && stats.entries > 0, "{stats:?}");
+    }
+
+    #[tokio::test]
+    async fn one_leader_per_key_and_followers_wake_when_it_ends() {
+        let store = Arc::new(CacheStore::new("c".into(), 1 << 20));
+        let Flight::Leader(guard) = store.flight("k") else {
+            panic!("first request leads")
+        };
+        let Flight::Follower(rx) = store.flight("k") else {
+            panic!("second request follows")
+        };
+        let waiter = tokio::spawn(CacheStore::wait(rx, Duration::from_secs(10)));
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(store.flight("k"), Flight::Leader(_)));
+    }
+}
