@@ -1,6 +1,8 @@
 //! The admin API, on its own listener (loopback by default), never on a
 //! traffic port: health, metrics, state and reload.
 
+mod cache;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -205,6 +207,8 @@ pub async fn handle(
             let s = rt.snapshot.load();
             json_response(StatusCode::OK, consumers(&s.consumers))
         }
+        (&Method::GET, "/api/v1/cache") => cache::show(&rt),
+        (&Method::POST, "/api/v1/cache/purge") => cache::purge(&rt, req.into_body()).await,
         (&Method::POST, "/api/v1/reload") => match control.clone().reload().await {
             Ok(s) => json_response(
                 StatusCode::OK,
@@ -227,8 +231,15 @@ pub async fn handle(
         },
         (
             _,
-            path @ ("/healthz" | "/metrics" | "/api/v1/status" | "/api/v1/routes"
-            | "/api/v1/upstreams" | "/api/v1/consumers" | "/api/v1/reload"),
+            path @ ("/healthz"
+            | "/metrics"
+            | "/api/v1/status"
+            | "/api/v1/routes"
+            | "/api/v1/upstreams"
+            | "/api/v1/consumers"
+            | "/api/v1/reload"
+            | "/api/v1/cache"
+            | "/api/v1/cache/purge"),
         ) => {
             let mut resp = problem(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -236,7 +247,7 @@ pub async fn handle(
                 "-",
             );
             // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
-            let allow = if path == "/api/v1/reload" {
+            let allow = if path == "/api/v1/reload" || path == "/api/v1/cache/purge" {
                 "POST"
             } else {
                 "GET"

@@ -221,12 +221,16 @@ impl Cache {
             }
         }
         let max_size = def.max_size.map_or(DEFAULT_MAX_SIZE, |s| s.0);
-        let max_entry_size = def.max_entry_size.map_or(DEFAULT_MAX_ENTRY_SIZE, |s| s.0);
+        // Unset, it shrinks to fit a small cache.
+        let max_entry_size = def
+            .max_entry_size
+            .map_or(DEFAULT_MAX_ENTRY_SIZE.min(max_size), |s| s.0);
         if max_entry_size > max_size {
             errors.push((
                 "max_entry_size".into(),
                 format!(
-                    "is larger than max_size ({max_size} bytes); no such answer could be stored"
+                    "max_entry_size ({max_entry_size} bytes) is larger than max_size \
+                     ({max_size} bytes): no such answer could be stored; lower it or raise max_size"
                 ),
             ));
         }
@@ -240,7 +244,7 @@ impl Cache {
         let (store, _) = env
             .caches
             .get_or_make((env.name.to_string(), max_size), || {
-                Ok::<_, ()>(CacheStore::new(name.clone(), max_size))
+                Ok::<_, ()>(CacheStore::new(name.clone(), max_size, Some(env.metrics)))
             })
             .map_err(|()| vec![(String::new(), "the cache could not be made".into())])?;
         Ok(Cache {

@@ -359,3 +359,122 @@ async fn only_if_cached_gets_504_on_a_miss() {
     let (s, _, _) = fetch(&url, &[("cache-control", "only-if-cached")]).await;
     assert_eq!(s, 200);
 }
+
+async fn purge(gw: &TestGateway, body: &str) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(gw.admin_url("/api/v1/cache/purge"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_admin_api_purges_by_key_prefix_host_and_tag() {
+    let (backend, origin) = origin().await;
+    let gw = gateway(&backend, "{ type: cache }").await;
+    let addr = gw.addr("web");
+    let paths = [
+        "/shop/1?cc=max-age%3D60&tag=shop%2Cp1",
+        "/shop/2?cc=max-age%3D60&tag=shop",
+        "/blog/1?cc=max-age%3D60&tag=blog",
+    ];
+    let fill = || async {
+        for p in paths {
+            fetch(&gw.url("web", p), &[]).await;
+        }
+    };
+    let upstream = || origin.total.load(Ordering::SeqCst);
+
+    fill().await;
+    let key = format!("http://{addr}{}", paths[0]);
+    let (s, v) = purge(&gw, &serde_json::json!({ "key": key }).to_string()).await;
+    assert_eq!((s, v["purged"].as_u64()), (200, Some(1)), "{v}");
+    let before = upstream();
+    fill().await;
+    assert_eq!(upstream(), before + 1, "only the purged key went upstream");
+
+    let (_, v) = purge(&gw, r#"{"prefix": "/shop/"}"#).await;
+    assert_eq!(v["purged"], 2, "{v}");
+    let (_, v) = purge(&gw, r#"{"tag": "blog"}"#).await;
+    assert_eq!(v["purged"], 1, "{v}");
+    fill().await;
+    let (_, v) = purge(&gw, &format!(r#"{{"host": "{addr}"}}"#)).await;
+    assert_eq!(v["purged"], 3, "{v}");
+    let (_, v) = purge(&gw, r#"{"tag": "nothing-has-this"}"#).await;
+    assert_eq!(v["purged"], 0, "{v}");
+
+    // Bad requests say what is wrong.
+    for bad in [
+        "not json",
+        r#"{"key": "a", "tag": "b"}"#,
+        "{}",
+        r#"{"prefix": "no-slash"}"#,
+        r#"{"colour": "red"}"#,
+    ] {
+        let (s, v) = purge(&gw, bad).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+        assert!(v["detail"].is_string(), "{v}");
+    }
+    let (s, _) = purge(&gw, r#"{"tag": "x", "cache": "nope"}"#).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn the_admin_api_shows_size_hit_ratio_and_top_keys() {
+    let (backend, _origin) = origin().await;
+    let gw = gateway(&backend, "{ type: cache, max_size: 1MiB }").await;
+    let url = gw.url("web", "/top?cc=max-age%3D60");
+    for _ in 0..4 {
+        fetch(&url, &[]).await;
+    }
+    let v: serde_json::Value = client()
+        .get(gw.admin_url("/api/v1/cache"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
+    let cache = &v["caches"][0];
+    assert_eq!(cache["name"], "edge", "{v}");
+    assert_eq!(cache["tiers"]["memory"]["entries"], 1, "{v}");
+    assert_eq!(cache["tiers"]["memory"]["max_bytes"], 1 << 20, "{v}");
+    assert!(
+        cache["tiers"]["memory"]["bytes"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert_eq!(cache["hits"], 3, "{v}");
+    assert_eq!(cache["misses"], 1, "{v}");
+    assert_eq!(cache["hit_ratio"], 0.75, "{v}");
+    assert_eq!(cache["top_keys"][0]["hits"], 3, "{v}");
+    assert!(
+        cache["top_keys"][0]["key"]
+            .as_str()
+            .unwrap()
+            .ends_with("/top?cc=max-age%3D60"),
+        "{v}"
+    );
+    let metrics = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"portcullis_cache_requests_total{route="all",result="hit"} 3"#,
+        r#"portcullis_cache_requests_total{route="all",result="miss"} 1"#,
+        r#"portcullis_cache_entries{cache="edge",tier="memory"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+}

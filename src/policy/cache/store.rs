@@ -18,6 +18,10 @@ use tokio::sync::watch;
 use super::entry::Entry;
 use super::key;
 use crate::kept::KeptWhileUsed;
+use crate::observe::metrics::{CacheTierLabels, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Variants one key keeps at most (one per combination of the values its
 /// answers' `Vary` names); the oldest goes first.
@@ -35,6 +39,15 @@ pub struct CacheStore {
     /// Requests fetching a key now, for identical misses to wait on.
     flights: Mutex<HashMap<Arc<str>, watch::Receiver<bool>>>,
     counts: Arc<Counts>,
+    gauges: Option<TierGauges>,
+}
+
+/// The memory tier's exported gauges.
+struct TierGauges {
+    entries: Family<CacheTierLabels, Gauge>,
+    bytes: Family<CacheTierLabels, Gauge>,
+    evictions: Family<CacheTierLabels, Counter>,
+    labels: CacheTierLabels,
 }
 
 /// Running totals for the admin API and metrics.
@@ -107,10 +120,23 @@ pub struct Stats {
 }
 
 impl CacheStore {
-    /// An empty store of at most `max_bytes`.
-    pub fn new(name: Arc<str>, max_bytes: u64) -> CacheStore {
+    /// An empty store of at most `max_bytes`, exporting its figures to
+    /// `metrics` when given.
+    pub fn new(name: Arc<str>, max_bytes: u64, metrics: Option<&Metrics>) -> CacheStore {
         let counts = Arc::new(Counts::default());
         let evicted = counts.clone();
+        let gauges = metrics.map(|m| TierGauges {
+            entries: m.cache_entries.clone(),
+            bytes: m.cache_bytes.clone(),
+            evictions: m.cache_evictions.clone(),
+            labels: CacheTierLabels {
+                cache: name.clone(),
+                tier: "memory",
+            },
+        });
+        let evicted_metric = gauges
+            .as_ref()
+            .map(|g| g.evictions.get_or_create(&g.labels).clone());
         let memory = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Arc<str>, v: &Variants| {
@@ -121,6 +147,9 @@ impl CacheStore {
             .eviction_listener(move |_k, _v, cause| {
                 if cause == RemovalCause::Size {
                     evicted.evictions.fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = &evicted_metric {
+                        c.inc();
+                    }
                 }
             })
             .build();
@@ -129,6 +158,18 @@ impl CacheStore {
             memory,
             flights: Mutex::new(HashMap::new()),
             counts,
+            gauges,
+        }
+    }
+
+    /// Brings the exported entry and byte counts up to date (moka counts
+    /// lag by the writes it has not applied yet).
+    fn export(&self) {
+        if let Some(g) = &self.gauges {
+            let entries = i64::try_from(self.memory.entry_count()).unwrap_or(i64::MAX);
+            let bytes = i64::try_from(self.memory.weighted_size()).unwrap_or(i64::MAX);
+            g.entries.get_or_create(&g.labels).set(entries);
+            g.bytes.get_or_create(&g.labels).set(bytes);
         }
     }
 
@@ -167,6 +208,7 @@ impl CacheStore {
             list.push(entry.clone());
             list.into()
         });
+        self.export();
     }
 
     /// Whether anything is stored under `key`.
@@ -176,7 +218,9 @@ impl CacheStore {
 
     /// Takes every variant of `key` out; whether there was any.
     pub fn invalidate(&self, key: &str) -> bool {
-        self.memory.remove(key).is_some()
+        let gone = self.memory.remove(key).is_some();
+        self.export();
+        gone
     }
 
     /// Takes out what `purge` selects; how many primary keys went.
@@ -233,6 +277,7 @@ impl CacheStore {
     /// Size and use figures now.
     pub fn stats(&self) -> Stats {
         self.memory.run_pending_tasks();
+        self.export();
         Stats {
             name: self.name.clone(),
             entries: self.memory.entry_count(),
@@ -262,6 +307,17 @@ impl CacheStore {
     /// Waits for a fetch another request leads, at most `timeout`.
     pub async fn wait(mut rx: watch::Receiver<bool>, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, rx.wait_for(|done| *done)).await;
+    }
+}
+
+impl Drop for CacheStore {
+    fn drop(&mut self) {
+        // A cache no configuration uses any more has no figures to export.
+        if let Some(g) = &self.gauges {
+            g.entries.remove(&g.labels);
+            g.bytes.remove(&g.labels);
+            g.evictions.remove(&g.labels);
+        }
     }
 }
 
@@ -322,7 +378,7 @@ mod tests {
 
     #[test]
     fn variants_by_secondary_key() {
-        let store = CacheStore::new("c".into(), 1 << 20);
+        let store = CacheStore::new("c".into(), 1 << 20, None);
         store.insert(
             "http://h/a",
             entry(&[("accept-language", Some("en"))], "t", 1, false),
@@ -357,7 +413,7 @@ mod tests {
 
     #[test]
     fn purges_by_each_selector() {
-        let store = CacheStore::new("c".into(), 1 << 20);
+        let store = CacheStore::new("c".into(), 1 << 20, None);
         let fill = || {
             store.insert("https://a.example/shop/1", entry(&[], "shop, p1", 1, false));
             store.insert("https://a.example/shop/2?x=1", entry(&[], "shop", 1, false));
@@ -388,7 +444,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_by_bytes() {
-        let store = CacheStore::new("c".into(), 64 * 1024);
+        let store = CacheStore::new("c".into(), 64 * 1024, None);
         for i in 0..200 {
             store.insert(&format!("http://h/{i}"), entry(&[], "t", 1024, false));
         }
@@ -399,7 +455,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_leader_per_key_and_followers_wake_when_it_ends() {
-        let store = Arc::new(CacheStore::new("c".into(), 1 << 20));
+        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
         let Flight::Leader(guard) = store.flight("k") else {
             panic!("first request leads")
         };
