@@ -1,6 +1,7 @@
 //! The one body type every response and forwarded request uses, so that
 //! streamed upstream bodies, files and gateway-made answers mix freely; and
-//! the limit on a request body on its way upstream.
+//! the limit on a request body on its way upstream; a body that keeps a
+//! copy of itself.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
@@ -146,6 +147,91 @@ where
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a [`TeeBody`] does with its copy once the body has ended whole.
+pub type OnCopied = Box<dyn FnOnce(Bytes) + Send>;
+
+/// A body that streams on unchanged while it keeps a copy of itself, and
+/// hands the copy to a callback when the last chunk has passed (never
+/// when the body broke, or outgrew the copy's limit: that ends the
+/// copying, not the body). The cache stores answers so, and keeps their
+/// encoded forms.
+pub struct TeeBody {
+    inner: Body,
+    copy: bytes::BytesMut,
+    limit: usize,
+    on_end: Option<OnCopied>,
+}
+
+impl TeeBody {
+    /// Wraps `inner`, copying at most `limit` bytes.
+    pub fn new(inner: Body, limit: usize, on_end: OnCopied) -> TeeBody {
+        let expected = inner
+            .size_hint()
+            .exact()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX).min(limit));
+        let mut body = TeeBody {
+            inner,
+            copy: bytes::BytesMut::with_capacity(expected),
+            limit,
+            on_end: Some(on_end),
+        };
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(std::mem::take(&mut self.copy).freeze());
+        }
+    }
+}
+
+impl HttpBody for TeeBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.on_end.is_some()
+                    && let Some(data) = frame.data_ref()
+                {
+                    if this.copy.len() + data.len() > this.limit {
+                        this.on_end = None;
+                        this.copy = bytes::BytesMut::new();
+                    } else {
+                        this.copy.extend_from_slice(data);
+                    }
+                }
+                // A server that stops polling once the body says it ended
+                // would never show us the end otherwise.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => this.on_end = None,
+            Poll::Pending => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -24,14 +24,13 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use self::entry::{CACHE_STATUS, Entry};
-use self::fill::{Fill, FillingBody};
+use self::fill::Fill;
 use self::key::KeySpec;
 use self::rules::{
     Heuristic, NotStored, RequestDirectives, ResponseDirectives, StoreRules, Usable,
@@ -104,17 +103,26 @@ pub enum CacheMark {
     /// No cache policy touched the request.
     #[default]
     Untouched,
-    /// The answer came from this stored entry.
-    Hit(Arc<Entry>),
+    /// The answer came from a stored entry.
+    Hit(Hit),
     /// The request went on; its answer is for the response phase.
     Pending(Box<Pending>),
 }
 
+/// A stored entry an answer came from, and its store (where `compress`
+/// keeps the entry's encoded forms).
+pub struct Hit {
+    /// The entry.
+    pub entry: Arc<Entry>,
+    /// Its store.
+    pub store: Arc<CacheStore>,
+}
+
 impl CacheMark {
     /// The stored entry the answer came from, if it did.
-    pub fn entry(&self) -> Option<&Arc<Entry>> {
+    pub fn hit(&self) -> Option<&Hit> {
         match self {
-            CacheMark::Hit(e) => Some(e),
+            CacheMark::Hit(hit) => Some(hit),
             _ => None,
         }
     }
@@ -306,7 +314,10 @@ impl Cache {
         let status = HeaderValue::from_str(&status)
             .unwrap_or_else(|_| HeaderValue::from_static("portcullis; hit"));
         self.count(ctx, result);
-        ctx.cache = CacheMark::Hit(entry.clone());
+        ctx.cache = CacheMark::Hit(Hit {
+            entry: entry.clone(),
+            store: self.store.clone(),
+        });
         entry.answer(method, headers, now, status, ctx.request_id_str())
     }
 
@@ -524,7 +535,7 @@ impl Cache {
         {
             let fresh =
                 Arc::new(stale.refreshed(resp.headers(), p.request_time, now, self.heuristic));
-            self.store.insert(&p.key, fresh.clone());
+            self.store.insert(fresh.clone());
             let ttl = fresh.lifetime.as_secs() as i64 - fresh.age(now).as_secs() as i64;
             let status = HeaderValue::from_str(&format!(
                 "portcullis; fwd={}; fwd-status=304; ttl={ttl}; stored",
@@ -533,7 +544,10 @@ impl Cache {
             .unwrap_or_else(|_| HeaderValue::from_static("portcullis; fwd=stale"));
             self.count(ctx, CacheResult::Revalidated);
             *resp = fresh.answer(&p.method, &p.headers, now, status, ctx.request_id_str());
-            ctx.cache = CacheMark::Hit(fresh);
+            ctx.cache = CacheMark::Hit(Hit {
+                entry: fresh,
+                store: self.store.clone(),
+            });
             return;
         }
         let code = resp.status().as_u16();
@@ -603,7 +617,7 @@ impl Cache {
         };
         let body = std::mem::replace(resp.body_mut(), crate::http::body::empty());
         let limit = usize::try_from(self.max_entry_size).unwrap_or(usize::MAX);
-        *resp.body_mut() = FillingBody::new(body, limit, fill).boxed_unsync();
+        *resp.body_mut() = fill::filling(body, limit, fill);
     }
 
     /// Reads a POST body (known to be no longer than `max_entry_size`) and

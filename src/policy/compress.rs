@@ -54,7 +54,7 @@ use prometheus_client::metrics::family::Family;
 
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::CompressDef;
-use crate::http::body::{Body, BoxError, full};
+use crate::http::body::{Body, BoxError, TeeBody, full};
 use crate::http::headers::media_type;
 use crate::http::problem::problem;
 use crate::observe::metrics::CompressedLabels;
@@ -642,8 +642,31 @@ impl Policy for Compress {
         if let Some(weak) = headers.get(ETAG).and_then(weaken) {
             headers.insert(ETAG, weak);
         }
+        let level = self.levels[encoding as usize];
         let body = std::mem::replace(resp.body_mut(), crate::http::body::empty());
-        *resp.body_mut() = encode(body, encoding, self.levels[encoding as usize]);
+        *resp.body_mut() = match ctx.cache.hit() {
+            // A whole stored answer: encoded once, kept beside it, and
+            // sent as kept from then on.
+            Some(hit) if resp.status() == StatusCode::OK && hit.entry.status == StatusCode::OK => {
+                match hit.entry.encoded(encoding.token(), level) {
+                    Some(kept) => {
+                        resp.headers_mut()
+                            .insert(CONTENT_LENGTH, HeaderValue::from(kept.len()));
+                        full(kept)
+                    }
+                    None => {
+                        let (store, entry) = (hit.store.clone(), hit.entry.clone());
+                        let limit = entry.body.len();
+                        let keep = move |encoded| {
+                            store.add_encoded(&entry, encoding.token(), level, encoded);
+                        };
+                        TeeBody::new(encode(body, encoding, level), limit, Box::new(keep))
+                            .boxed_unsync()
+                    }
+                }
+            }
+            _ => encode(body, encoding, level),
+        };
         if let Some(route) = &ctx.route {
             self.compressed
                 .get_or_create(&CompressedLabels {

@@ -478,3 +478,73 @@ async fn the_admin_api_shows_size_hit_ratio_and_top_keys() {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_hit_is_compressed_once_and_its_encoded_form_kept() {
+    let text = "cached and compressed ".repeat(500);
+    let body_text = text.clone();
+    let backend = Backend::start(move |_req: Request<Incoming>| {
+        let text = body_text.clone();
+        async move {
+            let mut r = Response::new(body(text));
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/plain"));
+            r.headers_mut()
+                .insert("cache-control", HeaderValue::from_static("max-age=60"));
+            r.headers_mut()
+                .insert("etag", HeaderValue::from_static("\"strong\""));
+            r
+        }
+    })
+    .await;
+    let gw = TestGateway::start(&policy_config(
+        backend.addr,
+        &[("edge", "{ type: cache }"), ("squeeze", "{ type: compress }")],
+        "",
+    ))
+    .await;
+    let url = gw.url("web", "/doc");
+    // reqwest without its decoders: the raw encoded bytes come back.
+    let raw = |enc: &'static str| {
+        let url = url.clone();
+        async move {
+            let resp = client()
+                .get(&url)
+                .header("accept-encoding", enc)
+                .send()
+                .await
+                .unwrap();
+            let h = resp.headers().clone();
+            (h, resp.bytes().await.unwrap())
+        }
+    };
+    let gunzip = |b: &[u8]| {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(b), &mut out).unwrap();
+        out
+    };
+    let (h, miss) = raw("gzip").await;
+    assert!(header(&h, "cache-status").contains("stored"), "{h:?}");
+    assert_eq!(header(&h, "content-encoding"), "gzip");
+    assert_eq!(gunzip(&miss), text);
+    // The first hit encodes the stored body and keeps the result…
+    let (h, first_hit) = raw("gzip").await;
+    assert!(header(&h, "cache-status").contains("hit"), "{h:?}");
+    assert_eq!(gunzip(&first_hit), text);
+    assert_eq!(header(&h, "etag"), "W/\"strong\"");
+    // …which later hits send as it is, with its length known.
+    let (h, kept) = raw("gzip").await;
+    assert_eq!(header(&h, "content-length"), kept.len().to_string(), "{h:?}");
+    assert_eq!(kept, first_hit);
+    assert!(header(&h, "vary").to_ascii_lowercase().contains("accept-encoding"), "{h:?}");
+    // Another encoding is another kept form; no encoding is the stored body.
+    let (h, br) = raw("br").await;
+    assert_eq!(header(&h, "content-encoding"), "br");
+    let mut decoded = Vec::new();
+    brotli::BrotliDecompress(&mut &br[..], &mut decoded).unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), text);
+    let (h, plain) = raw("identity").await;
+    assert_eq!(header(&h, "content-encoding"), "");
+    assert_eq!(plain, text.as_bytes());
+    assert_eq!(backend.seen().len(), 1, "one upstream request for all of it");
+}

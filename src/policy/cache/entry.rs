@@ -3,6 +3,7 @@
 //! `Age` and `Cache-Status`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -20,6 +21,8 @@ pub const ENTRY_OVERHEAD: u64 = 512;
 
 /// A stored answer.
 pub struct Entry {
+    /// Its primary key (shared with the memory tier's index).
+    pub key: Arc<str>,
     /// Its status.
     pub status: StatusCode,
     /// Its headers, less those never stored (hop-by-hop, Set-Cookie, Age).
@@ -47,6 +50,15 @@ pub struct Entry {
     /// Set while a background refresh of it runs, so one stale entry
     /// makes one refresh however many requests see it.
     pub refreshing: AtomicBool,
+    /// Its body as `compress` encoded it, per encoding and level.
+    encoded: Mutex<Vec<Encoded>>,
+}
+
+/// One encoded form of an entry's body.
+struct Encoded {
+    coding: &'static str,
+    level: i32,
+    body: Bytes,
 }
 
 impl Entry {
@@ -54,6 +66,7 @@ impl Entry {
     /// came (the ones never stored are taken out here).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        key: Arc<str>,
         status: StatusCode,
         mut headers: HeaderMap,
         body: Bytes,
@@ -83,6 +96,7 @@ impl Entry {
         let weight =
             (body.len() as u64 + header_bytes as u64 + ENTRY_OVERHEAD).min(u32::MAX as u64);
         Entry {
+            key,
             status,
             headers,
             body,
@@ -96,7 +110,46 @@ impl Entry {
             weight: weight as u32,
             hits: AtomicU64::new(0),
             refreshing: AtomicBool::new(false),
+            encoded: Mutex::new(Vec::new()),
         }
+    }
+
+    /// What it weighs in the memory tier now: itself and its encoded forms.
+    pub fn weight(&self) -> u64 {
+        let encoded: usize = crate::lock(&self.encoded)
+            .iter()
+            .map(|e| e.body.len())
+            .sum();
+        u64::from(self.weight) + encoded as u64
+    }
+
+    /// Its body encoded with `coding` at `level`, if `compress` kept it.
+    pub fn encoded(&self, coding: &str, level: i32) -> Option<Bytes> {
+        crate::lock(&self.encoded)
+            .iter()
+            .find(|e| e.coding == coding && e.level == level)
+            .map(|e| e.body.clone())
+    }
+
+    /// Keeps an encoded form; false when one was kept already (two hits
+    /// encoded it at once) or it is no smaller than the body.
+    pub fn add_encoded(&self, coding: &'static str, level: i32, body: Bytes) -> bool {
+        if body.len() >= self.body.len() {
+            return false;
+        }
+        let mut encoded = crate::lock(&self.encoded);
+        if encoded
+            .iter()
+            .any(|e| e.coding == coding && e.level == level)
+        {
+            return false;
+        }
+        encoded.push(Encoded {
+            coding,
+            level,
+            body,
+        });
+        true
     }
 
     /// This entry brought up to date by a 304 (RFC 9111 §4.3.4): the
@@ -124,6 +177,7 @@ impl Entry {
             headers.insert(header::AGE, age.clone());
         }
         Entry::new(
+            self.key.clone(),
             self.status,
             headers,
             self.body.clone(),
@@ -324,6 +378,7 @@ mod tests {
     fn entry(pairs: &[(&str, &str)], body: &'static str) -> Entry {
         let now = SystemTime::now();
         Entry::new(
+            Arc::from("k"),
             StatusCode::OK,
             h(pairs),
             Bytes::from_static(body.as_bytes()),

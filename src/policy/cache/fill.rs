@@ -3,19 +3,17 @@
 //! when the last one has passed (never when the body broke or outgrew
 //! `max_entry_size`, which ends the copying, not the answer).
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
-use hyper::body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 
 use super::entry::Entry;
 use super::rules::Heuristic;
 use super::store::{CacheStore, FlightGuard};
-use crate::http::body::{Body, BoxError};
+use crate::http::body::{Body, TeeBody};
 
 /// Everything an entry needs but its body.
 pub struct Fill {
@@ -45,6 +43,7 @@ pub struct Fill {
 impl Fill {
     fn store(self, body: Bytes) {
         let entry = Entry::new(
+            Arc::from(self.key),
             self.status,
             self.headers,
             body,
@@ -54,96 +53,22 @@ impl Fill {
             self.heuristic,
             self.vary,
         );
-        self.store.insert(&self.key, Arc::new(entry));
+        self.store.insert(Arc::new(entry));
         // The guard drops here, after the insert: waiters find the entry.
     }
 }
 
-/// A body that copies itself into the cache as it streams.
-pub struct FillingBody {
-    inner: Body,
-    copy: BytesMut,
-    limit: usize,
-    fill: Option<Fill>,
-}
-
-impl FillingBody {
-    /// Wraps `inner`; copies at most `limit` bytes (past that the entry is
-    /// given up and the body streams on alone).
-    pub fn new(inner: Body, limit: usize, fill: Fill) -> FillingBody {
-        let expected = hyper::body::Body::size_hint(&inner)
-            .exact()
-            .map_or(0, |n| (n as usize).min(limit));
-        let mut body = FillingBody {
-            inner,
-            copy: BytesMut::with_capacity(expected),
-            limit,
-            fill: Some(fill),
-        };
-        if hyper::body::Body::is_end_stream(&body.inner) {
-            body.finish();
-        }
-        body
-    }
-
-    fn finish(&mut self) {
-        if let Some(fill) = self.fill.take() {
-            fill.store(std::mem::take(&mut self.copy).freeze());
-        }
-    }
-}
-
-impl hyper::body::Body for FillingBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.fill.is_some()
-                    && let Some(data) = frame.data_ref()
-                {
-                    if this.copy.len() + data.len() > this.limit {
-                        this.fill = None;
-                        this.copy = BytesMut::new();
-                    } else {
-                        this.copy.extend_from_slice(data);
-                    }
-                }
-                // A server that stops polling once the body says it ended
-                // would never show us the end otherwise.
-                if hyper::body::Body::is_end_stream(&this.inner) {
-                    this.finish();
-                }
-            }
-            Poll::Ready(None) => this.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                this.fill = None;
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+/// A body that copies itself into the cache as it streams: `limit` is
+/// the policy's `max_entry_size`, past which the copy is given up.
+pub fn filling(inner: Body, limit: usize, fill: Fill) -> Body {
+    TeeBody::new(inner, limit, Box::new(move |body| fill.store(body))).boxed_unsync()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::body::full;
-    use http_body_util::BodyExt;
+    use crate::http::body::{BoxError, full};
+    use hyper::body::Frame;
     use std::time::Duration;
 
     fn fill(store: &Arc<CacheStore>, key: &str) -> Fill {
@@ -176,7 +101,7 @@ mod tests {
     #[tokio::test]
     async fn stores_after_the_last_chunk_and_passes_every_chunk() {
         let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
-        let body = FillingBody::new(chunks(&["ab", "cd"]), 100, fill(&store, "k"));
+        let body = filling(chunks(&["ab", "cd"]), 100, fill(&store, "k"));
         assert!(store.lookup("k", &HeaderMap::new(), true).is_none());
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(&got[..], b"abcd");
@@ -189,7 +114,7 @@ mod tests {
     #[tokio::test]
     async fn too_big_streams_on_but_is_not_stored() {
         let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
-        let body = FillingBody::new(chunks(&["abc", "def"]), 4, fill(&store, "k"));
+        let body = filling(chunks(&["abc", "def"]), 4, fill(&store, "k"));
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdef");
         assert!(store.lookup("k", &HeaderMap::new(), true).is_none());
     }
@@ -197,9 +122,9 @@ mod tests {
     #[tokio::test]
     async fn a_known_empty_body_is_stored_at_once() {
         let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
-        let _body = FillingBody::new(crate::http::body::empty(), 4, fill(&store, "k"));
+        let _body = filling(crate::http::body::empty(), 4, fill(&store, "k"));
         assert!(store.lookup("k", &HeaderMap::new(), true).is_some());
-        let _full = FillingBody::new(full("xy"), 4, fill(&store, "k2"));
+        let _full = filling(full("xy"), 4, fill(&store, "k2"));
         let _ = _full.collect().await;
         assert!(store.lookup("k2", &HeaderMap::new(), true).is_some());
     }

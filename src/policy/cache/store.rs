@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderMap;
 use moka::notification::RemovalCause;
 use tokio::sync::watch;
@@ -140,8 +141,7 @@ impl CacheStore {
         let memory = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Arc<str>, v: &Variants| {
-                let bytes: u64 =
-                    v.iter().map(|e| u64::from(e.weight)).sum::<u64>() + k.len() as u64;
+                let bytes: u64 = v.iter().map(|e| e.weight()).sum::<u64>() + k.len() as u64;
                 bytes.min(u64::from(u32::MAX)) as u32
             })
             .eviction_listener(move |_k, _v, cause| {
@@ -186,8 +186,8 @@ impl CacheStore {
 
     /// Stores an answer under `key`, in place of the variant with the same
     /// secondary key. An answer to HEAD never replaces one with a body.
-    pub fn insert(&self, key: &str, entry: Arc<Entry>) {
-        let key: Arc<str> = Arc::from(key);
+    pub fn insert(&self, entry: Arc<Entry>) {
+        let key = entry.key.clone();
         self.memory.entry(key).and_upsert_with(|old| {
             let mut list: Vec<Arc<Entry>> = Vec::with_capacity(MAX_VARIANTS);
             if let Some(old) = old {
@@ -214,6 +214,21 @@ impl CacheStore {
     /// Whether anything is stored under `key`.
     pub fn has_key(&self, key: &str) -> bool {
         self.memory.contains_key(key)
+    }
+
+    /// Keeps an encoded form of a stored answer beside it (`compress`
+    /// makes it once per encoding and level; hits then send it as it is),
+    /// and weighs the key again so that the memory bound counts it.
+    pub fn add_encoded(&self, entry: &Arc<Entry>, coding: &'static str, level: i32, body: Bytes) {
+        if !entry.add_encoded(coding, level, body) {
+            return;
+        }
+        if let Some(variants) = self.memory.get(&*entry.key)
+            && variants.iter().any(|e| Arc::ptr_eq(e, entry))
+        {
+            self.memory.insert(entry.key.clone(), variants);
+            self.export();
+        }
     }
 
     /// Takes every variant of `key` out; whether there was any.
@@ -329,11 +344,11 @@ pub type CacheRegistry = KeptWhileUsed<(String, u64), CacheStore>;
 mod tests {
     use super::*;
     use crate::policy::cache::rules::Heuristic;
-    use bytes::Bytes;
     use http::{HeaderName, HeaderValue, StatusCode};
     use std::time::SystemTime;
 
     fn entry(
+        key: &str,
         vary: &[(&str, Option<&str>)],
         tags: &str,
         body: usize,
@@ -343,6 +358,7 @@ mod tests {
         h.insert("cache-tag", HeaderValue::from_str(tags).unwrap());
         let now = SystemTime::now();
         Arc::new(Entry::new(
+            Arc::from(key),
             StatusCode::OK,
             h,
             Bytes::from(vec![b'x'; body]),
@@ -379,34 +395,46 @@ mod tests {
     #[test]
     fn variants_by_secondary_key() {
         let store = CacheStore::new("c".into(), 1 << 20, None);
-        store.insert(
+        store.insert(entry(
             "http://h/a",
-            entry(&[("accept-language", Some("en"))], "t", 1, false),
-        );
-        store.insert(
+            &[("accept-language", Some("en"))],
+            "t",
+            1,
+            false,
+        ));
+        store.insert(entry(
             "http://h/a",
-            entry(&[("accept-language", Some("fr"))], "t", 2, false),
-        );
+            &[("accept-language", Some("fr"))],
+            "t",
+            2,
+            false,
+        ));
         let en = store.lookup("http://h/a", &req(&[("accept-language", "en")]), true);
         assert_eq!(en.unwrap().body.len(), 1);
         let fr = store.lookup("http://h/a", &req(&[("accept-language", "fr")]), true);
         assert_eq!(fr.unwrap().body.len(), 2);
         assert!(store.lookup("http://h/a", &req(&[]), true).is_none());
         // Same secondary key: replaced.
-        store.insert(
+        store.insert(entry(
             "http://h/a",
-            entry(&[("accept-language", Some("en"))], "t", 3, false),
-        );
+            &[("accept-language", Some("en"))],
+            "t",
+            3,
+            false,
+        ));
         let en = store.lookup("http://h/a", &req(&[("accept-language", "en")]), true);
         assert_eq!(en.unwrap().body.len(), 3);
         // A HEAD answer never replaces one with a body, and never answers a GET.
-        store.insert(
+        store.insert(entry(
             "http://h/a",
-            entry(&[("accept-language", Some("en"))], "t", 0, true),
-        );
+            &[("accept-language", Some("en"))],
+            "t",
+            0,
+            true,
+        ));
         let en = store.lookup("http://h/a", &req(&[("accept-language", "en")]), true);
         assert_eq!(en.unwrap().body.len(), 3);
-        store.insert("http://h/b", entry(&[], "t", 0, true));
+        store.insert(entry("http://h/b", &[], "t", 0, true));
         assert!(store.lookup("http://h/b", &req(&[]), true).is_none());
         assert!(store.lookup("http://h/b", &req(&[]), false).is_some());
     }
@@ -415,10 +443,10 @@ mod tests {
     fn purges_by_each_selector() {
         let store = CacheStore::new("c".into(), 1 << 20, None);
         let fill = || {
-            store.insert("https://a.example/shop/1", entry(&[], "shop, p1", 1, false));
-            store.insert("https://a.example/shop/2?x=1", entry(&[], "shop", 1, false));
-            store.insert("https://b.example/shop/3", entry(&[], "other", 1, false));
-            store.insert("https://b.example/blog", entry(&[], "blog", 1, false));
+            store.insert(entry("https://a.example/shop/1", &[], "shop, p1", 1, false));
+            store.insert(entry("https://a.example/shop/2?x=1", &[], "shop", 1, false));
+            store.insert(entry("https://b.example/shop/3", &[], "other", 1, false));
+            store.insert(entry("https://b.example/blog", &[], "blog", 1, false));
         };
         fill();
         assert_eq!(
@@ -446,7 +474,7 @@ mod tests {
     fn memory_is_bounded_by_bytes() {
         let store = CacheStore::new("c".into(), 64 * 1024, None);
         for i in 0..200 {
-            store.insert(&format!("http://h/{i}"), entry(&[], "t", 1024, false));
+            store.insert(entry(&format!("http://h/{i}"), &[], "t", 1024, false));
         }
         let stats = store.stats();
         assert!(stats.bytes <= 64 * 1024, "{stats:?}");
