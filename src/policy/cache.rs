@@ -223,7 +223,7 @@ impl Cache {
                 "GET" | "HEAD" => {}
                 "POST" => post = true,
                 _ => errors.push((
-                    format!("methods[{i}]"),
+                    format!("methods.{i}"),
                     format!("`{m}` answers are not stored; list GET, HEAD or POST"),
                 )),
             }
@@ -384,7 +384,7 @@ impl Cache {
         let fwd = match &found {
             Some(_) if request.no_cache || request.max_age.is_some() => "request",
             Some(_) => "stale",
-            None if self.store.has_key(&key) => "vary-miss",
+            None if self.store.varies_away(&key, req.headers()) => "vary-miss",
             None => "uri-miss",
         };
         let mut pending = Pending {
@@ -468,8 +468,11 @@ impl Cache {
 
     /// Forgets the URL an unsafe request changed, and the ones its answer's
     /// Location and Content-Location name on the same host (§4.4).
-    fn invalidate(&self, ctx: &RequestCtx, key: &str, resp: &Response<Body>) {
-        self.forget(key);
+    /// `posts` says whether stored POST answers of those URLs go too: not
+    /// after a POST the policy caches, which it treats as a query (other
+    /// queries' answers stay), but after any other unsafe method.
+    fn invalidate(&self, ctx: &RequestCtx, key: &str, resp: &Response<Body>, posts: bool) {
+        self.forget(key, posts);
         let Some((host, _)) = key::host_and_path(key) else {
             return;
         };
@@ -486,17 +489,24 @@ impl Cache {
                 Some(a) => a.as_str().eq_ignore_ascii_case(host),
             };
             if same_host && uri.path().starts_with('/') {
-                let pq = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
-                self.forget(&format!("{scheme}://{host}{pq}"));
+                // Keyed as a request for it would be (its query sorted or
+                // dropped as the policy says).
+                let url = self.key.url(scheme, host, uri.path(), uri.query());
+                self.forget(&url, posts);
             }
         }
     }
 
-    /// Forgets every key of one URL (all its added parts, when the key
-    /// has any).
-    fn forget(&self, url: &str) {
-        if self.key.has_additions() {
-            self.store.purge(&store::Purge::Url(url.to_string()));
+    /// Forgets every key of one URL: all its added parts when the key has
+    /// any, and its stored POST answers when `posts` says so and the policy
+    /// stores any (both a scan of the store).
+    fn forget(&self, url: &str, posts: bool) {
+        let posts = posts && self.rules.post;
+        if self.key.has_additions() || posts {
+            self.store.purge(&store::Purge::Url {
+                url: url.to_string(),
+                posts,
+            });
         } else {
             self.store.invalidate(url);
         }
@@ -549,6 +559,15 @@ impl Cache {
                 store: self.store.clone(),
             });
             return;
+        }
+        // §4.4: a POST is unsafe even when its answers are stored, so what
+        // GET and HEAD stored for its URL goes.
+        if p.method == Method::POST
+            && (resp.status().is_success() || resp.status().is_redirection())
+        {
+            let url = p.key.trim_start_matches("POST ");
+            let url = url.split(' ').next().unwrap_or(url);
+            self.invalidate(ctx, url, resp, false);
         }
         let code = resp.status().as_u16();
         let directives = ResponseDirectives::parse(resp.headers());
@@ -776,7 +795,7 @@ impl Policy for Cache {
                 self.count(ctx, CacheResult::Bypass);
                 let status = resp.status();
                 if ctx.upstream_answered && (status.is_success() || status.is_redirection()) {
-                    self.invalidate(ctx, &p.key, resp);
+                    self.invalidate(ctx, &p.key, resp, true);
                 }
             }
             PendingKind::Bypass(why) => {

@@ -499,7 +499,10 @@ async fn a_hit_is_compressed_once_and_its_encoded_form_kept() {
     .await;
     let gw = TestGateway::start(&policy_config(
         backend.addr,
-        &[("edge", "{ type: cache }"), ("squeeze", "{ type: compress }")],
+        &[
+            ("edge", "{ type: cache }"),
+            ("squeeze", "{ type: compress }"),
+        ],
         "",
     ))
     .await;
@@ -534,9 +537,18 @@ async fn a_hit_is_compressed_once_and_its_encoded_form_kept() {
     assert_eq!(header(&h, "etag"), "W/\"strong\"");
     // …which later hits send as it is, with its length known.
     let (h, kept) = raw("gzip").await;
-    assert_eq!(header(&h, "content-length"), kept.len().to_string(), "{h:?}");
+    assert_eq!(
+        header(&h, "content-length"),
+        kept.len().to_string(),
+        "{h:?}"
+    );
     assert_eq!(kept, first_hit);
-    assert!(header(&h, "vary").to_ascii_lowercase().contains("accept-encoding"), "{h:?}");
+    assert!(
+        header(&h, "vary")
+            .to_ascii_lowercase()
+            .contains("accept-encoding"),
+        "{h:?}"
+    );
     // Another encoding is another kept form; no encoding is the stored body.
     let (h, br) = raw("br").await;
     assert_eq!(header(&h, "content-encoding"), "br");
@@ -546,5 +558,9 @@ async fn a_hit_is_compressed_once_and_its_encoded_form_kept() {
     let (h, plain) = raw("identity").await;
     assert_eq!(header(&h, "content-encoding"), "");
     assert_eq!(plain, text.as_bytes());
-    assert_eq!(backend.seen().len(), 1, "one upstream request for all of it");
+    assert_eq!(
+        backend.seen().len(),
+        1,
+        "one upstream request for all of it"
+    );
 }

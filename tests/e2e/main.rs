@@ -8,6 +8,7 @@ mod aggregate;
 mod balancing;
 mod basic_auth;
 mod cache;
+mod cache_rules;
 mod check_cli;
 mod common;
 mod compress;

@@ -34,7 +34,7 @@ impl KeySpec {
             match HeaderName::from_bytes(name.as_bytes()) {
                 Ok(h) => headers.push(h),
                 Err(_) => errors.push((
-                    format!("key.headers[{i}]"),
+                    format!("key.headers.{i}"),
                     format!("`{name}` is not a header name"),
                 )),
             }
@@ -65,19 +65,8 @@ impl KeySpec {
         headers: &HeaderMap,
         host: Option<&str>,
     ) -> Option<String> {
-        let host = host?;
         let scheme = if ctx.tls { "https" } else { "http" };
-        let path = uri.path();
-        let mut key = String::with_capacity(scheme.len() + host.len() + path.len() + 32);
-        key.push_str(scheme);
-        key.push_str("://");
-        for c in host.chars() {
-            key.push(c.to_ascii_lowercase());
-        }
-        key.push_str(path);
-        if let Some(query) = uri.query() {
-            self.push_query(&mut key, query);
-        }
+        let mut key = self.url(scheme, host?, uri.path(), uri.query());
         // A POST key is the same URL's with the method in front: its
         // answers never stand in for a GET's.
         if method == Method::POST {
@@ -103,6 +92,22 @@ impl KeySpec {
             }
         }
         Some(key)
+    }
+
+    /// The URL part of a key: scheme, host (lowercase), path and the query
+    /// as the `key` settings shape it.
+    pub fn url(&self, scheme: &str, host: &str, path: &str, query: Option<&str>) -> String {
+        let mut key = String::with_capacity(scheme.len() + host.len() + path.len() + 32);
+        key.push_str(scheme);
+        key.push_str("://");
+        for c in host.chars() {
+            key.push(c.to_ascii_lowercase());
+        }
+        key.push_str(path);
+        if let Some(query) = query {
+            self.push_query(&mut key, query);
+        }
+        key
     }
 
     fn push_query(&self, key: &mut String, query: &str) {

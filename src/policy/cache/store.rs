@@ -74,8 +74,14 @@ pub enum Purge {
     /// Every answer tagged so by `Cache-Tag` or `Surrogate-Key`.
     Tag(String),
     /// Every key of one URL, whatever the key added to it (headers, the
-    /// consumer, a body digest).
-    Url(String),
+    /// consumer); its stored POST answers (keyed by a body digest) too when
+    /// `posts` says so.
+    Url {
+        /// The URL part of the keys.
+        url: String,
+        /// Whether `POST` keys go too.
+        posts: bool,
+    },
 }
 
 /// A request's part in fetching a key.
@@ -211,9 +217,12 @@ impl CacheStore {
         self.export();
     }
 
-    /// Whether anything is stored under `key`.
-    pub fn has_key(&self, key: &str) -> bool {
-        self.memory.contains_key(key)
+    /// Whether `key` has stored answers but none for this request's
+    /// values of the headers they vary on (a `vary-miss`).
+    pub fn varies_away(&self, key: &str, req: &HeaderMap) -> bool {
+        self.memory
+            .get(key)
+            .is_some_and(|v| !v.iter().any(|e| key::matches(&e.vary, req)))
     }
 
     /// Keeps an encoded form of a stored answer beside it (`compress`
@@ -252,8 +261,12 @@ impl CacheStore {
                     key::host_and_path(k).is_some_and(|(h, _)| h.eq_ignore_ascii_case(host))
                 }
                 Purge::Tag(tag) => v.iter().any(|e| e.tags.iter().any(|t| **t == **tag)),
-                Purge::Url(url) => {
-                    let k = k.strip_prefix("POST ").unwrap_or(k);
+                Purge::Url { url, posts } => {
+                    let k = match k.strip_prefix("POST ") {
+                        Some(_) if !posts => return false,
+                        Some(rest) => rest,
+                        None => k,
+                    };
                     k.strip_prefix(url.as_str())
                         .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
                 }
