@@ -12,6 +12,7 @@
 //! request to it succeeds (§4.4). Every answer it touches says what it did
 //! in `Cache-Status` (RFC 9211).
 
+pub mod codec;
 pub mod entry;
 pub mod fill;
 pub mod key;

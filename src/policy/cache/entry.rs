@@ -68,7 +68,7 @@ impl Entry {
     pub fn new(
         key: Arc<str>,
         status: StatusCode,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
         head_only: bool,
         request_time: SystemTime,
@@ -77,6 +77,33 @@ impl Entry {
         vary: Box<[(HeaderName, Option<Box<str>>)]>,
     ) -> Entry {
         let initial_age = rules::initial_age(&headers, request_time, response_time);
+        Entry::restore(
+            key,
+            status,
+            headers,
+            body,
+            head_only,
+            response_time,
+            initial_age,
+            heuristic,
+            vary,
+        )
+    }
+
+    /// A stored answer whose age on arrival is known (read back from a
+    /// tier outside memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore(
+        key: Arc<str>,
+        status: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        head_only: bool,
+        response_time: SystemTime,
+        initial_age: Duration,
+        heuristic: Heuristic,
+        vary: Box<[(HeaderName, Option<Box<str>>)]>,
+    ) -> Entry {
         let names: Vec<HeaderName> = headers
             .keys()
             .filter(|n| rules::kept_out_of_store(n))
