@@ -35,7 +35,7 @@ use self::spec::{In, MediaDef, ParamDef, Shape, Spec, StatusKey, Style, Types};
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::{OpenApiDef, ResponseValidation};
 use crate::http::body::{Body, BoxError, full};
-use crate::http::headers::is_json_media;
+use crate::http::headers::{is_json_media, media_type};
 use crate::http::problem::problem_with;
 use crate::policy::context::RequestCtx;
 
@@ -159,18 +159,19 @@ enum BodyPlan {
     },
 }
 
-/// The documented media type a body of type `media` falls under: exact,
-/// then `type/*`, then `*/*`.
+/// The documented media type a body of type `media` (any case) falls
+/// under: exact, then `type/*`, then `*/*`. The documented ones are
+/// lowercase (`spec::media_type`).
 fn pick<'m>(content: &'m [Media], media: &str) -> Option<&'m Media> {
     let main = media.split('/').next().unwrap_or("");
     content
         .iter()
-        .find(|m| m.media == media)
+        .find(|m| m.media.eq_ignore_ascii_case(media))
         .or_else(|| {
             content.iter().find(|m| {
                 m.media
                     .strip_suffix("/*")
-                    .is_some_and(|t| t == main && t != "*")
+                    .is_some_and(|t| t.eq_ignore_ascii_case(main) && t != "*")
             })
         })
         .or_else(|| content.iter().find(|m| m.media == "*/*"))
@@ -664,10 +665,9 @@ impl OpenApi {
                     violations.push(body_required());
                 }
             } else if !content.is_empty() {
-                let ctype = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(spec::media_type);
+                // As sent: `pick` and `is_json_media` ignore case, so no
+                // lowercased copy is made per request.
+                let ctype = media_type(headers);
                 let listed = || {
                     content
                         .iter()
@@ -698,7 +698,7 @@ impl OpenApi {
                         violations,
                     );
                 };
-                let Some(m) = pick(content, &ctype) else {
+                let Some(m) = pick(content, ctype) else {
                     return unsupported(
                         format!(
                             "this operation does not accept `{ctype}`; it accepts {}",
@@ -708,7 +708,7 @@ impl OpenApi {
                     );
                 };
                 if let Some(v) = m.validator
-                    && is_json_media(&ctype)
+                    && is_json_media(ctype)
                 {
                     let encoded = headers
                         .get(header::CONTENT_ENCODING)
@@ -816,11 +816,7 @@ impl OpenApi {
         {
             return Ok(None);
         }
-        let Some(ctype) = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(spec::media_type)
-        else {
+        let Some(ctype) = media_type(headers) else {
             if headers
                 .get(header::CONTENT_LENGTH)
                 .is_some_and(|l| l == "0")
@@ -833,7 +829,7 @@ impl OpenApi {
                 message: format!("the answer (status {code}) has no Content-Type"),
             }]);
         };
-        let Some(m) = pick(&answer.content, &ctype) else {
+        let Some(m) = pick(&answer.content, ctype) else {
             return Err(vec![Violation {
                 pointer: "/header/content-type".into(),
                 rule: "contentType".into(),
@@ -844,7 +840,7 @@ impl OpenApi {
             .get(header::CONTENT_ENCODING)
             .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
         match m.validator {
-            Some(v) if is_json_media(&ctype) && !encoded => Ok(Some(v)),
+            Some(v) if is_json_media(ctype) && !encoded => Ok(Some(v)),
             _ => Ok(None),
         }
     }
