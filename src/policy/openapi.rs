@@ -17,6 +17,7 @@
 //! with `Allow`; otherwise they pass unchecked. `validate_responses: log`
 //! logs an answer that breaks the document, `enforce` replaces it with 502.
 
+mod doc;
 mod matcher;
 mod spec;
 
@@ -35,7 +36,7 @@ use self::spec::{In, MediaDef, ParamDef, Shape, Spec, StatusKey, Style, Types};
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::{OpenApiDef, ResponseValidation};
 use crate::http::body::{Body, BoxError, full};
-use crate::http::headers::is_json_media;
+use crate::http::headers::{is_json_media, media_type};
 use crate::http::problem::problem_with;
 use crate::policy::context::RequestCtx;
 
@@ -111,6 +112,9 @@ pub struct OpenApi {
     base: String,
     items: Vec<PathItem>,
     validators: Vec<jsonschema::Validator>,
+    /// For each of `validators` that checks a body, the same schema over
+    /// [`doc::BodyValue`]: the fast check of a valid body.
+    body_validators: Vec<Option<jsonschema::Validator<doc::BodyJson>>>,
     strict: bool,
     responses: ResponseValidation,
     max_body: u64,
@@ -159,18 +163,19 @@ enum BodyPlan {
     },
 }
 
-/// The documented media type a body of type `media` falls under: exact,
-/// then `type/*`, then `*/*`.
+/// The documented media type a body of type `media` (any case) falls
+/// under: exact, then `type/*`, then `*/*`. The documented ones are
+/// lowercase (`spec::media_type`).
 fn pick<'m>(content: &'m [Media], media: &str) -> Option<&'m Media> {
     let main = media.split('/').next().unwrap_or("");
     content
         .iter()
-        .find(|m| m.media == media)
+        .find(|m| m.media.eq_ignore_ascii_case(media))
         .or_else(|| {
             content.iter().find(|m| {
                 m.media
                     .strip_suffix("/*")
-                    .is_some_and(|t| t == main && t != "*")
+                    .is_some_and(|t| t.eq_ignore_ascii_case(main) && t != "*")
             })
         })
         .or_else(|| content.iter().find(|m| m.media == "*/*"))
@@ -486,7 +491,11 @@ impl OpenApi {
             def.validate_responses != ResponseValidation::Off,
         )
         .map_err(errors)?;
-        let (validators, map) = compile(&mut spec).map_err(errors)?;
+        let Compiled {
+            validators,
+            body_validators,
+            map,
+        } = compile(&mut spec).map_err(errors)?;
         let mut matcher = Matcher::default();
         let mut items = Vec::new();
         let mut problems = Vec::new();
@@ -547,6 +556,7 @@ impl OpenApi {
             base,
             items,
             validators,
+            body_validators,
             strict: def.strict,
             responses: def.validate_responses,
             max_body: def.max_body.0,
@@ -664,10 +674,9 @@ impl OpenApi {
                     violations.push(body_required());
                 }
             } else if !content.is_empty() {
-                let ctype = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(spec::media_type);
+                // As sent: `pick` and `is_json_media` ignore case, so no
+                // lowercased copy is made per request.
+                let ctype = media_type(headers);
                 let listed = || {
                     content
                         .iter()
@@ -698,7 +707,7 @@ impl OpenApi {
                         violations,
                     );
                 };
-                let Some(m) = pick(content, &ctype) else {
+                let Some(m) = pick(content, ctype) else {
                     return unsupported(
                         format!(
                             "this operation does not accept `{ctype}`; it accepts {}",
@@ -708,7 +717,7 @@ impl OpenApi {
                     );
                 };
                 if let Some(v) = m.validator
-                    && is_json_media(&ctype)
+                    && is_json_media(ctype)
                 {
                     let encoded = headers
                         .get(header::CONTENT_ENCODING)
@@ -741,6 +750,15 @@ impl OpenApi {
             if required {
                 violations.push(body_required());
             }
+            return;
+        }
+        // The common case, a valid body, is settled on a borrowed reading
+        // of it (no `Value` tree to build); anything else is read again as
+        // a `Value`, which words the violations (or the JSON error).
+        if let Some(Some(fast)) = self.body_validators.get(v)
+            && let Some(doc) = doc::parse(bytes)
+            && fast.is_valid(&doc)
+        {
             return;
         }
         match serde_json::from_slice::<Value>(bytes) {
@@ -816,11 +834,7 @@ impl OpenApi {
         {
             return Ok(None);
         }
-        let Some(ctype) = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(spec::media_type)
-        else {
+        let Some(ctype) = media_type(headers) else {
             if headers
                 .get(header::CONTENT_LENGTH)
                 .is_some_and(|l| l == "0")
@@ -833,7 +847,7 @@ impl OpenApi {
                 message: format!("the answer (status {code}) has no Content-Type"),
             }]);
         };
-        let Some(m) = pick(&answer.content, &ctype) else {
+        let Some(m) = pick(&answer.content, ctype) else {
             return Err(vec![Violation {
                 pointer: "/header/content-type".into(),
                 rule: "contentType".into(),
@@ -844,7 +858,7 @@ impl OpenApi {
             .get(header::CONTENT_ENCODING)
             .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
         match m.validator {
-            Some(v) if is_json_media(&ctype) && !encoded => Ok(Some(v)),
+            Some(v) if is_json_media(ctype) && !encoded => Ok(Some(v)),
             _ => Ok(None),
         }
     }
@@ -915,16 +929,27 @@ impl Refusal {
     }
 }
 
-/// The compiled validators, and for each bundle entry its validator's index.
-type Compiled = (Vec<jsonschema::Validator>, Vec<Option<usize>>);
+/// The compiled schemas.
+struct Compiled {
+    /// A validator for each schema used.
+    validators: Vec<jsonschema::Validator>,
+    /// For each of `validators`, its twin over [`doc::BodyValue`] when a
+    /// request or answer body uses that schema.
+    body_validators: Vec<Option<jsonschema::Validator<doc::BodyJson>>>,
+    /// For each bundle entry, its validator's index.
+    map: Vec<Option<usize>>,
+}
 
 /// Compiles a validator for every schema a parameter or body names
 /// directly (the shared ones come with them through `$ref`).
 fn compile(spec: &mut Spec) -> Result<Compiled, Vec<SpecError>> {
     let mut used = vec![false; spec.defs.len()];
+    let mut for_body = vec![false; spec.defs.len()];
     for item in &spec.paths {
         for op in &item.operations {
-            let params = op.params.iter().filter_map(|p| p.schema);
+            for k in op.params.iter().filter_map(|p| p.schema) {
+                used[k] = true;
+            }
             let bodies = op
                 .body
                 .iter()
@@ -933,8 +958,9 @@ fn compile(spec: &mut Spec) -> Result<Compiled, Vec<SpecError>> {
                 .responses
                 .iter()
                 .flat_map(|r| r.content.iter().filter_map(|m| m.schema));
-            for k in params.chain(bodies).chain(answers) {
+            for k in bodies.chain(answers) {
                 used[k] = true;
+                for_body[k] = true;
             }
         }
     }
@@ -961,7 +987,14 @@ fn compile(spec: &mut Spec) -> Result<Compiled, Vec<SpecError>> {
         .with_registry(&registry)
         .should_validate_formats(true)
         .with_format("byte", is_base64);
+    // The same options, for validators over a body's borrowed reading.
+    let body_options = jsonschema::options_for::<doc::BodyJson>()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .with_registry(&registry)
+        .should_validate_formats(true)
+        .with_format("byte", is_base64);
     let mut validators = Vec::new();
+    let mut body_validators = Vec::new();
     let mut map = vec![None; spec.defs.len()];
     let mut errors = Vec::new();
     for (key, used) in used.into_iter().enumerate() {
@@ -969,10 +1002,19 @@ fn compile(spec: &mut Spec) -> Result<Compiled, Vec<SpecError>> {
             continue;
         }
         let schema = json!({"$ref": format!("{}#/$defs/{key}", spec::BUNDLE)});
-        match options.build(&schema) {
-            Ok(v) => {
+        let built = options.build(&schema).and_then(|v| {
+            let twin = if for_body[key] {
+                Some(body_options.build(&schema)?)
+            } else {
+                None
+            };
+            Ok((v, twin))
+        });
+        match built {
+            Ok((v, twin)) => {
                 map[key] = Some(validators.len());
                 validators.push(v);
+                body_validators.push(twin);
             }
             Err(e) => {
                 let pointer = e.instance_path().as_str().to_string();
@@ -981,7 +1023,11 @@ fn compile(spec: &mut Spec) -> Result<Compiled, Vec<SpecError>> {
         }
     }
     if errors.is_empty() {
-        Ok((validators, map))
+        Ok(Compiled {
+            validators,
+            body_validators,
+            map,
+        })
     } else {
         Err(errors)
     }
@@ -1409,6 +1455,63 @@ components:
             .unwrap();
         assert!(!note.message.contains("xxxx"), "{}", note.message);
         assert!(note.message.starts_with("the value"), "{}", note.message);
+    }
+
+    #[test]
+    fn the_borrowed_reading_of_a_body_agrees_with_value() {
+        let p = policy(ORDERS, "");
+        let bodies = [
+            r#"{"customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": 2}]}"#,
+            r#"{"customer": "ada@example.com", "note": null, "items": [{"sku": "ABC-1", "qty": 2.0}], "payment": {"iban": "DE1"}}"#,
+            r#"{"customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": 1.5}]}"#,
+            r#"{"customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": 18446744073709551615}]}"#,
+            r#"{"customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": -1}]}"#,
+            r#"{"customer": "ada@example.com", "items": []}"#,
+            r#"{"customer": "ad\u0061@example.com", "items": [{"sku": "ABC-\u0031", "qty": 1}]}"#,
+            r#"{"customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": 1}], "payment": {"card": "1", "iban": "2"}}"#,
+            r#"{"customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": 1}], "extra": {}}"#,
+            r#"{"items": [{"sku": "ABC-1", "qty": 1}]}"#,
+            r#"[]"#,
+            r#""text""#,
+            r#"null"#,
+        ];
+        let checked: Vec<_> = p
+            .body_validators
+            .iter()
+            .enumerate()
+            .filter_map(|(i, fast)| fast.as_ref().map(|f| (&p.validators[i], f)))
+            .collect();
+        assert!(!checked.is_empty());
+        for body in bodies {
+            let value: Value = serde_json::from_str(body).unwrap();
+            let read = doc::parse(body.as_bytes()).unwrap();
+            for (slow, fast) in &checked {
+                assert_eq!(slow.is_valid(&value), fast.is_valid(&read), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_with_a_repeated_name_is_read_as_value_reads_it() {
+        let p = policy(ORDERS, "");
+        // A `Value` keeps the last of repeated names.
+        let body = r#"{"customer": "nope", "customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": 2}]}"#;
+        check(&p, "POST", "/v1/orders", &[JSON], body).unwrap();
+        let body = r#"{"customer": "ada@example.com", "customer": "nope", "items": [{"sku": "ABC-1", "qty": 2}]}"#;
+        let got = violations(check(&p, "POST", "/v1/orders", &[JSON], body));
+        assert_eq!(got, [("/body/customer".to_string(), "format".to_string())]);
+        let got = violations(check(&p, "POST", "/v1/orders", &[JSON], "{\"customer\": "));
+        assert_eq!(got, [("/body".to_string(), "json".to_string())]);
+    }
+
+    #[test]
+    fn the_content_type_is_matched_in_any_case() {
+        let p = policy(ORDERS, "");
+        let body = r#"{"customer": "ada@example.com", "items": [{"sku": "ABC-1", "qty": 2}]}"#;
+        let upper = ("content-type", "Application/JSON; charset=UTF-8");
+        check(&p, "POST", "/v1/orders", &[upper], body).unwrap();
+        let got = violations(check(&p, "POST", "/v1/orders", &[upper], "{}"));
+        assert_eq!(got.len(), 2, "{got:?}");
     }
 
     #[test]
