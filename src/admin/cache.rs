@@ -29,16 +29,24 @@ pub fn show(rt: &Runtime) -> Response<Body> {
         .map(|store| {
             let s = store.stats();
             let asked = s.hits + s.misses;
+            let mut tiers = json!({
+                "memory": {
+                    "entries": s.entries,
+                    "bytes": s.bytes,
+                    "max_bytes": s.max_bytes,
+                    "evictions": s.evictions,
+                },
+            });
+            if let Some((entries, bytes, max_bytes)) = store.disk_usage() {
+                tiers["disk"] = json!({
+                    "entries": entries,
+                    "bytes": bytes,
+                    "max_bytes": max_bytes,
+                });
+            }
             json!({
                 "name": &*s.name,
-                "tiers": {
-                    "memory": {
-                        "entries": s.entries,
-                        "bytes": s.bytes,
-                        "max_bytes": s.max_bytes,
-                        "evictions": s.evictions,
-                    },
-                },
+                "tiers": tiers,
                 "hits": s.hits,
                 "misses": s.misses,
                 "hit_ratio": if asked == 0 { 0.0 } else { s.hits as f64 / asked as f64 },
@@ -109,6 +117,15 @@ pub async fn purge(rt: &Runtime, body: Incoming) -> Response<Body> {
             "-",
         );
     }
-    let purged: usize = stores.iter().map(|s| s.purge(&purge)).sum();
-    json_response(StatusCode::OK, json!({ "purged": purged }))
+    let (mut purged, mut disk, mut redis) = (0, 0, 0);
+    for store in &stores {
+        purged += store.purge(&purge);
+        let (d, r) = store.purge_tiers(&purge).await;
+        disk += d;
+        redis += r;
+    }
+    json_response(
+        StatusCode::OK,
+        json!({ "purged": purged, "tiers": { "disk": disk, "redis": redis } }),
+    )
 }

@@ -1317,6 +1317,32 @@ pub struct CacheDef {
     /// going upstream itself (default 5s).
     #[serde(default)]
     pub lock_timeout: Option<Dur>,
+    /// A second tier in a local directory, kept across restarts.
+    #[serde(default)]
+    pub disk: Option<CacheDiskDef>,
+    /// A tier in `stores.redis` that every instance shares.
+    #[serde(default)]
+    pub redis: Option<CacheRedisDef>,
+}
+
+/// `disk` of a `cache` policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDiskDef {
+    /// The directory (made if missing; relative to the configuration file).
+    pub path: std::path::PathBuf,
+    /// Bytes of records it may hold; the least recently used go first.
+    pub max_size: Size,
+}
+
+/// `redis` of a `cache` policy.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRedisDef {
+    /// Records (every variant of a key) bigger than this stay out of Redis
+    /// (default 1MiB).
+    #[serde(default)]
+    pub max_entry_size: Option<Size>,
 }
 
 /// `key` of a `cache` policy.

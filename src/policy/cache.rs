@@ -13,9 +13,11 @@
 //! in `Cache-Status` (RFC 9211).
 
 pub mod codec;
+pub mod disk;
 pub mod entry;
 pub mod fill;
 pub mod key;
+pub mod redis_tier;
 pub mod rules;
 pub mod store;
 
@@ -43,7 +45,7 @@ use crate::http::headers::host_of;
 use crate::http::problem::problem;
 use crate::observe::metrics::CacheRequestLabels;
 use crate::policy::context::RequestCtx;
-use crate::policy::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
+use crate::policy::{BuildEnv, Flow, Phase, Policy, ResponsePhase, Store};
 
 /// Default memory bound.
 const DEFAULT_MAX_SIZE: u64 = 256 << 20;
@@ -51,6 +53,8 @@ const DEFAULT_MAX_SIZE: u64 = 256 << 20;
 const DEFAULT_MAX_ENTRY_SIZE: u64 = 8 << 20;
 /// Default cap on heuristic freshness.
 const DEFAULT_HEURISTIC_MAX: Duration = Duration::from_secs(86_400);
+/// Default bound on a record in the Redis tier.
+const DEFAULT_REDIS_ENTRY_SIZE: u64 = 1 << 20;
 /// Default wait for an identical request's answer.
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -156,6 +160,8 @@ enum PendingKind {
     Fetch,
     /// A POST whose key needs a digest of its body first.
     NeedsBody,
+    /// Memory had nothing; the tiers behind it are to be asked.
+    NeedsTier,
     /// An unsafe method: forget the URL if it succeeds.
     Invalidate,
     /// Not for the cache; say why in Cache-Status.
@@ -249,13 +255,69 @@ impl Cache {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let heuristic = Heuristic {
+            max: def.heuristic_max.map_or(DEFAULT_HEURISTIC_MAX, |d| d.0),
+            default_ttl: def.default_ttl.map_or(Duration::ZERO, |d| d.0),
+        };
+        let stale_while_revalidate = def.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0);
+        let stale_if_error = def.stale_if_error.map_or(Duration::ZERO, |d| d.0);
+        let redis = match (&def.redis, env.redis) {
+            (None, _) => None,
+            (Some(r), Store::Ready(shared)) => Some((r, shared)),
+            // Reported where `stores.redis` is.
+            (Some(_), Store::InError) => return Err(errors),
+            (Some(_), Store::Absent) => {
+                return Err(vec![(
+                    "redis".into(),
+                    "the Redis tier needs a top-level `stores: { redis: { url: redis://HOST:PORT } }`"
+                        .into(),
+                )]);
+            }
+        };
+        let disk_path = def.disk.as_ref().map(|d| env.resolve(&d.path));
+        // The store is found again on reload only if its tiers are the
+        // same: a changed directory or Redis server makes a new one.
+        let tiers_id = format!(
+            "disk={:?}:{:?} redis={:?}:{:?}",
+            disk_path,
+            def.disk.as_ref().map(|d| d.max_size.0),
+            redis.map(|(_, s)| (Arc::as_ptr(&s.store) as usize, s.key_prefix.clone())),
+            def.redis.as_ref().map(|r| r.max_entry_size),
+        );
         let name: Arc<str> = Arc::from(env.name);
+        let make = || -> Result<CacheStore, (String, String)> {
+            let disk = match (&def.disk, &disk_path) {
+                (Some(d), Some(path)) if !env.check_only => Some(
+                    disk::DiskTier::open(path, d.max_size.0)
+                        .map_err(|e| ("disk.path".to_string(), e.to_string()))?,
+                ),
+                _ => None,
+            };
+            let redis = redis.map(|(r, shared)| {
+                redis_tier::RedisTier::new(
+                    shared.store.clone(),
+                    &shared.key_prefix,
+                    env.name,
+                    r.max_entry_size.map_or(DEFAULT_REDIS_ENTRY_SIZE, |s| s.0),
+                )
+            });
+            let tiers = (disk.is_some() || redis.is_some()).then(|| store::Tiers {
+                disk,
+                redis,
+                stale_for: stale_while_revalidate.max(stale_if_error),
+                heuristic,
+            });
+            Ok(CacheStore::new(
+                name.clone(),
+                max_size,
+                Some(env.metrics),
+                tiers,
+            ))
+        };
         let (store, _) = env
             .caches
-            .get_or_make((env.name.to_string(), max_size), || {
-                Ok::<_, ()>(CacheStore::new(name.clone(), max_size, Some(env.metrics)))
-            })
-            .map_err(|()| vec![(String::new(), "the cache could not be made".into())])?;
+            .get_or_make((env.name.to_string(), max_size, tiers_id), make)
+            .map_err(|e| vec![e])?;
         Ok(Cache {
             store,
             key,
@@ -263,12 +325,9 @@ impl Cache {
                 set_cookie: def.store_set_cookie,
                 post,
             },
-            heuristic: Heuristic {
-                max: def.heuristic_max.map_or(DEFAULT_HEURISTIC_MAX, |d| d.0),
-                default_ttl: def.default_ttl.map_or(Duration::ZERO, |d| d.0),
-            },
-            stale_while_revalidate: def.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
-            stale_if_error: def.stale_if_error.map_or(Duration::ZERO, |d| d.0),
+            heuristic,
+            stale_while_revalidate,
+            stale_if_error,
             lock_timeout: def.lock_timeout.map_or(DEFAULT_LOCK_TIMEOUT, |d| d.0),
             max_entry_size,
             counters: ResultCounters {
@@ -324,7 +383,13 @@ impl Cache {
 
     /// The lookup itself, once the key is known: answer from the store, or
     /// note what the response phase needs and send the request on.
-    fn look(&self, ctx: &mut RequestCtx, req: &mut Request<Body>, key: String) -> Flow {
+    fn look(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut Request<Body>,
+        key: String,
+        tiers_asked: bool,
+    ) -> Flow {
         let now = SystemTime::now();
         let request = RequestDirectives::parse(req.headers());
         let authorized = req.headers().contains_key(header::AUTHORIZATION);
@@ -336,6 +401,23 @@ impl Cache {
             .store
             .lookup(&key, req.headers(), method != Method::HEAD)
             .filter(|e| !authorized || e.shareable_with_authorization());
+        if found.is_none() && !tiers_asked && self.store.has_tiers() {
+            // The disk or Redis may have it: asked in the async phase.
+            ctx.cache = CacheMark::Pending(Box::new(Pending {
+                what: PendingKind::NeedsTier,
+                key,
+                method,
+                request,
+                authorized,
+                headers: HeaderMap::new(),
+                stale: None,
+                fwd: "uri-miss",
+                request_time: now,
+                wait: None,
+                guard: None,
+            }));
+            return Flow::Continue;
+        }
         if let Some(e) = &found
             && !ctx.refresh
         {
@@ -356,7 +438,10 @@ impl Cache {
                     return Flow::Respond(resp);
                 }
                 Usable::Stale { refresh: true } => {
-                    let first = !e.refreshing.swap(true, Ordering::AcqRel);
+                    // A POST cannot be repeated without its body, which
+                    // is gone by then: it is served stale, not refreshed.
+                    let first =
+                        method != Method::POST && !e.refreshing.swap(true, Ordering::AcqRel);
                     let resp = self.serve(
                         ctx,
                         &method,
@@ -504,7 +589,7 @@ impl Cache {
     fn forget(&self, url: &str, posts: bool) {
         let posts = posts && self.rules.post;
         if self.key.has_additions() || posts {
-            self.store.purge(&store::Purge::Url {
+            self.store.purge_everywhere(&store::Purge::Url {
                 url: url.to_string(),
                 posts,
             });
@@ -668,7 +753,7 @@ impl Cache {
         };
         key.push_str(" body=");
         key.push_str(&hex::encode(&digest[..16]));
-        self.look(ctx, req, key)
+        self.look(ctx, req, key, false)
     }
 
     fn key_of(&self, ctx: &RequestCtx, req: &Request<Body>) -> Option<String> {
@@ -737,7 +822,7 @@ impl Policy for Cache {
             return Flow::Continue;
         }
         match self.key_of(ctx, req) {
-            Some(key) => self.look(ctx, req, key),
+            Some(key) => self.look(ctx, req, key, false),
             None => self.bypass(ctx, "no-host"),
         }
     }
@@ -751,14 +836,27 @@ impl Policy for Cache {
             return None;
         };
         let needs_body = matches!(p.what, PendingKind::NeedsBody);
-        if !needs_body && p.wait.is_none() {
+        let needs_tier = matches!(p.what, PendingKind::NeedsTier);
+        if !needs_body && !needs_tier && p.wait.is_none() {
             return None;
         }
         Some(Box::pin(async move {
             if needs_body {
                 ctx.cache = CacheMark::Untouched;
-                if let Flow::Respond(resp) = self.key_post(ctx, req).await {
-                    return Flow::Respond(resp);
+                let flow = self.key_post(ctx, req).await;
+                if !matches!(flow, Flow::Continue) {
+                    return flow;
+                }
+            }
+            if let CacheMark::Pending(p) = &ctx.cache
+                && matches!(p.what, PendingKind::NeedsTier)
+            {
+                let key = p.key.clone();
+                ctx.cache = CacheMark::Untouched;
+                self.store.lookup_tiers(&key).await;
+                let flow = self.look(ctx, req, key, true);
+                if !matches!(flow, Flow::Continue) {
+                    return flow;
                 }
             }
             let rx = match &mut ctx.cache {
@@ -807,7 +905,7 @@ impl Policy for Cache {
                     resp.headers_mut().insert(CACHE_STATUS, v);
                 }
             }
-            PendingKind::NeedsBody => {}
+            PendingKind::NeedsBody | PendingKind::NeedsTier => {}
         }
     }
 }

@@ -227,6 +227,64 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Runs one command within the store's timeout.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection()?;
+        tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut connection))
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(StoreError::from)
+    }
+
+    /// The bytes stored under `key`, if any.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(redis::cmd("GET").arg(key)).await
+    }
+
+    /// Stores `value` under `key` for `ttl`.
+    pub async fn set_bytes(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run(redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ms))
+            .await
+    }
+
+    /// Deletes `key`; whether it was there.
+    pub async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let n: i64 = self.run(redis::cmd("DEL").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    /// The keys matching `pattern` (SCAN, so the server is never blocked
+    /// by one long command).
+    pub async fn keys_matching(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000),
+                )
+                .await?;
+            out.extend(batch);
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+}
+
 /// Redis stores by URL and timeout, kept across reloads while in use (so a
 /// reload does not reconnect).
 pub type RedisStores = KeptWhileUsed<(String, Duration), RedisStore>;

@@ -9,6 +9,7 @@ mod balancing;
 mod basic_auth;
 mod cache;
 mod cache_rules;
+mod cache_tiers;
 mod check_cli;
 mod common;
 mod compress;

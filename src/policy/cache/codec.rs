@@ -3,7 +3,7 @@
 //! read brings a key back whole.
 //!
 //! ```text
-//! "PCE1"  key_len:u32 key
+//! "PCE1"  key_len:u32 key  tags:u32 (tag_len:u32 tag)*
 //! count:u32, then per variant:
 //!   status:u16 head_only:u8 response_time_ms:u64 initial_age_ms:u64
 //!   headers:u32 (name_len:u16 name value_len:u32 value)*
@@ -46,6 +46,16 @@ pub fn encode(key: &str, variants: &[Arc<Entry>]) -> Bytes {
     let mut out = BytesMut::with_capacity(size);
     out.put_slice(MAGIC);
     put_bytes32(&mut out, key.as_bytes());
+    let mut tags: Vec<&str> = variants
+        .iter()
+        .flat_map(|e| e.tags.iter().map(|t| &**t))
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
+    out.put_u32(tags.len() as u32);
+    for t in tags {
+        put_bytes32(&mut out, t.as_bytes());
+    }
     out.put_u32(variants.len() as u32);
     for e in variants {
         out.put_u16(e.status.as_u16());
@@ -78,8 +88,9 @@ pub fn encode(key: &str, variants: &[Arc<Entry>]) -> Bytes {
     out.freeze()
 }
 
-/// The key of a record, read without the rest (an index rebuilt at start).
-pub fn key_of(record: &[u8]) -> Result<String, DecodeError> {
+/// The key and tags of a record, read from its start without the rest
+/// (an index rebuilt at start, a purge by tag).
+pub fn head_of(record: &[u8]) -> Result<(String, Vec<String>), DecodeError> {
     let mut buf = record;
     read_header(&mut buf)
 }
@@ -87,7 +98,7 @@ pub fn key_of(record: &[u8]) -> Result<String, DecodeError> {
 /// A record's variants, as entries of the primary key it names.
 pub fn decode(record: Bytes, heuristic: Heuristic) -> Result<Vec<Arc<Entry>>, DecodeError> {
     let mut buf = record.clone();
-    let key: Arc<str> = Arc::from(read_header(&mut buf)?);
+    let key: Arc<str> = Arc::from(read_header(&mut buf)?.0);
     let count = get_u32(&mut buf)? as usize;
     let mut out = Vec::with_capacity(count.min(16));
     for _ in 0..count {
@@ -143,12 +154,18 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn read_header(buf: &mut impl Buf) -> Result<String, DecodeError> {
+fn read_header(buf: &mut impl Buf) -> Result<(String, Vec<String>), DecodeError> {
     if buf.remaining() < 4 || buf.copy_to_bytes(4) != MAGIC[..] {
         return Err(DecodeError::Magic);
     }
-    let key = get_bytes32(buf)?;
-    String::from_utf8(key.to_vec()).map_err(|_| DecodeError::Bad("key"))
+    let text = |b: Bytes, what| String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Bad(what));
+    let key = text(get_bytes32(buf)?, "key")?;
+    let n = get_u32(buf)? as usize;
+    let mut tags = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
+        tags.push(text(get_bytes32(buf)?, "tag")?);
+    }
+    Ok((key, tags))
 }
 
 fn put_name(out: &mut BytesMut, name: &HeaderName) {
@@ -231,7 +248,9 @@ mod tests {
     fn round_trips_every_variant() {
         let variants = [entry("english", Some("en")), entry("none", None)];
         let record = encode("https://h/p?q", &variants);
-        assert_eq!(key_of(&record).unwrap(), "https://h/p?q");
+        let (key, tags) = head_of(&record).unwrap();
+        assert_eq!(key, "https://h/p?q");
+        assert_eq!(tags, ["t1", "t2"]);
         let back = decode(record, H).unwrap();
         assert_eq!(back.len(), 2);
         for (a, b) in variants.iter().zip(&back) {

@@ -100,7 +100,7 @@ mod tests {
 
     #[tokio::test]
     async fn stores_after_the_last_chunk_and_passes_every_chunk() {
-        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
+        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None, None));
         let body = filling(chunks(&["ab", "cd"]), 100, fill(&store, "k"));
         assert!(store.lookup("k", &HeaderMap::new(), true).is_none());
         let got = body.collect().await.unwrap().to_bytes();
@@ -113,7 +113,7 @@ mod tests {
 
     #[tokio::test]
     async fn too_big_streams_on_but_is_not_stored() {
-        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
+        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None, None));
         let body = filling(chunks(&["abc", "def"]), 4, fill(&store, "k"));
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcdef");
         assert!(store.lookup("k", &HeaderMap::new(), true).is_none());
@@ -121,7 +121,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_empty_body_is_stored_at_once() {
-        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
+        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None, None));
         let _body = filling(crate::http::body::empty(), 4, fill(&store, "k"));
         assert!(store.lookup("k", &HeaderMap::new(), true).is_some());
         let _full = filling(full("xy"), 4, fill(&store, "k2"));

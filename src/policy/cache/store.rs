@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::entry::Entry;
 use super::key;
+use super::rules::Heuristic;
 use crate::kept::KeptWhileUsed;
 use crate::observe::metrics::{CacheTierLabels, Metrics};
 use prometheus_client::metrics::counter::Counter;
@@ -41,6 +42,53 @@ pub struct CacheStore {
     flights: Mutex<HashMap<Arc<str>, watch::Receiver<bool>>>,
     counts: Arc<Counts>,
     gauges: Option<TierGauges>,
+    tiers: Option<Arc<Tiers>>,
+}
+
+/// The tiers behind memory: read on a memory miss (and the answer found
+/// there brought into memory), written when an answer is stored.
+pub struct Tiers {
+    /// A local directory.
+    pub disk: Option<super::disk::DiskTier>,
+    /// Shared by the fleet.
+    pub redis: Option<super::redis_tier::RedisTier>,
+    /// How long past its freshness a record may still serve (the policy's
+    /// stale windows), for the Redis expiry.
+    pub stale_for: Duration,
+    /// The policy's heuristic freshness, to read records back with.
+    pub heuristic: Heuristic,
+}
+
+impl Tiers {
+    /// How long a record of these variants is worth keeping in Redis:
+    /// while any is fresh or may serve stale, and an hour more for one
+    /// that can be revalidated.
+    fn keep_for(&self, variants: &[Arc<Entry>]) -> Duration {
+        let now = std::time::SystemTime::now();
+        variants
+            .iter()
+            .map(|e| {
+                let left = e.lifetime.saturating_sub(e.age(now));
+                let stale = [
+                    e.directives.stale_while_revalidate,
+                    e.directives.stale_if_error,
+                ]
+                .into_iter()
+                .flatten()
+                .map(Duration::from_secs)
+                .max()
+                .unwrap_or_default()
+                .max(self.stale_for);
+                let revalidate = if e.validators().any() {
+                    Duration::from_secs(3600)
+                } else {
+                    Duration::ZERO
+                };
+                left + stale + revalidate
+            })
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// The memory tier's exported gauges.
@@ -82,6 +130,35 @@ pub enum Purge {
         /// Whether `POST` keys go too.
         posts: bool,
     },
+}
+
+impl Purge {
+    /// Whether this purge takes the key `key`, whose answers carry `tags`.
+    pub fn selects<'a, I: Iterator<Item = &'a str>>(
+        &self,
+        k: &str,
+        tags: impl FnOnce() -> I,
+    ) -> bool {
+        match self {
+            Purge::Key(want) => k == want,
+            Purge::Prefix(prefix) => {
+                key::host_and_path(k).is_some_and(|(_, p)| p.starts_with(prefix.as_str()))
+            }
+            Purge::Host(host) => {
+                key::host_and_path(k).is_some_and(|(h, _)| h.eq_ignore_ascii_case(host))
+            }
+            Purge::Tag(tag) => tags().any(|t| t == tag),
+            Purge::Url { url, posts } => {
+                let k = match k.strip_prefix("POST ") {
+                    Some(_) if !posts => return false,
+                    Some(rest) => rest,
+                    None => k,
+                };
+                k.strip_prefix(url.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
+            }
+        }
+    }
 }
 
 /// A request's part in fetching a key.
@@ -129,7 +206,12 @@ pub struct Stats {
 impl CacheStore {
     /// An empty store of at most `max_bytes`, exporting its figures to
     /// `metrics` when given.
-    pub fn new(name: Arc<str>, max_bytes: u64, metrics: Option<&Metrics>) -> CacheStore {
+    pub fn new(
+        name: Arc<str>,
+        max_bytes: u64,
+        metrics: Option<&Metrics>,
+        tiers: Option<Tiers>,
+    ) -> CacheStore {
         let counts = Arc::new(Counts::default());
         let evicted = counts.clone();
         let gauges = metrics.map(|m| TierGauges {
@@ -165,7 +247,103 @@ impl CacheStore {
             flights: Mutex::new(HashMap::new()),
             counts,
             gauges,
+            tiers: tiers.map(Arc::new),
         }
+    }
+
+    /// Looks for `key` in the tiers behind memory, disk first; what is
+    /// found is brought into memory. Whether anything was.
+    pub async fn lookup_tiers(&self, key: &str) -> bool {
+        let Some(tiers) = &self.tiers else {
+            return false;
+        };
+        let mut record = None;
+        if tiers.disk.is_some() {
+            let (t, k) = (tiers.clone(), key.to_string());
+            record = tokio::task::spawn_blocking(move || t.disk.as_ref()?.load(&k))
+                .await
+                .ok()
+                .flatten();
+        }
+        if record.is_none()
+            && let Some(redis) = &tiers.redis
+        {
+            record = redis.load(key).await;
+        }
+        let Some(record) = record else {
+            return false;
+        };
+        match super::codec::decode(record, tiers.heuristic) {
+            Ok(variants) if variants.first().is_some_and(|e| &*e.key == key) => {
+                self.memory.insert(variants[0].key.clone(), variants.into());
+                self.export();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the store has tiers behind memory.
+    pub fn has_tiers(&self) -> bool {
+        self.tiers.is_some()
+    }
+
+    /// Writes the variants now stored under `key` to the tiers, in the
+    /// background.
+    fn write_through(&self, key: &Arc<str>) {
+        let Some(tiers) = &self.tiers else { return };
+        let Some(variants) = self.memory.get(key) else {
+            return;
+        };
+        let record = super::codec::encode(key, &variants);
+        let tags: Vec<String> = variants
+            .iter()
+            .flat_map(|e| e.tags.iter().map(|t| t.to_string()))
+            .collect();
+        let keep_for = tiers.keep_for(&variants);
+        if tiers.disk.is_some() {
+            let (t, k, r) = (tiers.clone(), key.clone(), record.clone());
+            tokio::task::spawn_blocking(move || {
+                if let Some(disk) = &t.disk {
+                    disk.save(&k, tags, &r);
+                }
+            });
+        }
+        if tiers.redis.is_some() {
+            let (t, k) = (tiers.clone(), key.clone());
+            tokio::spawn(async move {
+                if let Some(redis) = &t.redis {
+                    redis.save(&k, &record, keep_for).await;
+                }
+            });
+        }
+    }
+
+    /// Removes what `purge` selects from the tiers behind memory; how many
+    /// keys went from the disk and from Redis.
+    pub async fn purge_tiers(&self, purge: &Purge) -> (usize, usize) {
+        let Some(tiers) = &self.tiers else {
+            return (0, 0);
+        };
+        let mut disk = 0;
+        if tiers.disk.is_some() {
+            let (t, p) = (tiers.clone(), purge.clone());
+            disk = tokio::task::spawn_blocking(move || t.disk.as_ref().map_or(0, |d| d.purge(&p)))
+                .await
+                .unwrap_or(0);
+        }
+        let redis = match &tiers.redis {
+            Some(r) => r.purge(purge).await,
+            None => 0,
+        };
+        (disk, redis)
+    }
+
+    /// The disk tier's records and bytes, and its bound, if it has one.
+    pub fn disk_usage(&self) -> Option<(u64, u64, u64)> {
+        let disk = self.tiers.as_ref()?.disk.as_ref()?;
+        let (records, bytes) = disk.usage();
+        Some((records, bytes, disk.max_size()))
     }
 
     /// Brings the exported entry and byte counts up to date (moka counts
@@ -215,6 +393,7 @@ impl CacheStore {
             list.into()
         });
         self.export();
+        self.write_through(&entry.key);
     }
 
     /// Whether `key` has stored answers but none for this request's
@@ -244,7 +423,40 @@ impl CacheStore {
     pub fn invalidate(&self, key: &str) -> bool {
         let gone = self.memory.remove(key).is_some();
         self.export();
+        self.forget_in_tiers(Purge::Key(key.to_string()));
         gone
+    }
+
+    /// Takes `purge`'s selection out of the tiers behind memory, in the
+    /// background (memory has already let it go).
+    fn forget_in_tiers(&self, purge: Purge) {
+        let Some(tiers) = &self.tiers else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let t = tiers.clone();
+        runtime.spawn(async move {
+            if let Purge::Key(key) = &purge {
+                if t.disk.is_some() {
+                    let (t2, k) = (t.clone(), key.clone());
+                    let _ =
+                        tokio::task::spawn_blocking(move || t2.disk.as_ref().map(|d| d.remove(&k)))
+                            .await;
+                }
+                if let Some(redis) = &t.redis {
+                    redis.remove(key).await;
+                }
+                return;
+            }
+            if t.disk.is_some() {
+                let (t2, p) = (t.clone(), purge.clone());
+                let _ = tokio::task::spawn_blocking(move || t2.disk.as_ref().map(|d| d.purge(&p)))
+                    .await;
+            }
+            if let Some(redis) = &t.redis {
+                redis.purge(&purge).await;
+            }
+        });
     }
 
     /// Takes out what `purge` selects; how many primary keys went.
@@ -252,28 +464,25 @@ impl CacheStore {
         let doomed: Vec<Arc<str>> = self
             .memory
             .iter()
-            .filter(|(k, v)| match purge {
-                Purge::Key(want) => k.as_ref().as_ref() == want.as_str(),
-                Purge::Prefix(prefix) => {
-                    key::host_and_path(k).is_some_and(|(_, p)| p.starts_with(prefix.as_str()))
-                }
-                Purge::Host(host) => {
-                    key::host_and_path(k).is_some_and(|(h, _)| h.eq_ignore_ascii_case(host))
-                }
-                Purge::Tag(tag) => v.iter().any(|e| e.tags.iter().any(|t| **t == **tag)),
-                Purge::Url { url, posts } => {
-                    let k = match k.strip_prefix("POST ") {
-                        Some(_) if !posts => return false,
-                        Some(rest) => rest,
-                        None => k,
-                    };
-                    k.strip_prefix(url.as_str())
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(' '))
-                }
+            .filter(|(k, v)| {
+                purge.selects(k, || v.iter().flat_map(|e| e.tags.iter().map(|t| &**t)))
             })
             .map(|(k, _)| k.as_ref().clone())
             .collect();
-        doomed.iter().filter(|k| self.invalidate(k)).count()
+        let purged = doomed
+            .iter()
+            .filter(|k| self.memory.remove(&***k).is_some())
+            .count();
+        self.export();
+        purged
+    }
+
+    /// [`CacheStore::purge`] of memory, and the same purge of the tiers in
+    /// the background (an unsafe request's invalidation).
+    pub fn purge_everywhere(&self, purge: &Purge) -> usize {
+        let purged = self.purge(purge);
+        self.forget_in_tiers(purge.clone());
+        purged
     }
 
     /// Joins or starts the fetch of `key`.
@@ -349,14 +558,13 @@ impl Drop for CacheStore {
     }
 }
 
-/// Stores by (policy name, memory bound), kept across reloads while a
+/// Stores by (policy name, memory bound, tiers), kept across reloads while a
 /// snapshot uses them.
-pub type CacheRegistry = KeptWhileUsed<(String, u64), CacheStore>;
+pub type CacheRegistry = KeptWhileUsed<(String, u64, String), CacheStore>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::cache::rules::Heuristic;
     use http::{HeaderName, HeaderValue, StatusCode};
     use std::time::SystemTime;
 
@@ -407,7 +615,7 @@ mod tests {
 
     #[test]
     fn variants_by_secondary_key() {
-        let store = CacheStore::new("c".into(), 1 << 20, None);
+        let store = CacheStore::new("c".into(), 1 << 20, None, None);
         store.insert(entry(
             "http://h/a",
             &[("accept-language", Some("en"))],
@@ -454,7 +662,7 @@ mod tests {
 
     #[test]
     fn purges_by_each_selector() {
-        let store = CacheStore::new("c".into(), 1 << 20, None);
+        let store = CacheStore::new("c".into(), 1 << 20, None, None);
         let fill = || {
             store.insert(entry("https://a.example/shop/1", &[], "shop, p1", 1, false));
             store.insert(entry("https://a.example/shop/2?x=1", &[], "shop", 1, false));
@@ -485,7 +693,7 @@ mod tests {
 
     #[test]
     fn memory_is_bounded_by_bytes() {
-        let store = CacheStore::new("c".into(), 64 * 1024, None);
+        let store = CacheStore::new("c".into(), 64 * 1024, None, None);
         for i in 0..200 {
             store.insert(entry(&format!("http://h/{i}"), &[], "t", 1024, false));
         }
@@ -496,7 +704,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_leader_per_key_and_followers_wake_when_it_ends() {
-        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None));
+        let store = Arc::new(CacheStore::new("c".into(), 1 << 20, None, None));
         let Flight::Leader(guard) = store.flight("k") else {
             panic!("first request leads")
         };
