@@ -73,7 +73,8 @@ pub enum CacheResult {
     Revalidated,
     /// Answered from what an identical request in flight stored.
     Collapsed,
-    /// Not for the cache (method, no-store, Authorization).
+    /// Not for the cache: another method, `no-store` in the request, no
+    /// host to key on, an answer the gateway made without the upstream.
     Bypass,
 }
 
@@ -461,11 +462,16 @@ impl Cache {
         }
         if request.only_if_cached {
             self.count(ctx, CacheResult::Miss);
-            return Flow::Respond(problem(
+            let mut resp = problem(
                 StatusCode::GATEWAY_TIMEOUT,
                 "only-if-cached: the cache has no answer it may give",
                 ctx.request_id_str(),
-            ));
+            );
+            resp.headers_mut().insert(
+                CACHE_STATUS,
+                HeaderValue::from_static("portcullis; fwd=miss; detail=only-if-cached"),
+            );
+            return Flow::Respond(resp);
         }
         let fwd = match &found {
             Some(_) if request.no_cache || request.max_age.is_some() => "request",
@@ -623,7 +629,22 @@ impl Cache {
             return;
         }
         if !ctx.upstream_answered {
-            self.count(ctx, CacheResult::Miss);
+            // The upstream failed (a miss that found nothing), or the answer
+            // never came from it (a file, a direct answer): nothing to keep.
+            let (result, status) = if ctx.upstream_error.is_some() {
+                (
+                    CacheResult::Miss,
+                    "portcullis; fwd=uri-miss; detail=upstream-error",
+                )
+            } else {
+                (
+                    CacheResult::Bypass,
+                    "portcullis; fwd=bypass; detail=not-upstream",
+                )
+            };
+            self.count(ctx, result);
+            resp.headers_mut()
+                .insert(CACHE_STATUS, HeaderValue::from_static(status));
             return;
         }
         if resp.status() == StatusCode::NOT_MODIFIED
@@ -892,6 +913,10 @@ impl Policy for Cache {
             PendingKind::Fetch => self.store_answer(ctx, resp, p),
             PendingKind::Invalidate => {
                 self.count(ctx, CacheResult::Bypass);
+                resp.headers_mut().insert(
+                    CACHE_STATUS,
+                    HeaderValue::from_static("portcullis; fwd=bypass; detail=method"),
+                );
                 let status = resp.status();
                 if ctx.upstream_answered && (status.is_success() || status.is_redirection()) {
                     self.invalidate(ctx, &p.key, resp, true);

@@ -16,7 +16,7 @@ use crate::http::problem::problem;
 
 /// What one entry costs beyond its body and header bytes: the entry
 /// itself, its header map's tables, the key and the memory tier's own
-/// bookkeeping (measured: docs/caching.md).
+/// bookkeeping (measured: bench/RESULTS.md, "Cache memory per entry").
 pub const ENTRY_OVERHEAD: u64 = 512;
 
 /// A stored answer.
@@ -229,6 +229,7 @@ impl Entry {
             lifetime: self.lifetime,
             never_stale: self.directives.never_stale(),
             no_cache: self.directives.no_cache,
+            swr_from_answer: self.directives.stale_while_revalidate.is_some(),
             stale_while_revalidate: self
                 .directives
                 .stale_while_revalidate
@@ -330,10 +331,16 @@ impl Entry {
                     "the requested range starts past the end of the document",
                     request_id,
                 );
-                resp.headers_mut().insert(
+                let h = resp.headers_mut();
+                h.insert(
                     header::CONTENT_RANGE,
                     HeaderValue::from(ContentRange::Size(size)),
                 );
+                for name in [header::AGE, CACHE_STATUS] {
+                    if let Some(v) = headers.remove(&name) {
+                        h.insert(name, v);
+                    }
+                }
                 return resp;
             }
         };

@@ -424,6 +424,11 @@ pub struct Freshness {
     pub no_cache: bool,
     /// How long past its freshness it may be served while it is refreshed.
     pub stale_while_revalidate: Duration,
+    /// Whether that window is the answer's own `stale-while-revalidate`
+    /// (an explicit permission, which holds even for an answer that is
+    /// otherwise never served stale, as CDNs read `s-maxage=60,
+    /// stale-while-revalidate=30`), not the policy's default.
+    pub swr_from_answer: bool,
 }
 
 /// §4.2 and §5.2.1: whether a stored answer may answer this request.
@@ -440,10 +445,13 @@ pub fn usable(req: &RequestDirectives, f: &Freshness) -> Usable {
     if f.age + min_fresh < f.lifetime {
         return Usable::Fresh;
     }
+    let staleness = (f.age + min_fresh).saturating_sub(f.lifetime);
     if f.never_stale {
+        if f.swr_from_answer && staleness < f.stale_while_revalidate {
+            return Usable::Stale { refresh: true };
+        }
         return Usable::Revalidate;
     }
-    let staleness = (f.age + min_fresh).saturating_sub(f.lifetime);
     if let Some(max_stale) = req.max_stale
         && (max_stale == u64::MAX || staleness <= Duration::from_secs(max_stale))
     {
@@ -832,6 +840,7 @@ mod tests {
             never_stale: false,
             no_cache: false,
             stale_while_revalidate: Duration::ZERO,
+            swr_from_answer: false,
         }
     }
 
@@ -865,6 +874,18 @@ mod tests {
             ..fresh(15, 10)
         };
         assert_eq!(usable(&req_cc("max-stale"), &never), Usable::Revalidate);
+        // s-maxage=10, stale-while-revalidate=30: the answer's own window holds.
+        let cdn = Freshness {
+            stale_while_revalidate: Duration::from_secs(30),
+            swr_from_answer: true,
+            ..never
+        };
+        assert_eq!(usable(&none, &cdn), Usable::Stale { refresh: true });
+        let policy_window = Freshness {
+            swr_from_answer: false,
+            ..cdn
+        };
+        assert_eq!(usable(&none, &policy_window), Usable::Revalidate);
         let swr = Freshness {
             stale_while_revalidate: Duration::from_secs(30),
             ..fresh(15, 10)
