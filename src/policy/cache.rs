@@ -250,6 +250,29 @@ impl Cache {
                 ),
             ));
         }
+        if let Some(d) = &def.disk
+            && d.max_size.0 < max_entry_size
+        {
+            errors.push((
+                "disk.max_size".into(),
+                format!(
+                    "disk.max_size ({} bytes) is below max_entry_size ({max_entry_size} bytes): \
+                     answers the memory tier keeps could not be written; raise it",
+                    d.max_size.0
+                ),
+            ));
+        }
+        if def
+            .redis
+            .as_ref()
+            .and_then(|r| r.max_entry_size)
+            .is_some_and(|s| s.0 == 0)
+        {
+            errors.push((
+                "redis.max_entry_size".into(),
+                "0 would keep every answer out of Redis; remove `redis` instead".into(),
+            ));
+        }
         if max_entry_size > u64::from(u32::MAX) {
             errors.push(("max_entry_size".into(), "must be below 4GiB".into()));
         }

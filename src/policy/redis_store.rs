@@ -242,6 +242,19 @@ impl RedisStore {
         self.run(redis::cmd("GET").arg(key)).await
     }
 
+    /// The first `len` bytes stored under `key`, if any.
+    pub async fn get_head(&self, key: &str, len: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        let bytes: Vec<u8> = self
+            .run(
+                redis::cmd("GETRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(len.saturating_sub(1)),
+            )
+            .await?;
+        Ok((!bytes.is_empty()).then_some(bytes))
+    }
+
     /// Stores `value` under `key` for `ttl`.
     pub async fn set_bytes(
         &self,

@@ -115,7 +115,7 @@ impl DiskTier {
             if path.extension().is_none_or(|e| e != EXT) {
                 // Half-written records from a crash are removed; anything
                 // else is not ours.
-                if name.ends_with(".tmp") {
+                if name.ends_with(".pce.tmp") {
                     let _ = fs::remove_file(&path);
                 }
                 continue;
@@ -123,7 +123,14 @@ impl DiskTier {
             let Ok(meta) = item.metadata() else { continue };
             let mut head = vec![0; HEAD_BYTES.min(meta.len() as usize)];
             let read = fs::File::open(&path).and_then(|mut f| f.read_exact(&mut head));
-            match read.ok().and_then(|()| codec::head_of(&head).ok()) {
+            let mut parsed = read.ok().and_then(|()| codec::head_of(&head).ok());
+            if parsed.is_none() && meta.len() as usize > HEAD_BYTES {
+                // Keys and tags longer than the head read: read it all.
+                parsed = fs::read(&path)
+                    .ok()
+                    .and_then(|all| codec::head_of(&all).ok());
+            }
+            match parsed {
                 Some((key, tags)) if file_name(&key) == name => {
                     let modified = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                     found.push((modified, name, key, tags, meta.len()));
@@ -179,6 +186,8 @@ impl DiskTier {
     /// then removes the least recently used records past `max_size`.
     pub fn save(&self, key: &str, tags: Vec<String>, record: &[u8]) {
         if record.len() as u64 > self.max_size {
+            // An older, smaller record of the key would be out of date now.
+            self.remove(key);
             return;
         }
         let name = file_name(key);
@@ -303,6 +312,7 @@ mod tests {
             tier.save("https://h/a", tags, &r);
             fs::write(dir.path().join("junk.pce"), b"not a record").unwrap();
             fs::write(dir.path().join("x.pce.tmp"), b"half").unwrap();
+            fs::write(dir.path().join("other.tmp"), b"not ours").unwrap();
             fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
         }
         let tier = DiskTier::open(dir.path(), 1 << 20).unwrap();
@@ -312,6 +322,7 @@ mod tests {
         assert!(!dir.path().join("junk.pce").exists());
         assert!(!dir.path().join("x.pce.tmp").exists());
         assert!(dir.path().join("notes.txt").exists());
+        assert!(dir.path().join("other.tmp").exists());
         assert_eq!(tier.usage().0, 1);
     }
 

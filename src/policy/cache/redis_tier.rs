@@ -14,6 +14,21 @@ use super::codec;
 use super::store::Purge;
 use crate::policy::redis_store::RedisStore;
 
+/// Bytes of a record read for its head.
+const HEAD_BYTES: usize = 16 * 1024;
+
+/// `text` with Redis glob characters escaped, for a SCAN pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A cache's records in Redis.
 pub struct RedisTier {
     store: Arc<RedisStore>,
@@ -57,6 +72,8 @@ impl RedisTier {
     /// Stores a record for `ttl`, when it is small enough.
     pub async fn save(&self, key: &str, record: &[u8], ttl: Duration) {
         if record.len() as u64 > self.max_entry_size || ttl.is_zero() {
+            // An older, smaller record of the key would be out of date now.
+            self.remove(key).await;
             return;
         }
         if let Err(e) = self
@@ -82,16 +99,25 @@ impl RedisTier {
         if let Purge::Key(key) = purge {
             return usize::from(self.remove(key).await);
         }
-        let Ok(keys) = self.store.keys_matching(&format!("{}*", self.prefix)).await else {
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let Ok(keys) = self.store.keys_matching(&pattern).await else {
             return 0;
         };
         let mut purged = 0;
         for redis_key in keys {
-            let Ok(Some(record)) = self.store.get_bytes(&redis_key).await else {
+            // The head (key and tags) is all a purge reads.
+            let Ok(Some(head)) = self.store.get_head(&redis_key, HEAD_BYTES).await else {
                 continue;
             };
-            let Ok((key, tags)) = codec::head_of(&record) else {
-                continue;
+            let (key, tags) = match codec::head_of(&head) {
+                Ok(found) => found,
+                Err(_) => match self.store.get_bytes(&redis_key).await {
+                    Ok(Some(record)) => match codec::head_of(&record) {
+                        Ok(found) => found,
+                        Err(_) => continue,
+                    },
+                    _ => continue,
+                },
             };
             if purge.selects(&key, || tags.iter().map(String::as_str))
                 && self.store.delete(&redis_key).await.unwrap_or(false)

@@ -274,8 +274,12 @@ impl CacheStore {
             return false;
         };
         match super::codec::decode(record, tiers.heuristic) {
-            Ok(variants) if variants.first().is_some_and(|e| &*e.key == key) => {
-                self.memory.insert(variants[0].key.clone(), variants.into());
+            Ok(variants) if variants.iter().all(|e| &*e.key == key) && !variants.is_empty() => {
+                // Merged with what memory has: a variant stored here since
+                // stays.
+                for e in variants {
+                    self.upsert(e);
+                }
                 self.export();
                 true
             }
@@ -372,6 +376,14 @@ impl CacheStore {
     /// secondary key. An answer to HEAD never replaces one with a body.
     pub fn insert(&self, entry: Arc<Entry>) {
         let key = entry.key.clone();
+        self.upsert(entry);
+        self.export();
+        self.write_through(&key);
+    }
+
+    /// [`CacheStore::insert`] in memory only.
+    fn upsert(&self, entry: Arc<Entry>) {
+        let key = entry.key.clone();
         self.memory.entry(key).and_upsert_with(|old| {
             let mut list: Vec<Arc<Entry>> = Vec::with_capacity(MAX_VARIANTS);
             if let Some(old) = old {
@@ -392,8 +404,6 @@ impl CacheStore {
             list.push(entry.clone());
             list.into()
         });
-        self.export();
-        self.write_through(&entry.key);
     }
 
     /// Whether `key` has stored answers but none for this request's
