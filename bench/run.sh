@@ -19,7 +19,7 @@ WORKERS=1
 DURATION=10
 RUNS=3
 WARMUP=2
-SCENARIOS=1,2,3,4,5,6,7,8,9,10
+SCENARIOS=1,2,3,4,5,6,7,8,9,10,11,12
 IDLE_CONNS=10000
 QUICK=0
 PORT_BASE=${BENCH_PORT_BASE:-18000}
@@ -37,7 +37,7 @@ usage: bash bench/run.sh [--workers N] [--duration S] [--runs N] [--scenarios 1,
   --workers N      worker processes/threads for every proxy (default 1)
   --duration S     seconds per measurement (default 10)
   --runs N         measurements per proxy and scenario, interleaved (default 3)
-  --scenarios L    comma-separated scenario numbers 1-10 (default all)
+  --scenarios L    comma-separated scenario numbers 1-12 (default all)
   --idle-conns N   idle connections in scenario 6 (default 10000)
   --quick          smoke run: 2 s measurements, 1 run, 1000 idle connections
 Environment: PORTCULLIS_BIN, BACKEND_BIN (skip the cargo build), BENCH_PORT_BASE.
@@ -374,6 +374,17 @@ gen_10() {
     "http://127.0.0.1:${HTTP_PORT[$1]}$URL_PATH" "${args[@]}")
 }
 
+# Scenario 11: cache hits of a 1 KiB answer (the backend says max-age=3600).
+gen_11() {
+  CMD=("${WRK[@]}" -t"$LOAD_THREADS" -c64 -d"$2s" -H "Host: api.example.com"
+    "http://127.0.0.1:${HTTP_PORT[$1]}/cache/kib")
+}
+# Scenario 12: a 100 KiB JSON answer compressed with ENCODING.
+gen_12() {
+  CMD=("${WRK[@]}" -t"$LOAD_THREADS" -c16 -d"$2s" -H "Host: api.example.com"
+    -H "Accept-Encoding: $ENCODING" "http://127.0.0.1:${HTTP_PORT[$1]}/gzip/json100k")
+}
+
 # The order of targets rotates between runs so that none always goes first.
 rotated() {
   local run=$1
@@ -661,6 +672,36 @@ if want 10; then
   run_scenario 10 gen_10 wrk portcullis portcullisak portcullisba
   stop_pid "${PID[portcullisak]}"
   stop_pid "${PID[portcullisba]}"
+fi
+if want 11; then
+  log "scenario 11: cache hits of a 1 KiB answer (nginx proxy_cache beside the cache policy), 64 connections"
+  for p in nginx portcullis; do
+    for i in 1 2; do
+      got=$(curl -s -D - -o /dev/null -H 'Host: api.example.com' "http://127.0.0.1:${HTTP_PORT[$p]}/cache/kib" |
+        tr -d '\r' | awk 'tolower($1) == "content-length:" { print $2 }')
+    done
+    [ "$got" = 1024 ] || die "$p: /cache/kib answered a body of '$got' bytes, expected 1024"
+  done
+  got=$(curl -s -D - -o /dev/null -H 'Host: api.example.com' "http://127.0.0.1:${HTTP_PORT[portcullis]}/cache/kib" |
+    tr -d '\r' | awk 'tolower($1) == "cache-status:" { print $3 }')
+  [ "$got" = "hit;" ] || die "portcullis: /cache/kib is not a cache hit (Cache-Status: '$got')"
+  run_scenario 11 gen_11 wrk nginx portcullis
+fi
+if want 12; then
+  for ENCODING in gzip br zstd; do
+    targets=(portcullis)
+    [ "$ENCODING" != gzip ] || targets=(nginx portcullis)
+    for p in "${targets[@]}"; do
+      got=$(curl -s -D - -o /dev/null -H 'Host: api.example.com' -H "Accept-Encoding: $ENCODING" \
+        "http://127.0.0.1:${HTTP_PORT[$p]}/gzip/json100k" | tr -d '\r' |
+        awk 'tolower($1) == "content-encoding:" { print $2 }')
+      [ "$got" = "$ENCODING" ] || die "$p: /gzip/json100k was not $ENCODING-encoded (Content-Encoding: '$got')"
+    done
+    log "scenario 12-$ENCODING: a 100 KiB JSON answer compressed with $ENCODING (gzip at level 6 in both), 16 connections"
+    REC_ARGS=(--set "encoding=$ENCODING")
+    run_scenario "12-$ENCODING" gen_12 wrk "${targets[@]}"
+    REC_ARGS=()
+  done
 fi
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 

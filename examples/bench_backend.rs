@@ -3,8 +3,10 @@
 //!
 //! A path ending in `/big` (`/big`, `/v1/users/big`) answers 1 MiB, one
 //! ending in `/json` a JSON document of about 100 bytes (for
-//! `bench/aggregate.sh`); every other request answers the same 100-byte
-//! body. HTTP/1.1 and HTTP/2 (h2c with prior knowledge) share the plain
+//! `bench/aggregate.sh`), one ending in `/kib` 1 KiB of text fresh for an
+//! hour (`Cache-Control: max-age=3600`, for the cache scenario), one ending
+//! in `/json100k` about 100 KiB of JSON (for the compression scenario);
+//! every other request answers the same 100-byte body. HTTP/1.1 and HTTP/2 (h2c with prior knowledge) share the plain
 //! port; with `--tls-listen`, `--cert` and `--key` a second port speaks
 //! TLS 1.3 with ALPN `h2` and `http/1.1`, so the TLS scenarios have a
 //! direct baseline too.
@@ -100,10 +102,43 @@ fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, Stri
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
+/// About 100 KiB of JSON: an array of records such as an API lists.
+fn json_100k() -> Bytes {
+    let mut out = String::from("[");
+    let mut i = 0;
+    while out.len() < 100 * 1024 {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!(
+            "{{\"id\":{i},\"name\":\"customer {i}\",\"email\":\"customer{i}@example.com\",\"plan\":\"{}\",\"active\":{},\"balance\":{}.{:02}}}",
+            ["free", "team", "enterprise"][i % 3],
+            i % 7 != 0,
+            (i * 37) % 1000,
+            i % 100
+        ));
+        i += 1;
+    }
+    out.push(']');
+    Bytes::from(out)
+}
+
 async fn answer(req: Request<Incoming>, big: Bytes) -> Result<Response<Full<Bytes>>, Infallible> {
+    static KIB: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    static JSON_100K: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     let path = req.uri().path();
+    if path.ends_with("/kib") {
+        let body = KIB.get_or_init(|| Bytes::from(vec![b'k'; 1024])).clone();
+        let mut resp = Response::new(Full::new(body));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+        h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("max-age=3600"));
+        return Ok(resp);
+    }
     let (body, ctype) = if path.ends_with("/big") {
         (big, "text/plain")
+    } else if path.ends_with("/json100k") {
+        (JSON_100K.get_or_init(json_100k).clone(), "application/json")
     } else if path.ends_with("/json") {
         (Bytes::from_static(JSON), "application/json")
     } else {

@@ -45,6 +45,18 @@ SCENARIOS = [
         ("rps", "achieved req/s", "high"), ("p50_ms", "p50 ms", "low"),
         ("p99_ms", "p99 ms", "low"), ("p999_ms", "p99.9 ms", "low"),
         ("cpu_us_per_req", "CPU µs/req", "low")]),
+    ("11", "11. Cache hits, 1 KiB answers, 64 conns", [
+        ("rps", "req/s", "high"), ("p50_ms", "p50 ms", "low"), ("p99_ms", "p99 ms", "low"),
+        ("cpu_us_per_req", "CPU µs/req", "low")]),
+    ("12-gzip", "12. gzip level 6, 100 KiB JSON, 16 conns", [
+        ("rps", "req/s", "high"), ("p99_ms", "p99 ms", "low"),
+        ("cpu_us_per_req", "CPU µs/req", "low")]),
+    ("12-br", "12. brotli (default level 4), 100 KiB JSON, 16 conns", [
+        ("rps", "req/s", "high"), ("p99_ms", "p99 ms", "low"),
+        ("cpu_us_per_req", "CPU µs/req", "low")]),
+    ("12-zstd", "12. zstd (default level 3), 100 KiB JSON, 16 conns", [
+        ("rps", "req/s", "high"), ("p99_ms", "p99 ms", "low"),
+        ("cpu_us_per_req", "CPU µs/req", "low")]),
 ]
 
 FIELDS = ["rps", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "cpu_us_per_req", "mb_s",
@@ -295,6 +307,14 @@ def main():
     if "8" in sc and "portcullis" in sc["8"]["by_proxy"]:
         check("8", "10,000-route req/s ≥ 0.95 × 10-route", sc["8"]["by_proxy"]["portcullis"]["ratio"],
               lambda v: v >= 0.95)
+    if "11" in sc:
+        r = sc["11"]["ratios"]
+        check("11", "cache hits: CPU/req ≤ nginx's ÷ 1.5", r["cpu_us_per_req"]["nginx"],
+              lambda v: v <= 1 / 1.5)
+        check("11", "cache hits: req/s ≥ nginx", r["rps"]["nginx"], lambda v: v >= 1.0)
+    if "12-gzip" in sc:
+        check("12", "gzip level 6: req/s ≥ 1.0 × nginx", sc["12-gzip"]["ratios"]["rps"]["nginx"],
+              lambda v: v >= 1.0)
     if "9" in sc:
         check("9", "features on ≥ 0.85 × off (req/s)", sc["9"]["ratios"]["rps"],
               lambda v: v >= 0.85)
