@@ -556,6 +556,9 @@ if want 6 && [ "$(ulimit -n)" -lt $((IDLE_CONNS + 1000)) ]; then
 fi
 
 RUN_DIR=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
+# nginx's workers (user nobody when the harness runs as root) write the
+# scenario-11 cache under it.
+chmod 755 "$RUN_DIR"
 mkdir -p "$RUN_DIR/out" "$RUN_DIR/routes" "$BENCH_DIR/results"
 RUNS_FILE=$RUN_DIR/runs.jsonl
 : >"$RUNS_FILE"

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use portcullis::policy::cache::entry::{ENTRY_OVERHEAD, Entry};
+use portcullis::policy::cache::entry::{ENTRY_OVERHEAD, Entry, HEADER_OVERHEAD};
 use portcullis::policy::cache::rules::Heuristic;
 use portcullis::policy::cache::store::CacheStore;
 
@@ -35,7 +35,10 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { INNER.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { INNER.realloc(ptr, layout, new_size) }
     }
 }
@@ -56,9 +59,18 @@ fn main() {
     };
     let mut headers = HeaderMap::new();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.insert("cache-control", HeaderValue::from_static("public, max-age=3600"));
-    headers.insert("date", HeaderValue::from_static("Mon, 07 Dec 2026 12:00:00 GMT"));
-    let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    headers.insert(
+        "cache-control",
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    headers.insert(
+        "date",
+        HeaderValue::from_static("Mon, 07 Dec 2026 12:00:00 GMT"),
+    );
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
     let body = [b'x'; 100];
     let before = LIVE.load(Ordering::Relaxed);
     for i in 0..n {
@@ -89,9 +101,12 @@ fn main() {
     println!("entries stored:            {}", stats.entries);
     println!("allocated per entry:       {per_entry:.0} bytes");
     println!("of which body+headers+key: {payload:.0} bytes");
-    println!("overhead per entry:        {:.0} bytes", per_entry - payload);
     println!(
-        "charged per entry:         {:.0} bytes (ENTRY_OVERHEAD {ENTRY_OVERHEAD} + 32 per header)",
+        "overhead per entry:        {:.0} bytes",
+        per_entry - payload
+    );
+    println!(
+        "charged per entry:         {:.0} bytes (ENTRY_OVERHEAD {ENTRY_OVERHEAD} + {HEADER_OVERHEAD} per header)",
         stats.bytes as f64 / stats.entries.max(1) as f64
     );
     println!(
