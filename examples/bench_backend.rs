@@ -131,8 +131,14 @@ async fn answer(req: Request<Incoming>, big: Bytes) -> Result<Response<Full<Byte
         let body = KIB.get_or_init(|| Bytes::from(vec![b'k'; 1024])).clone();
         let mut resp = Response::new(Full::new(body));
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
-        h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("max-age=3600"));
+        h.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("max-age=3600"),
+        );
         return Ok(resp);
     }
     let (body, ctype) = if path.ends_with("/big") {
