@@ -266,6 +266,20 @@ impl HeaderOps {
     }
 }
 
+/// A header map from `(name, value)` text pairs, for tests.
+#[cfg(test)]
+pub(crate) fn map_of(pairs: &[(&str, &str)]) -> HeaderMap {
+    pairs
+        .iter()
+        .map(|(n, v)| {
+            (
+                HeaderName::from_bytes(n.as_bytes()).expect("a test's header name"),
+                HeaderValue::from_str(v).expect("a test's header value"),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

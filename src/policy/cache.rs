@@ -156,6 +156,27 @@ pub struct Pending {
     guard: Option<FlightGuard>,
 }
 
+impl Pending {
+    /// A step whose response phase needs no more than its kind, key and
+    /// method (a bypass, an invalidation), or whose lookup is still to run
+    /// (a POST body to digest, tiers to ask).
+    fn marker(what: PendingKind, key: String, method: Method) -> Box<Pending> {
+        Box::new(Pending {
+            what,
+            key,
+            method,
+            request: RequestDirectives::default(),
+            authorized: false,
+            headers: HeaderMap::new(),
+            stale: None,
+            fwd: "uri-miss",
+            request_time: SystemTime::now(),
+            wait: None,
+            guard: None,
+        })
+    }
+}
+
 enum PendingKind {
     /// A cacheable request going upstream.
     Fetch,
@@ -270,7 +291,7 @@ impl Cache {
         {
             errors.push((
                 "redis.max_entry_size".into(),
-                "0 would keep every answer out of Redis; remove `redis` instead".into(),
+                "redis.max_entry_size 0 would keep every answer out of Redis; remove `redis` instead".into(),
             ));
         }
         if max_entry_size > u64::from(u32::MAX) {
@@ -427,19 +448,7 @@ impl Cache {
             .filter(|e| !authorized || e.shareable_with_authorization());
         if found.is_none() && !tiers_asked && self.store.has_tiers() {
             // The disk or Redis may have it: asked in the async phase.
-            ctx.cache = CacheMark::Pending(Box::new(Pending {
-                what: PendingKind::NeedsTier,
-                key,
-                method,
-                request,
-                authorized,
-                headers: HeaderMap::new(),
-                stale: None,
-                fwd: "uri-miss",
-                request_time: now,
-                wait: None,
-                guard: None,
-            }));
+            ctx.cache = CacheMark::Pending(Pending::marker(PendingKind::NeedsTier, key, method));
             return Flow::Continue;
         }
         if let Some(e) = &found
@@ -549,19 +558,11 @@ impl Cache {
     }
 
     fn bypass(&self, ctx: &mut RequestCtx, why: &'static str) -> Flow {
-        ctx.cache = CacheMark::Pending(Box::new(Pending {
-            what: PendingKind::Bypass(why),
-            key: String::new(),
-            method: Method::GET,
-            request: RequestDirectives::default(),
-            authorized: false,
-            headers: HeaderMap::new(),
-            stale: None,
-            fwd: "bypass",
-            request_time: SystemTime::now(),
-            wait: None,
-            guard: None,
-        }));
+        ctx.cache = CacheMark::Pending(Pending::marker(
+            PendingKind::Bypass(why),
+            String::new(),
+            Method::GET,
+        ));
         Flow::Continue
     }
 
@@ -829,19 +830,11 @@ impl Policy for Cache {
                     .key(ctx, &Method::GET, req.uri(), req.headers(), host_of(req))
             {
                 let url = url.split(' ').next().unwrap_or_default().to_string();
-                ctx.cache = CacheMark::Pending(Box::new(Pending {
-                    what: PendingKind::Invalidate,
-                    key: url,
-                    method: method.clone(),
-                    request: RequestDirectives::default(),
-                    authorized: false,
-                    headers: HeaderMap::new(),
-                    stale: None,
-                    fwd: "bypass",
-                    request_time: SystemTime::now(),
-                    wait: None,
-                    guard: None,
-                }));
+                ctx.cache = CacheMark::Pending(Pending::marker(
+                    PendingKind::Invalidate,
+                    url,
+                    method.clone(),
+                ));
             }
             return Flow::Continue;
         }
@@ -850,19 +843,11 @@ impl Policy for Cache {
             if size.upper().is_none_or(|n| n > self.max_entry_size) {
                 return self.bypass(ctx, "body-size");
             }
-            ctx.cache = CacheMark::Pending(Box::new(Pending {
-                what: PendingKind::NeedsBody,
-                key: String::new(),
-                method: Method::POST,
-                request: RequestDirectives::default(),
-                authorized: false,
-                headers: HeaderMap::new(),
-                stale: None,
-                fwd: "uri-miss",
-                request_time: SystemTime::now(),
-                wait: None,
-                guard: None,
-            }));
+            ctx.cache = CacheMark::Pending(Pending::marker(
+                PendingKind::NeedsBody,
+                String::new(),
+                Method::POST,
+            ));
             return Flow::Continue;
         }
         match self.key_of(ctx, req) {

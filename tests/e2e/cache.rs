@@ -360,21 +360,6 @@ async fn only_if_cached_gets_504_on_a_miss() {
     assert_eq!(s, 200);
 }
 
-async fn purge(gw: &TestGateway, body: &str) -> (u16, serde_json::Value) {
-    let resp = client()
-        .post(gw.admin_url("/api/v1/cache/purge"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (
-        status,
-        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
-    )
-}
-
 #[tokio::test]
 async fn the_admin_api_purges_by_key_prefix_host_and_tag() {
     let (backend, origin) = origin().await;
@@ -394,20 +379,20 @@ async fn the_admin_api_purges_by_key_prefix_host_and_tag() {
 
     fill().await;
     let key = format!("http://{addr}{}", paths[0]);
-    let (s, v) = purge(&gw, &serde_json::json!({ "key": key }).to_string()).await;
+    let (s, v) = purge_cache(&gw, &serde_json::json!({ "key": key }).to_string()).await;
     assert_eq!((s, v["purged"].as_u64()), (200, Some(1)), "{v}");
     let before = upstream();
     fill().await;
     assert_eq!(upstream(), before + 1, "only the purged key went upstream");
 
-    let (_, v) = purge(&gw, r#"{"prefix": "/shop/"}"#).await;
+    let (_, v) = purge_cache(&gw, r#"{"prefix": "/shop/"}"#).await;
     assert_eq!(v["purged"], 2, "{v}");
-    let (_, v) = purge(&gw, r#"{"tag": "blog"}"#).await;
+    let (_, v) = purge_cache(&gw, r#"{"tag": "blog"}"#).await;
     assert_eq!(v["purged"], 1, "{v}");
     fill().await;
-    let (_, v) = purge(&gw, &format!(r#"{{"host": "{addr}"}}"#)).await;
+    let (_, v) = purge_cache(&gw, &format!(r#"{{"host": "{addr}"}}"#)).await;
     assert_eq!(v["purged"], 3, "{v}");
-    let (_, v) = purge(&gw, r#"{"tag": "nothing-has-this"}"#).await;
+    let (_, v) = purge_cache(&gw, r#"{"tag": "nothing-has-this"}"#).await;
     assert_eq!(v["purged"], 0, "{v}");
 
     // Bad requests say what is wrong.
@@ -418,11 +403,11 @@ async fn the_admin_api_purges_by_key_prefix_host_and_tag() {
         r#"{"prefix": "no-slash"}"#,
         r#"{"colour": "red"}"#,
     ] {
-        let (s, v) = purge(&gw, bad).await;
+        let (s, v) = purge_cache(&gw, bad).await;
         assert_eq!(s, 400, "{bad}: {v}");
         assert!(v["detail"].is_string(), "{v}");
     }
-    let (s, _) = purge(&gw, r#"{"tag": "x", "cache": "nope"}"#).await;
+    let (s, _) = purge_cache(&gw, r#"{"tag": "x", "cache": "nope"}"#).await;
     assert_eq!(s, 404);
 }
 
@@ -434,15 +419,7 @@ async fn the_admin_api_shows_size_hit_ratio_and_top_keys() {
     for _ in 0..4 {
         fetch(&url, &[]).await;
     }
-    let v: serde_json::Value = client()
-        .get(gw.admin_url("/api/v1/cache"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .map(|t| serde_json::from_str(&t).unwrap())
-        .unwrap();
+    let v = admin_json(&gw, "/api/v1/cache").await;
     let cache = &v["caches"][0];
     assert_eq!(cache["name"], "edge", "{v}");
     assert_eq!(cache["tiers"]["memory"]["entries"], 1, "{v}");
@@ -562,5 +539,49 @@ async fn a_hit_is_compressed_once_and_its_encoded_form_kept() {
         backend.seen().len(),
         1,
         "one upstream request for all of it"
+    );
+}
+
+#[tokio::test]
+async fn answers_the_upstream_did_not_make_say_so_in_cache_status() {
+    let dead = dead_addr().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+listeners:
+  - name: web
+    address: "127.0.0.1:0"
+routes:
+  - name: direct
+    match: {{ path: /direct }}
+    policies: [edge]
+    respond: {{ status: 200, body: "made here" }}
+  - name: down
+    policies: [edge]
+    upstream: app
+upstreams:
+  - name: app
+    targets: ["{dead}"]
+policies:
+  edge: {{ type: cache }}
+"#
+    ))
+    .await;
+    let (s, h, _) = fetch(&gw.url("web", "/direct"), &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        header(&h, "cache-status"),
+        "portcullis; fwd=bypass; detail=not-upstream"
+    );
+    let (s, h, _) = fetch(&gw.url("web", "/anything"), &[]).await;
+    assert_eq!(s, 502);
+    assert_eq!(
+        header(&h, "cache-status"),
+        "portcullis; fwd=uri-miss; detail=upstream-error"
+    );
+    let (s, h, _) = fetch(&gw.url("web", "/x"), &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(s, 504);
+    assert_eq!(
+        header(&h, "cache-status"),
+        "portcullis; fwd=miss; detail=only-if-cached"
     );
 }

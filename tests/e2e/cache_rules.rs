@@ -1526,3 +1526,18 @@ fn list_item_errors_point_at_the_item_like_other_policies() {
     assert_eq!(at("`PUT`"), 16, "{stderr}\n{text}");
     assert_eq!(at("`bad header`"), 20, "{stderr}\n{text}");
 }
+
+#[test]
+fn a_disk_tier_smaller_than_max_entry_size_is_refused_at_its_line() {
+    let (line, stderr) = error_line(
+        "    max_entry_size: 2MiB\n    disk: { path: cache-data, max_size: 1MiB }\n",
+        "disk.max_size",
+    );
+    assert!((12..=16).contains(&line), "{stderr}");
+}
+
+#[test]
+fn a_redis_tier_that_could_hold_nothing_is_refused() {
+    let (line, stderr) = error_line("    redis: { max_entry_size: 0 }\n", "redis.max_entry_size");
+    assert!((12..=15).contains(&line), "{stderr}");
+}

@@ -89,17 +89,7 @@ async fn the_disk_tier_serves_what_was_stored_before_a_restart() {
         1,
         "no second upstream request"
     );
-    let v: serde_json::Value = serde_json::from_str(
-        &client()
-            .get(second.admin_url("/api/v1/cache"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let v = admin_json(&second, "/api/v1/cache").await;
     assert_eq!(v["caches"][0]["tiers"]["disk"]["entries"], 1, "{v}");
     assert_eq!(
         v["caches"][0]["tiers"]["disk"]["max_bytes"],
@@ -108,16 +98,7 @@ async fn the_disk_tier_serves_what_was_stored_before_a_restart() {
     );
 
     // A purge takes it from the disk too.
-    let purged = client()
-        .post(second.admin_url("/api/v1/cache/purge"))
-        .body(r#"{"tag": "page"}"#)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let purged: serde_json::Value = serde_json::from_str(&purged).unwrap();
+    let (_, purged) = purge_cache(&second, r#"{"tag": "page"}"#).await;
     assert_eq!(purged["purged"], 1, "{purged}");
     assert_eq!(purged["tiers"]["disk"], 1, "{purged}");
     assert_eq!(records(), 0);
@@ -164,23 +145,9 @@ async fn a_second_instance_hits_what_the_first_stored_in_redis() {
 
     // A purge through one instance's admin reaches Redis; the other then
     // misses once its memory copy is gone too.
-    let purged = client()
-        .post(a.admin_url("/api/v1/cache/purge"))
-        .body(r#"{"prefix": "/shared"}"#)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let purged: serde_json::Value = serde_json::from_str(&purged).unwrap();
+    let (_, purged) = purge_cache(&a, r#"{"prefix": "/shared"}"#).await;
     assert_eq!(purged["tiers"]["redis"], 1, "{purged}");
-    client()
-        .post(b.admin_url("/api/v1/cache/purge"))
-        .body(r#"{"prefix": "/shared"}"#)
-        .send()
-        .await
-        .unwrap();
+    purge_cache(&b, r#"{"prefix": "/shared"}"#).await;
     let (status, _) = fetch(&b.url("web", "/shared")).await;
     assert!(status.contains("fwd=uri-miss"), "{status}");
 }
@@ -230,4 +197,28 @@ async fn the_redis_tier_needs_a_redis_store() {
         .unwrap()
         .to_string();
     assert!(err.contains("stores: { redis"), "{err}");
+}
+
+#[tokio::test]
+async fn a_disk_tier_directory_that_cannot_be_made_is_a_start_error() {
+    let (backend, _) = origin().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the directory should be.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let cache = format!(
+        "{{ type: cache, disk: {{ path: \"{}\", max_size: 10MiB }} }}",
+        blocker.join("cache").display()
+    );
+    let path = dir.path().join("portcullis.yaml");
+    std::fs::write(&path, policy_config(backend.addr, &[("edge", &cache)], "")).unwrap();
+    let err = portcullis::gateway::start(path)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cache directory") && err.contains("not-a-dir"),
+        "{err}"
+    );
 }

@@ -940,3 +940,32 @@ impl Drop for Redis {
         self.stop();
     }
 }
+
+/// GET an admin path; its JSON answer.
+pub async fn admin_json(gw: &TestGateway, path: &str) -> serde_json::Value {
+    let text = client()
+        .get(gw.admin_url(path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"))
+}
+
+/// POST `body` (JSON) to the cache purge endpoint; the status and answer.
+pub async fn purge_cache(gw: &TestGateway, body: &str) -> (u16, serde_json::Value) {
+    let resp = client()
+        .post(gw.admin_url("/api/v1/cache/purge"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
+    )
+}

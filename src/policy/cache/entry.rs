@@ -400,15 +400,7 @@ mod tests {
     use http_body_util::BodyExt;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
+        crate::http::headers::map_of(pairs)
     }
 
     const NO_HEURISTIC: Heuristic = Heuristic {

@@ -234,15 +234,7 @@ mod tests {
 
     fn key(spec: &KeySpec, tls: bool, method: Method, uri: &str, h: &[(&str, &str)]) -> String {
         let uri: http::Uri = uri.parse().unwrap();
-        let headers: HeaderMap = h
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect();
+        let headers = crate::http::headers::map_of(h);
         spec.key(&ctx(tls), &method, &uri, &headers, Some("Shop.Example"))
             .unwrap()
     }
@@ -296,17 +288,7 @@ mod tests {
 
     #[test]
     fn vary_values_are_normalised() {
-        let h = |pairs: &[(&str, &str)]| -> HeaderMap {
-            pairs
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                        HeaderValue::from_str(v).unwrap(),
-                    )
-                })
-                .collect()
-        };
+        let h = crate::http::headers::map_of;
         let ae = HeaderName::from_static("accept-encoding");
         let stored = secondary_key(
             ["accept-encoding".to_string(), "Accept-Encoding".to_string()].into_iter(),

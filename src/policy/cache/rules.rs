@@ -158,7 +158,7 @@ fn delta(value: &str) -> Option<u64> {
 /// Every `name[=value]` of the `Cache-Control` lines, names lowercased and
 /// quoted values unquoted. Commas inside quotes (`no-cache="a, b"`) do not
 /// split.
-fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<&str>)> {
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (Name, Option<&str>)> {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
@@ -169,8 +169,35 @@ fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<&str>
                 Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
                 None => (item.trim(), None),
             };
-            (!name.is_empty()).then(|| (name.to_ascii_lowercase(), value))
+            (!name.is_empty()).then(|| (Name::lowercase(name), value))
         })
+}
+
+/// A directive name lowercased on the stack: the requests' own
+/// Cache-Control is read on every request, without allocating.
+struct Name {
+    bytes: [u8; 24],
+    len: usize,
+}
+
+impl Name {
+    /// Longer names than any known directive read as "" (unknown).
+    fn lowercase(name: &str) -> Name {
+        let mut bytes = [0; 24];
+        let len = if name.len() <= bytes.len() {
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            bytes[..name.len()].make_ascii_lowercase();
+            name.len()
+        } else {
+            0
+        };
+        Name { bytes, len }
+    }
+
+    fn as_str(&self) -> &str {
+        // Lowercasing ASCII keeps UTF-8 valid; a name cut short never is.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or("")
+    }
 }
 
 /// Splits a comma-separated list, leaving commas inside quoted strings.
@@ -485,18 +512,9 @@ pub fn kept_out_of_store(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
+        crate::http::headers::map_of(pairs)
     }
 
     fn cc(v: &str) -> ResponseDirectives {

@@ -612,15 +612,7 @@ mod tests {
     }
 
     fn req(pairs: &[(&str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    HeaderValue::from_str(v).unwrap(),
-                )
-            })
-            .collect()
+        crate::http::headers::map_of(pairs)
     }
 
     #[test]
