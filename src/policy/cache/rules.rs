@@ -162,8 +162,10 @@ fn directives(headers: &HeaderMap) -> impl Iterator<Item = (Name, Option<&str>)>
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(split_list)
+        .flat_map(|v| split_list(v.as_bytes()))
+        // Item by item: a byte outside ASCII (obs-text) spoils only the
+        // directive it sits in, not the others on its line.
+        .filter_map(|item| std::str::from_utf8(item).ok().filter(|i| i.is_ascii()))
         .filter_map(|item| {
             let (name, value) = match item.split_once('=') {
                 Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
@@ -201,7 +203,7 @@ impl Name {
 }
 
 /// Splits a comma-separated list, leaving commas inside quoted strings.
-fn split_list(value: &str) -> impl Iterator<Item = &str> {
+fn split_list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = value;
     std::iter::from_fn(move || {
         loop {
@@ -210,7 +212,7 @@ fn split_list(value: &str) -> impl Iterator<Item = &str> {
             }
             let mut quoted = false;
             let mut end = rest.len();
-            for (i, b) in rest.bytes().enumerate() {
+            for (i, b) in rest.iter().enumerate() {
                 match b {
                     b'"' => quoted = !quoted,
                     b',' if !quoted => {
@@ -220,8 +222,8 @@ fn split_list(value: &str) -> impl Iterator<Item = &str> {
                     _ => {}
                 }
             }
-            let item = rest[..end].trim();
-            rest = rest.get(end + 1..).unwrap_or("");
+            let item = rest[..end].trim_ascii();
+            rest = rest.get(end + 1..).unwrap_or_default();
             if !item.is_empty() {
                 return Some(item);
             }
@@ -549,6 +551,18 @@ mod tests {
         assert_eq!(cc("stale-if-error=x").stale_if_error, None);
         assert_eq!(cc(""), ResponseDirectives::default());
         assert_eq!(cc(" , ,"), ResponseDirectives::default());
+        // A byte outside ASCII spoils its own directive only (found by the
+        // cache_control fuzz target).
+        let obs_text = ResponseDirectives::parse(
+            &[(
+                header::CACHE_CONTROL,
+                http::HeaderValue::from_bytes(b"\xffq#, proxy-revalidate, max-age=\xff1").unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        assert!(obs_text.proxy_revalidate);
+        assert_eq!(obs_text.max_age, None);
         // Several lines add up.
         let d = ResponseDirectives::parse(&headers(&[
             ("cache-control", "public"),
