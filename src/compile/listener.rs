@@ -113,18 +113,7 @@ impl Compiler<'_> {
             }
             let tls = self.listener_tls(&at, l);
             let listener_policies = self.policy_list(&at.key("policies"), &l.policies, policies);
-            let limits = Limits {
-                max_header_size: l
-                    .max_header_size
-                    .map(|s| usize::try_from(s.0).unwrap_or(usize::MAX))
-                    .unwrap_or(Limits::default().max_header_size),
-                max_headers: l.max_headers.unwrap_or(Limits::default().max_headers),
-                max_body: l.max_body.map(|s| s.0),
-                header_read_timeout: l
-                    .header_read_timeout
-                    .map(|d| d.0)
-                    .unwrap_or(Limits::default().header_read_timeout),
-            };
+            let limits = limits_of(l);
             let mut specs = Vec::new();
             let mut bindings = Vec::new();
             for ri in &attached[li] {
@@ -412,13 +401,7 @@ impl Compiler<'_> {
             protocol: l.protocol,
             tls: None,
             client_subject_header: None,
-            limits: Limits {
-                header_read_timeout: l
-                    .header_read_timeout
-                    .map(|d| d.0)
-                    .unwrap_or(Limits::default().header_read_timeout),
-                ..Limits::default()
-            },
+            limits: limits_of(l),
             routes,
             bindings: Vec::new(),
             proxy_protocol: l.proxy_protocol,
@@ -537,5 +520,31 @@ impl Compiler<'_> {
             }
             _ => Some((None, None)),
         }
+    }
+}
+
+/// The limits a listener sets, its defaults for those it leaves out.
+fn limits_of(l: &crate::config::model::Listener) -> Limits {
+    let default = Limits::default();
+    let size = |s: Option<crate::config::units::Size>, or: usize| {
+        s.map_or(or, |s| usize::try_from(s.0).unwrap_or(usize::MAX))
+    };
+    Limits {
+        max_header_size: size(l.max_header_size, default.max_header_size),
+        max_headers: l.max_headers.unwrap_or(default.max_headers),
+        max_body: l.max_body.map(|s| s.0),
+        header_read_timeout: l
+            .header_read_timeout
+            .map_or(default.header_read_timeout, |d| d.0),
+        max_uri_size: size(l.max_uri_size, default.max_uri_size),
+        keepalive_timeout: l
+            .keepalive_timeout
+            .map_or(default.keepalive_timeout, |d| d.0),
+        http2_idle_timeout: l
+            .http2_idle_timeout
+            .map_or(default.http2_idle_timeout, |d| d.0),
+        max_connections: l.max_connections,
+        max_connections_per_client: l.max_connections_per_client,
+        max_connection_rate_per_client: l.max_connection_rate_per_client,
     }
 }

@@ -187,6 +187,29 @@ pub struct Listener {
     /// Time a client has to send its request headers (default 10s).
     #[serde(default)]
     pub header_read_timeout: Option<Dur>,
+    /// Longest request target (path and query); past it 414 (default 8KiB).
+    #[serde(default)]
+    pub max_uri_size: Option<Size>,
+    /// How long an HTTP/1.1 connection may wait for its next request
+    /// (default 75s, as nginx).
+    #[serde(default)]
+    pub keepalive_timeout: Option<Dur>,
+    /// How long an HTTP/2 connection may stay without an open stream before
+    /// GOAWAY and close (default 75s).
+    #[serde(default)]
+    pub http2_idle_timeout: Option<Dur>,
+    /// Most connections open at once; past it new ones wait in the kernel's
+    /// backlog (default unlimited, bounded by the open-files limit).
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    /// Most connections open at once from one client address; past it new
+    /// ones are closed at once (default unlimited).
+    #[serde(default)]
+    pub max_connections_per_client: Option<u32>,
+    /// Most new connections per second from one client address; past it
+    /// they are closed at once (default unlimited).
+    #[serde(default)]
+    pub max_connection_rate_per_client: Option<u32>,
 }
 
 /// TLS termination settings of an `https` listener.

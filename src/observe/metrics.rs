@@ -105,6 +105,15 @@ pub struct AuthFailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `portcullis_connections_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// The cap that refused it (`max_connections_per_client`, ...).
+    pub reason: &'static str,
+}
+
 /// Labels of `portcullis_compressed_responses_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CompressedLabels {
@@ -146,6 +155,8 @@ pub struct Metrics {
     pub upstream_duration: HistogramFamily<UpstreamLabel>,
     /// `portcullis_connections_active{listener}`.
     pub connections_active: Family<ListenerLabel, Gauge>,
+    /// `portcullis_connections_refused_total{listener,reason}`.
+    pub connections_refused: Family<RefusedLabels, Counter>,
     /// `portcullis_upstream_target_healthy{upstream,target}`.
     pub upstream_target_healthy: Family<TargetLabel, Gauge>,
     /// `portcullis_config_reloads_total{result}`.
@@ -200,6 +211,7 @@ impl Metrics {
         let upstream_duration =
             HistogramFamily::<UpstreamLabel>::new_with_constructor(latency_histogram);
         let connections_active = Family::<ListenerLabel, Gauge>::default();
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
         let upstream_target_healthy = Family::<TargetLabel, Gauge>::default();
         registry.register(
             "upstream_target_healthy",
@@ -286,6 +298,11 @@ impl Metrics {
             connections_active.clone(),
         );
         registry.register(
+            "connections_refused",
+            "Client connections closed on accepting, by the per-client cap that refused them",
+            connections_refused.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by result",
             config_reloads.clone(),
@@ -299,6 +316,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             connections_active,
+            connections_refused,
             upstream_target_healthy,
             config_reloads,
             retries,

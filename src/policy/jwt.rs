@@ -67,6 +67,10 @@ const MIN_SECRET_BYTES: usize = 32;
 enum Refusal {
     Missing,
     Malformed,
+    /// `crit` names header extensions (RFC 7515 §4.1.11); none is supported.
+    Critical,
+    /// `iss` or `sub` is not a string (RFC 7519 §4.1.1, §4.1.2).
+    ClaimType,
     Algorithm,
     UnknownKey,
     Signature,
@@ -83,7 +87,8 @@ impl Refusal {
     fn reason(self) -> &'static str {
         match self {
             Refusal::Missing => "missing",
-            Refusal::Malformed => "malformed",
+            Refusal::Malformed | Refusal::ClaimType => "malformed",
+            Refusal::Critical => "critical_header",
             Refusal::Algorithm => "algorithm",
             Refusal::UnknownKey => "unknown_key",
             Refusal::Signature => "signature",
@@ -100,6 +105,10 @@ impl Refusal {
         match self {
             Refusal::Missing => "this service needs a bearer token in the Authorization header",
             Refusal::Malformed => "the bearer token is not a well-formed JWT",
+            Refusal::Critical => {
+                "the token's crit header names extensions this service does not support"
+            }
+            Refusal::ClaimType => "the token's iss and sub claims must be strings",
             Refusal::Algorithm => "the token's signing algorithm is not accepted",
             Refusal::UnknownKey => "the token was signed with a key this service does not know",
             Refusal::Signature => "the token's signature does not verify",
@@ -338,6 +347,11 @@ impl Jwt {
     /// Checks `token`'s signature and registered claims against `keys`.
     fn verify(&self, token: &str, keys: &KeySet) -> Result<Map<String, Value>, Refusal> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refusal::Malformed)?;
+        // Every extension a token marks critical must be understood, and
+        // this verifier understands none (an empty list is malformed too).
+        if header.crit.is_some() {
+            return Err(Refusal::Critical);
+        }
         let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
             return Err(Refusal::Algorithm);
         };
@@ -345,7 +359,7 @@ impl Jwt {
         let mut refusal = Refusal::UnknownKey;
         for key in keys.candidates(kid, header.alg) {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
-                Ok(data) => return Ok(data.claims),
+                Ok(data) => return string_claims(data.claims),
                 Err(e) => {
                     refusal = Refusal::from_kind(e.kind());
                     // Another key may verify the signature; any other
@@ -397,6 +411,17 @@ impl Jwt {
             challenge.as_ref(),
         )
     }
+}
+
+/// `claims` when `iss` and `sub`, if present, are strings. The crate
+/// accepts an `iss` array holding the expected issuer, which would let a
+/// token name several issuers at once.
+fn string_claims(claims: Map<String, Value>) -> Result<Map<String, Value>, Refusal> {
+    let not_string = |name| claims.get(name).is_some_and(|v: &Value| !v.is_string());
+    if not_string("iss") || not_string("sub") {
+        return Err(Refusal::ClaimType);
+    }
+    Ok(claims)
 }
 
 /// Whether claim `have` holds `want`: equal, a member of an array, or a
@@ -482,6 +507,16 @@ mod tests {
         assert_eq!(header_value(&json!({"k": 1})).unwrap(), "{\"k\":1}");
         // A value a header cannot carry is left out rather than mangled.
         assert!(header_value(&json!("line\nbreak")).is_none());
+    }
+
+    #[test]
+    fn iss_and_sub_must_be_strings() {
+        let ok = |v: Value| string_claims(v.as_object().unwrap().clone()).is_ok();
+        assert!(ok(json!({"iss": "idp", "sub": "alice", "aud": ["a", "b"]})));
+        assert!(ok(json!({"exp": 1})));
+        assert!(!ok(json!({"iss": ["idp"], "sub": "alice"})));
+        assert!(!ok(json!({"iss": "idp", "sub": 7})));
+        assert!(!ok(json!({"sub": null})));
     }
 
     #[test]

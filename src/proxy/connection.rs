@@ -15,6 +15,26 @@ use http::HeaderValue;
 pub const EXPIRED: u8 = 1;
 /// Set when the gateway drains: finish the request in flight, then close.
 pub const DRAINING: u8 = 2;
+/// Set when an HTTP/2 connection told to go away ([`EXPIRED`]) is still
+/// open [`GOAWAY_GRACE`] later: close it without waiting for the client.
+pub const CLOSE: u8 = 4;
+
+/// How long an idle HTTP/2 connection that was sent GOAWAY has to finish
+/// the exchange (its PING answered, the socket closed) before it is cut.
+pub const GOAWAY_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a connection may stay idle, by what it is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdleLimits {
+    /// A complete request head, from accepting or from the first bytes of
+    /// a later head (`header_read_timeout`).
+    pub head: Duration,
+    /// HTTP/1.1, from a response to the next request's first bytes
+    /// (`keepalive_timeout`).
+    pub keepalive: Duration,
+    /// HTTP/2, with no stream open (`http2_idle_timeout`).
+    pub http2: Duration,
+}
 
 /// What the listener knows about the connection a request came on.
 pub struct Connection {
@@ -47,12 +67,12 @@ pub struct ClientCert {
 
 impl Connection {
     /// A plain (not TLS) connection from `client` to `local` on `listener`
-    /// that may stay idle for `idle_limit` between requests.
+    /// that may stay idle within `idle`.
     pub fn new(
         listener: Arc<str>,
         client: SocketAddr,
         local: SocketAddr,
-        idle_limit: Duration,
+        idle: IdleLimits,
     ) -> Connection {
         Connection {
             listener,
@@ -61,25 +81,34 @@ impl Connection {
             local,
             tls: false,
             client_cert: None,
-            activity: Activity::new(idle_limit),
+            activity: Activity::new(idle),
         }
     }
 }
 
 /// A connection's requests in flight, when the last one ended, and what the
-/// registry has asked of it. An HTTP/1 client has `header_read_timeout`
-/// from the end of one response (or from connecting) to the complete head
-/// of its next request.
+/// registry has asked of it. A client has `header_read_timeout` from
+/// connecting to its first complete request head; an HTTP/1.1 client then
+/// has `keepalive_timeout` from each response to the first bytes of its
+/// next request and `header_read_timeout` from there to the complete head
+/// (nginx's `keepalive_timeout` and `client_header_timeout`); an HTTP/2
+/// client has `http2_idle_timeout` whenever no stream is open.
 pub struct Activity {
     busy: AtomicU32,
-    /// The connection's idle limit in milliseconds.
-    limit_ms: u32,
-    /// Milliseconds since [`epoch`] when the connection last became idle.
+    /// `header_read_timeout` in milliseconds.
+    head_ms: u32,
+    /// `keepalive_timeout` in milliseconds.
+    keepalive_ms: u32,
+    /// `http2_idle_timeout` in milliseconds.
+    http2_ms: u32,
+    /// Milliseconds since [`epoch`] when the connection last became idle
+    /// (or, between HTTP/1.1 requests, when the next head began).
     idle_since: AtomicU64,
-    /// Set by the first HTTP/2 request: streams are multiplexed, and the
-    /// sweep leaves HTTP/2 connections alone once they have a request.
+    /// Between HTTP/1.1 requests: waiting for the next head's first bytes.
+    kept_alive: AtomicBool,
+    /// Set by the first HTTP/2 request: streams are multiplexed.
     multiplexed: AtomicBool,
-    /// [`EXPIRED`] and [`DRAINING`].
+    /// [`EXPIRED`], [`DRAINING`] and [`CLOSE`].
     signal: AtomicU8,
     /// The connection's task, woken when `signal` changes.
     waker: AtomicWaker,
@@ -100,12 +129,16 @@ pub fn now_ms() -> u64 {
 
 impl Activity {
     /// A connection that has just been accepted (idle from now) and may
-    /// stay idle for `limit`.
-    pub fn new(limit: Duration) -> Activity {
+    /// stay idle within `limits`.
+    pub fn new(limits: IdleLimits) -> Activity {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
         Activity {
             busy: AtomicU32::new(0),
-            limit_ms: u32::try_from(limit.as_millis()).unwrap_or(u32::MAX),
+            head_ms: ms(limits.head),
+            keepalive_ms: ms(limits.keepalive),
+            http2_ms: ms(limits.http2),
             idle_since: AtomicU64::new(now_ms()),
+            kept_alive: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             signal: AtomicU8::new(0),
             waker: AtomicWaker::new(),
@@ -125,39 +158,71 @@ impl Activity {
     fn end(&self) {
         // Stamp first: the sweep reads `busy`, then `idle_since`.
         self.idle_since.store(now_ms(), Ordering::Relaxed);
+        self.kept_alive.store(true, Ordering::Relaxed);
         self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Whether the connection has been idle for its whole limit at `now_ms`
-    /// (and has not been told so already).
-    pub fn newly_expired(&self, now_ms: u64) -> bool {
-        if self.multiplexed.load(Ordering::Relaxed)
-            || self.busy.load(Ordering::Relaxed) > 0
-            || self.signal.load(Ordering::Relaxed) & EXPIRED != 0
-        {
-            return false;
+    /// Notes that the first bytes of a request head have arrived: from
+    /// here the head has `header_read_timeout` to complete, as the first
+    /// one had from the connection's start.
+    pub fn head_started(&self) {
+        if self.kept_alive.swap(false, Ordering::Relaxed) {
+            self.idle_since.store(now_ms(), Ordering::Relaxed);
         }
-        let since = self.idle_since.load(Ordering::Relaxed);
-        since.saturating_add(u64::from(self.limit_ms)) <= now_ms
     }
 
-    /// The flags signalled so far ([`EXPIRED`], [`DRAINING`]).
+    /// The flag the registry's sweep should signal at `now_ms`, if any:
+    /// [`EXPIRED`] once the connection has been idle for its limit (HTTP/2:
+    /// it sends GOAWAY; HTTP/1: it closes), then, for an HTTP/2 connection
+    /// still open [`GOAWAY_GRACE`] later, [`CLOSE`].
+    pub fn due(&self, now_ms: u64) -> Option<u8> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let multiplexed = self.multiplexed.load(Ordering::Relaxed);
+        let limit = if multiplexed {
+            self.http2_ms
+        } else if self.kept_alive.load(Ordering::Relaxed) {
+            self.keepalive_ms
+        } else {
+            self.head_ms
+        };
+        let since = self.idle_since.load(Ordering::Relaxed);
+        let expires = since.saturating_add(u64::from(limit));
+        let signals = self.signal.load(Ordering::Relaxed);
+        if signals & EXPIRED == 0 {
+            return (expires <= now_ms).then_some(EXPIRED);
+        }
+        let cut = expires.saturating_add(GOAWAY_GRACE.as_millis() as u64);
+        (multiplexed && signals & CLOSE == 0 && cut <= now_ms).then_some(CLOSE)
+    }
+
+    /// Whether requests on this connection are HTTP/2 streams.
+    pub fn multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
+    }
+
+    /// The flags signalled so far ([`EXPIRED`], [`DRAINING`], [`CLOSE`]).
     pub fn signals(&self) -> u8 {
         self.signal.load(Ordering::Acquire)
     }
 
-    /// Sets `flag` ([`EXPIRED`] or [`DRAINING`]) and wakes the connection's task.
+    /// Sets `flag` ([`EXPIRED`], [`DRAINING`] or [`CLOSE`]) and wakes the
+    /// connection's task.
     pub fn signal(&self, flag: u8) {
         self.signal.fetch_or(flag, Ordering::AcqRel);
         self.waker.wake();
     }
 
-    /// Ready when the sweep found the connection idle past its limit;
-    /// otherwise registers the task to be woken by the sweep or the drain.
+    /// Ready when the connection must close now: idle past its limit
+    /// (HTTP/1), or past the grace after GOAWAY (HTTP/2). Otherwise
+    /// registers the task to be woken by the sweep or the drain.
     pub fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<()> {
         // Register before looking, so that a signal set in between wakes us.
         self.waker.register(cx.waker());
-        if self.signal.load(Ordering::Acquire) & EXPIRED != 0 {
+        let signals = self.signal.load(Ordering::Acquire);
+        let close = if self.multiplexed() { CLOSE } else { EXPIRED };
+        if signals & close != 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -169,6 +234,12 @@ impl Activity {
     /// polled [`Activity::poll_expired`] since its last wake.
     pub fn draining(&self) -> bool {
         self.signal.load(Ordering::Acquire) & DRAINING != 0
+    }
+
+    /// Whether the connection should wind down as in a drain: the gateway
+    /// drains, or an HTTP/2 connection has been idle past its limit.
+    pub fn winding_down(&self) -> bool {
+        self.signal.load(Ordering::Acquire) & (DRAINING | EXPIRED) != 0
     }
 }
 

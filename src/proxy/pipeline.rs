@@ -3,7 +3,8 @@
 //!
 //! 1. **accept**: the server hands over the snapshot it loaded for this
 //!    request (one atomic load); take or make the request id.
-//! 2. **limits**: header count and size (431), declared body size (413).
+//! 2. **limits**: target length (414), header count and size (431),
+//!    declared body size (413).
 //! 3. **route**: normalize the path, find the most specific route (404 if none).
 //! 4. **request policies**: in fixed phase order (filter, authenticate,
 //!    authorize, rate limit, validate, cache lookup, request transform); any
@@ -140,13 +141,29 @@ where
         return Ok(finish(resp, &ctx.request_id, record));
     }
     let Some(binding) = find_route(&listener, &req) else {
-        let resp = problem(
-            StatusCode::NOT_FOUND,
-            "no route matches this request",
-            ctx.request_id_str(),
-        );
+        let resp = if req.method() == http::Method::TRACE {
+            trace_refused(&ctx)
+        } else {
+            problem(
+                StatusCode::NOT_FOUND,
+                "no route matches this request",
+                ctx.request_id_str(),
+            )
+        };
         return Ok(finish(resp, &ctx.request_id, record));
     };
+    if req.method() == http::Method::TRACE {
+        // A route that lists TRACE gets it, but a backend echoes what it
+        // receives: credentials would reach a page's script (cross-site
+        // tracing), so they are not sent.
+        for name in [
+            header::COOKIE,
+            header::AUTHORIZATION,
+            header::PROXY_AUTHORIZATION,
+        ] {
+            req.headers_mut().remove(name);
+        }
+    }
     let route = binding.route.clone();
     ctx.route = Some(route.name.clone());
     record.labels.route = route.name.clone();
@@ -284,6 +301,21 @@ fn log_hooks(chain: &Chain, ran: usize, ctx: RequestCtx) -> OnLog {
     })
 }
 
+/// The answer to a TRACE that no route lists: 405 (routes match TRACE only
+/// by naming it, see [`crate::route`]).
+fn trace_refused(ctx: &RequestCtx) -> Response<Body> {
+    let mut resp = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "TRACE is not allowed here",
+        ctx.request_id_str(),
+    );
+    resp.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    resp
+}
+
 /// Notes the upstream and target for the log and hands back the response.
 /// (Not an async wrapper around [`forward::forward`], which would take and
 /// move the request once more.)
@@ -398,6 +430,16 @@ fn find_route<'a, B>(listener: &'a ListenerPlan, req: &Request<B>) -> Option<&'a
 
 fn check_limits<B>(limits: &Limits, req: &Request<B>, ctx: &RequestCtx) -> Option<Response<Body>> {
     let headers = req.headers();
+    // HTTP/1 targets were measured by the parser already; HTTP/2 ones are
+    // measured here.
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > limits.max_uri_size {
+        return Some(problem(
+            StatusCode::URI_TOO_LONG,
+            "the request target is too long",
+            ctx.request_id_str(),
+        ));
+    }
     // A reverse proxy has no tunnels to offer; forwarding CONNECT would let
     // a target's answer be taken for one.
     if req.method() == http::Method::CONNECT {

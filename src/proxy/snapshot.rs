@@ -51,6 +51,36 @@ pub struct Limits {
     pub max_body: Option<u64>,
     /// Time a client has to send its request headers.
     pub header_read_timeout: Duration,
+    /// Longest request target; past it 414.
+    pub max_uri_size: usize,
+    /// Idle time allowed between HTTP/1.1 requests.
+    pub keepalive_timeout: Duration,
+    /// Time allowed to an HTTP/2 connection without an open stream.
+    pub http2_idle_timeout: Duration,
+    /// Most connections open at once on the listener.
+    pub max_connections: Option<u32>,
+    /// Most connections open at once from one client address.
+    pub max_connections_per_client: Option<u32>,
+    /// Most new connections per second from one client address.
+    pub max_connection_rate_per_client: Option<u32>,
+}
+
+impl Limits {
+    /// How long the listener's connections may stay idle.
+    pub fn idle(&self) -> crate::proxy::connection::IdleLimits {
+        crate::proxy::connection::IdleLimits {
+            head: self.header_read_timeout,
+            keepalive: self.keepalive_timeout,
+            http2: self.http2_idle_timeout,
+        }
+    }
+
+    /// The shortest of the idle limits, which sets how often to sweep.
+    pub fn shortest_idle(&self) -> Duration {
+        self.header_read_timeout
+            .min(self.keepalive_timeout)
+            .min(self.http2_idle_timeout)
+    }
 }
 
 impl Default for Limits {
@@ -60,6 +90,12 @@ impl Default for Limits {
             max_headers: 100,
             max_body: None,
             header_read_timeout: Duration::from_secs(10),
+            max_uri_size: 8 * 1024,
+            keepalive_timeout: Duration::from_secs(75),
+            http2_idle_timeout: Duration::from_secs(75),
+            max_connections: None,
+            max_connections_per_client: None,
+            max_connection_rate_per_client: None,
         }
     }
 }

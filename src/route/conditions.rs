@@ -41,20 +41,25 @@ impl Conditions {
         usize::from(!self.methods.is_empty()) + self.headers.len() + self.query.len()
     }
 
-    /// Whether the request meets every condition.
+    /// Whether the request meets every condition. A route without methods
+    /// takes any method but TRACE, which a route must name: a backend
+    /// echoing requests would hand a page's script the client's credentials
+    /// (cross-site tracing).
     pub(super) fn matches(&self, req: &Request<'_>) -> bool {
-        (self.methods.is_empty() || self.methods.contains(req.method))
-            && self.headers.iter().all(|(name, want)| {
-                // A repeated header matches when any of its values does.
-                req.headers
-                    .get_all(name)
-                    .iter()
-                    .any(|v| v.as_bytes() == want.as_bytes())
-            })
-            && self
-                .query
+        (if self.methods.is_empty() {
+            req.method != Method::TRACE
+        } else {
+            self.methods.contains(req.method)
+        }) && self.headers.iter().all(|(name, want)| {
+            // A repeated header matches when any of its values does.
+            req.headers
+                .get_all(name)
                 .iter()
-                .all(|(name, want)| req.query.is_some_and(|q| query_has(q, name, want)))
+                .any(|v| v.as_bytes() == want.as_bytes())
+        }) && self
+            .query
+            .iter()
+            .all(|(name, want)| req.query.is_some_and(|q| query_has(q, name, want)))
     }
 }
 
@@ -151,6 +156,22 @@ mod tests {
         );
         assert_eq!(c.count(), 4);
         assert_eq!(Conditions::new(vec![], vec![], vec![]).count(), 0);
+    }
+
+    #[test]
+    fn trace_matches_only_a_route_that_names_it() {
+        let headers = HeaderMap::new();
+        let req = |method| Request {
+            method,
+            path: "/",
+            query: None,
+            headers: &headers,
+        };
+        let any = Conditions::new(vec![], vec![], vec![]);
+        assert!(any.matches(&req(&Method::GET)));
+        assert!(!any.matches(&req(&Method::TRACE)));
+        let tracing = Conditions::new(vec![Method::GET, Method::TRACE], vec![], vec![]);
+        assert!(tracing.matches(&req(&Method::TRACE)));
     }
 
     #[test]

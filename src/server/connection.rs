@@ -68,8 +68,7 @@ fn serve_plain(
     plan: &ListenerPlan,
     rt: Arc<Runtime>,
 ) -> impl Future<Output = ()> + Send + use<> {
-    let idle_limit = plan.limits.header_read_timeout;
-    let conn = Connection::new(plan.name.clone(), client, destination, idle_limit);
+    let conn = Connection::new(plan.name.clone(), client, destination, plan.limits.idle());
     serve_http(io, conn, plan.limits, rt, false)
 }
 
@@ -181,11 +180,10 @@ async fn serve_tls(
             subject,
         })
     });
-    let idle_limit = plan.limits.header_read_timeout;
     let conn = Connection {
         tls: true,
         client_cert,
-        ..Connection::new(plan.name.clone(), client, destination, idle_limit)
+        ..Connection::new(plan.name.clone(), client, destination, plan.limits.idle())
     };
     let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Box::new(tls_stream);
@@ -195,7 +193,7 @@ async fn serve_tls(
 /// Serves HTTP on an accepted (and, for TLS, handshaken) connection:
 /// HTTP/2 when ALPN chose it or the client opens with the HTTP/2 preface,
 /// HTTP/1.1 otherwise. The connection is registered with the runtime's
-/// registry, whose sweep closes it once idle for `header_read_timeout`.
+/// registry, whose sweep closes it once idle past its limits.
 ///
 /// A plain function returning the future, not an `async fn`: this future
 /// is what an idle connection keeps, and an `async fn` would keep a second
@@ -264,7 +262,7 @@ impl<S: Future<Output = ()>> Future for Watched<S> {
             return Poll::Ready(());
         }
         if expired {
-            tracing::debug!("no request head within header_read_timeout; closing the connection");
+            tracing::debug!("the connection stayed idle past its limit; closing it");
             return Poll::Ready(());
         }
         Poll::Pending

@@ -67,6 +67,9 @@ const STACK_FIELDS: usize = 256;
 const LINGER: Duration = Duration::from_secs(2);
 /// The most bytes drained while lingering.
 const LINGER_BYTES: usize = 1024 * 1024;
+/// Room for the method, spaces and version beside the longest target on a
+/// request line.
+const REQUEST_LINE_EXTRA: usize = 64;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How a connection's HTTP/1 service ended.
@@ -94,6 +97,9 @@ pub enum Ended {
 pub struct Caps {
     head_bytes: u32,
     fields: u32,
+    /// The listener's `max_uri_size`: a longer target is answered 414
+    /// here, before the head is parsed into a request.
+    uri_bytes: u32,
 }
 
 impl Caps {
@@ -105,6 +111,7 @@ impl Caps {
         Caps {
             head_bytes: cap(limits.max_header_size, 16 * 1024),
             fields: cap(limits.max_headers, 100),
+            uri_bytes: u32::try_from(limits.max_uri_size).unwrap_or(u32::MAX),
         }
     }
 }
@@ -141,6 +148,9 @@ pub fn serve(
                     _ => return Ended::Closed,
                 }
             }
+            // The next head has begun (or was pipelined): from
+            // keepalive_timeout to header_read_timeout.
+            client.conn.activity.head_started();
             // One exchange's state is large; boxed, it is allocated while a
             // request is in flight and not kept by an idle connection.
             // Written into its box directly rather than moved there (a
@@ -493,6 +503,8 @@ enum Refusal {
     Malformed(&'static str),
     /// The head is larger than the parser's cap, or has too many fields.
     TooLarge,
+    /// The request target is longer than the listener's `max_uri_size`.
+    UriTooLong,
     /// The body's framing is refused.
     Framing(FramingError),
     /// The connection failed while reading the head.
@@ -523,6 +535,11 @@ async fn read_head(
         }
         if buf.len() >= caps.head_bytes as usize {
             return Err(Refusal::TooLarge);
+        }
+        // A request line already longer than any allowed target and its
+        // method and version: 414 now, not after reading up to the cap.
+        if buf.len() > caps.uri_bytes as usize + REQUEST_LINE_EXTRA && !buf.contains(&b'\n') {
+            return Err(Refusal::UriTooLong);
         }
         let n = std::future::poll_fn(|cx| poll_more(io, buf, cx))
             .await
@@ -559,6 +576,9 @@ fn parse_head(buf: &mut BytesMut, caps: Caps) -> Result<Option<Parsed>, Refusal>
         _ => Version::HTTP_11,
     };
     let path = parsed.path.unwrap_or_default();
+    if path.len() > caps.uri_bytes as usize {
+        return Err(Refusal::UriTooLong);
+    }
     let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
     let path_span = path_at..path_at + path.len();
     let spans = Spans::new(buf, parsed.headers);
@@ -588,6 +608,7 @@ async fn refuse(io: &mut ClientIo, refusal: Refusal) {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "the request head is too large",
         ),
+        Refusal::UriTooLong => (StatusCode::URI_TOO_LONG, "the request target is too long"),
         Refusal::Framing(e) => framing_refusal(e),
         Refusal::BrokenPreface => {
             // As a pure HTTP/2 port answers it: the server's SETTINGS, then
@@ -901,6 +922,7 @@ pub mod fuzz_logic {
         let caps = Caps {
             head_bytes: 64 * 1024,
             fields: 128,
+            uri_bytes: 8 * 1024,
         };
         let mut buf = BytesMut::from(data);
         let Ok(Some(head)) = parse_head(&mut buf, caps) else {
@@ -935,6 +957,7 @@ pub mod fuzz_logic {
         let wide = Caps {
             head_bytes: u32::MAX,
             fields: 256,
+            uri_bytes: u32::MAX,
         };
         let shown = String::from_utf8_lossy(&out).into_owned();
         let forwarded = match parse_head(&mut again, wide) {

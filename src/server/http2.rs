@@ -92,7 +92,9 @@ where
     let mut opened = Vec::new();
     let (mut closed, mut draining) = (false, false);
     std::future::poll_fn(|cx| {
-        if !draining && watched.activity.draining() {
+        // Draining, or idle past `http2_idle_timeout`: GOAWAY, finish the
+        // open streams, close.
+        if !draining && watched.activity.winding_down() {
             draining = true;
             connection.as_mut().graceful_shutdown();
         }

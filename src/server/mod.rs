@@ -7,6 +7,7 @@
 //! and closes listeners that are gone; a failure at any step leaves the
 //! running configuration untouched.
 
+pub mod admission;
 pub mod client_body;
 pub mod connection;
 pub mod http1;
@@ -30,8 +31,10 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::config::diagnostics::{ConfigError, ConfigErrors};
 use crate::config::model::Protocol;
-use crate::observe::metrics::ListenerLabel;
+use crate::observe::metrics::{ListenerLabel, RefusedLabels};
+use crate::observe::throttle::Throttled;
 use crate::proxy::snapshot::Snapshot;
+use crate::server::admission::Admission;
 use crate::upstream::dns::ResolveFn;
 pub use runtime::Runtime;
 
@@ -128,6 +131,11 @@ impl Gateway {
         runtime: Arc<Runtime>,
         admin: AdminService,
     ) -> Result<Gateway, StartError> {
+        static OPEN_FILES: std::sync::Once = std::sync::Once::new();
+        OPEN_FILES.call_once(|| match admission::raise_open_files_limit() {
+            Ok(limit) => tracing::info!(limit, "open files limit"),
+            Err(error) => tracing::warn!(%error, "could not raise the open files limit"),
+        });
         let snapshot = runtime.snapshot.load_full();
         let (drain, _) = watch::channel(false);
         let admin_listener = match snapshot.admin {
@@ -435,6 +443,14 @@ fn start_listener(
     running.insert(key, RunningListener { local_addr, stop });
 }
 
+/// How often a flood of one event (accept errors, refused connections)
+/// writes a log line.
+const LOG_PERIOD: Duration = Duration::from_secs(10);
+/// The first pause after a failed accept, doubled while failures go on.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// The longest pause after a failed accept.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn accept_loop(
     inner: Arc<Inner>,
     name: String,
@@ -448,22 +464,62 @@ async fn accept_loop(
         .get_or_create_owned(&ListenerLabel {
             listener: Arc::from(name.as_str()),
         });
+    static ACCEPT_FAILED: Throttled = Throttled::new(LOG_PERIOD);
+    static REFUSED: Throttled = Throttled::new(LOG_PERIOD);
+    let admission = Arc::new(Admission::default());
+    let listener_name: Arc<str> = Arc::from(name.as_str());
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
+        // At max_connections, new connections wait in the kernel's backlog.
+        let max_connections = || {
+            let snapshot = inner.runtime.snapshot.load();
+            snapshot.listener(&name)?.limits.max_connections
+        };
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = async {
+                admission.room(max_connections).await;
+                listener.accept().await
+            } => a,
             _ = stop.wait_for(|s| *s) => return,
         };
         let (stream, client) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                pair
+            }
             Err(e) => {
-                // Out of file descriptors and similar: back off instead of spinning.
-                tracing::warn!(listener = %name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors and similar: back off, longer
+                // while it lasts, instead of spinning on the error.
+                if let Some(times) = ACCEPT_FAILED.due() {
+                    tracing::warn!(listener = %name, error = %e, times, "accepting connections failed; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
         let Some(plan) = inner.runtime.snapshot.load().listener(&name).cloned() else {
             return;
+        };
+        let slot = match admission.admit(client.ip(), &plan.limits) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                let labels = RefusedLabels {
+                    listener: listener_name.clone(),
+                    reason: refused.reason(),
+                };
+                inner
+                    .runtime
+                    .metrics
+                    .connections_refused
+                    .get_or_create(&labels)
+                    .inc();
+                if let Some(times) = REFUSED.due() {
+                    tracing::info!(listener = %name, %client, reason = refused.reason(), times, "closing new connections past a per-client cap");
+                }
+                drop(stream);
+                continue;
+            }
         };
         let inner = inner.clone();
         let gauge = gauge.clone();
@@ -473,6 +529,7 @@ async fn accept_loop(
         // `client` and `plan` in every connection's task after handing them on.
         let served = connection::serve(stream, client, plan, inner.runtime.clone());
         tokio::spawn(served.map(move |()| {
+            drop(slot);
             gauge.dec();
             if inner.open_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
                 inner.connections_closed.notify_waiters();
@@ -515,7 +572,7 @@ pub async fn serve_until_signal(gateway: Gateway) -> std::process::ExitCode {
 }
 
 /// Sweeps the open connections for idle ones, as often as the shortest
-/// `header_read_timeout` of the running listeners calls for (also while
+/// idle limit of the running listeners calls for (also while
 /// draining: a client may be sending a head slowly), until the runtime is
 /// gone.
 async fn sweep_loop(runtime: std::sync::Weak<Runtime>) {
@@ -529,7 +586,7 @@ async fn sweep_loop(runtime: std::sync::Weak<Runtime>) {
             let shortest = snapshot
                 .listeners
                 .iter()
-                .map(|l| l.limits.header_read_timeout)
+                .map(|l| l.limits.shortest_idle())
                 .min()
                 .unwrap_or(Duration::from_secs(10));
             registry::tick(shortest)

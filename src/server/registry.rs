@@ -1,7 +1,7 @@
 //! The gateway's open HTTP client connections: what each is doing
 //! ([`Activity`]), one periodic sweep that closes those idle past their
-//! listener's `header_read_timeout`, and the drain that asks them all to
-//! finish.
+//! listener's limits (`header_read_timeout`, `keepalive_timeout`,
+//! `http2_idle_timeout`), and the drain that asks them all to finish.
 //!
 //! One sweep over every connection, rather than a timer and a drain waiter
 //! in each connection's task, is what keeps an idle keep-alive connection
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use slab::Slab;
 
-use crate::proxy::connection::{Connection, DRAINING, EXPIRED, now_ms};
+use crate::proxy::connection::{Connection, DRAINING, now_ms};
 
 /// Sweeps at least this often, however long the limits.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -55,8 +55,8 @@ impl Registry {
         let now = now_ms();
         let state = self.state();
         for (_, conn) in &state.open {
-            if conn.activity.newly_expired(now) {
-                conn.activity.signal(EXPIRED);
+            if let Some(flag) = conn.activity.due(now) {
+                conn.activity.signal(flag);
             }
         }
     }
@@ -108,11 +108,16 @@ mod tests {
     use std::task::Context;
 
     use super::*;
-    use crate::proxy::connection::Busy;
+    use crate::proxy::connection::{Busy, CLOSE, EXPIRED, GOAWAY_GRACE, IdleLimits, now_ms};
 
     fn conn(limit: Duration) -> Connection {
         let addr = "127.0.0.1:1".parse().unwrap();
-        Connection::new("l".into(), addr, addr, limit)
+        let idle = IdleLimits {
+            head: limit,
+            keepalive: limit,
+            http2: limit,
+        };
+        Connection::new("l".into(), addr, addr, idle)
     }
 
     fn flags(c: &Connection) -> u8 {
@@ -139,15 +144,47 @@ mod tests {
         registry.sweep();
         assert_eq!(flags(c), EXPIRED);
 
+        // HTTP/2: told to go away once idle, then cut after the grace.
         let h2 = registry.register(conn(limit));
-        drop(Busy::new(h2.connection(), true));
+        let busy = Busy::new(h2.connection(), true);
         std::thread::sleep(Duration::from_millis(60));
         registry.sweep();
-        assert_eq!(
-            flags(h2.connection()),
-            0,
-            "HTTP/2 connections are left alone"
-        );
+        assert_eq!(flags(h2.connection()), 0, "a stream is open");
+        drop(busy);
+        std::thread::sleep(Duration::from_millis(60));
+        registry.sweep();
+        assert_eq!(flags(h2.connection()), EXPIRED);
+        let activity = &h2.connection().activity;
+        let grace = GOAWAY_GRACE.as_millis() as u64;
+        assert_eq!(activity.due(now_ms() + grace / 2), None);
+        assert_eq!(activity.due(now_ms() + grace), Some(CLOSE));
+    }
+
+    #[test]
+    fn a_kept_alive_connection_has_keepalive_then_header_time() {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let idle = IdleLimits {
+            head: Duration::from_millis(100),
+            keepalive: Duration::from_millis(1000),
+            http2: Duration::from_millis(500),
+        };
+        let c = Arc::new(Connection::new("l".into(), addr, addr, idle));
+        let a = &c.activity;
+        let now = now_ms();
+        // The first head: header_read_timeout from the start.
+        assert_eq!(a.due(now + 50), None);
+        assert_eq!(a.due(now + 100), Some(EXPIRED));
+        a.head_started();
+        assert_eq!(a.due(now + 100), Some(EXPIRED), "still the first head");
+        // After a response: keepalive_timeout until the next head begins.
+        drop(Busy::new(&c, false));
+        let idle_from = now_ms();
+        assert_eq!(a.due(idle_from + 500), None);
+        assert_eq!(a.due(idle_from + 1000), Some(EXPIRED));
+        a.head_started();
+        let head_from = now_ms();
+        assert_eq!(a.due(head_from + 50), None);
+        assert_eq!(a.due(head_from + 100), Some(EXPIRED));
     }
 
     #[test]

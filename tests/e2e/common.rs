@@ -969,3 +969,35 @@ pub async fn purge_cache(gw: &TestGateway, body: &str) -> (u16, serde_json::Valu
         serde_json::from_str(&resp.text().await.unwrap()).unwrap(),
     )
 }
+
+/// An h2c client's first bytes: the preface, empty SETTINGS, then GET / on
+/// stream 1 (END_STREAM | END_HEADERS): :method GET, :scheme http, :path /
+/// from the static table, :authority "localhost" as a literal.
+pub fn h2_preface_and_get() -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 9];
+    block.extend_from_slice(b"localhost");
+    out.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Reads one HTTP/2 frame: (type, flags, stream id, payload).
+pub async fn read_h2_frame(io: &mut tokio::net::TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    try_read_h2_frame(io)
+        .await
+        .expect("an HTTP/2 frame, not the end of the connection")
+}
+
+/// Reads one HTTP/2 frame, or None at the end of the connection.
+pub async fn try_read_h2_frame(io: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    io.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    io.read_exact(&mut payload).await.ok()?;
+    Some((head[3], head[4], stream, payload))
+}

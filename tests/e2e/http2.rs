@@ -61,18 +61,6 @@ async fn a_stream_the_client_gives_up_on_leaves_the_others_running() {
     assert_eq!(r.text().await.unwrap(), "/after");
 }
 
-/// Reads one HTTP/2 frame: (type, flags, stream id, payload).
-async fn read_frame(io: &mut tokio::net::TcpStream) -> (u8, u8, u32, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
-    let mut head = [0u8; 9];
-    io.read_exact(&mut head).await.unwrap();
-    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    let mut payload = vec![0u8; len];
-    io.read_exact(&mut payload).await.unwrap();
-    (head[3], head[4], stream, payload)
-}
-
 #[tokio::test]
 async fn the_request_id_is_sent_never_indexed_so_it_does_not_fill_the_header_table() {
     use tokio::io::AsyncWriteExt;
@@ -83,19 +71,10 @@ async fn the_request_id_is_sent_never_indexed_so_it_does_not_fill_the_header_tab
     let mut io = tokio::net::TcpStream::connect(gw.addr("web"))
         .await
         .unwrap();
-    // Preface, empty SETTINGS, then GET / on stream 1 (END_STREAM |
-    // END_HEADERS): :method GET, :scheme http, :path / from the static
-    // table, :authority "localhost" as a literal.
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
-    let mut block = vec![0x82, 0x86, 0x84, 0x01, 9];
-    block.extend_from_slice(b"localhost");
-    out.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    io.write_all(&out).await.unwrap();
+    io.write_all(&h2_preface_and_get()).await.unwrap();
     let block = loop {
         let (kind, _, stream, payload) =
-            tokio::time::timeout(Duration::from_secs(5), read_frame(&mut io))
+            tokio::time::timeout(Duration::from_secs(5), read_h2_frame(&mut io))
                 .await
                 .expect("a response within 5 s");
         if kind == 0x4 && payload.is_empty() {

@@ -178,6 +178,23 @@ async fn bad_tokens_are_refused_with_invalid_token_and_counted_by_reason() {
     audience["aud"] = json!("billing");
     let mut no_exp = good_claims("alice");
     no_exp.as_object_mut().unwrap().remove("exp");
+    // RFC 7515 §4.1.11: an extension marked critical must be understood.
+    let mut crit_header = Header::new(Algorithm::HS256);
+    crit_header.crit = Some(vec!["urn:example:ext".into()]);
+    crit_header
+        .extras
+        .insert("urn:example:ext", "must-understand");
+    let critical = encode(
+        &crit_header,
+        &good_claims("alice"),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // An issuer list holding the right issuer is not the right issuer.
+    let mut issuers = good_claims("alice");
+    issuers["iss"] = json!(["idp", "evil"]);
+    let mut numeric_sub = good_claims("alice");
+    numeric_sub["sub"] = json!(42);
     let cases = [
         ("expired", hs256(SECRET, expired), "expired"),
         ("not_yet_valid", hs256(SECRET, early), "not valid yet"),
@@ -194,6 +211,9 @@ async fn bad_tokens_are_refused_with_invalid_token_and_counted_by_reason() {
             "signature",
         ),
         ("malformed", "not.a-jwt".to_string(), "well-formed"),
+        ("critical_header", critical, "crit header"),
+        ("malformed", hs256(SECRET, issuers), "must be strings"),
+        ("malformed", hs256(SECRET, numeric_sub), "must be strings"),
     ];
     for (reason, token, detail) in &cases {
         let got = assert_401(&get_with(&url, token).await, invalid);

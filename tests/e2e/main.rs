@@ -36,6 +36,7 @@ mod redirects;
 mod reload;
 mod resilience;
 mod routing;
+mod security;
 mod shared_rate_limit;
 mod smoke;
 mod splits;
