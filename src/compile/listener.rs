@@ -546,5 +546,14 @@ fn limits_of(l: &crate::config::model::Listener) -> Limits {
         max_connections: l.max_connections,
         max_connections_per_client: l.max_connections_per_client,
         max_connection_rate_per_client: l.max_connection_rate_per_client,
+        body_pace: crate::http::pace::BodyPace {
+            read_timeout: l
+                .body_read_timeout
+                .map_or(default.body_pace.read_timeout, |d| d.0),
+            min_rate: l.min_body_rate.map_or(default.body_pace.min_rate, |s| s.0),
+            grace: l
+                .min_body_rate_grace
+                .map_or(default.body_pace.grace, |d| d.0),
+        },
     }
 }

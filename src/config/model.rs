@@ -210,6 +210,18 @@ pub struct Listener {
     /// they are closed at once (default unlimited).
     #[serde(default)]
     pub max_connection_rate_per_client: Option<u32>,
+    /// Longest wait for the next bytes of a request body; past it 408
+    /// (default 60s, as nginx's `client_body_timeout`).
+    #[serde(default)]
+    pub body_read_timeout: Option<Dur>,
+    /// Bytes per second of waiting a client must keep up sending a request
+    /// body, after `min_body_rate_grace`; past it 408 (default 240B, as
+    /// Kestrel; 0 turns it off).
+    #[serde(default)]
+    pub min_body_rate: Option<Size>,
+    /// Waiting time before `min_body_rate` applies (default 5s).
+    #[serde(default)]
+    pub min_body_rate_grace: Option<Dur>,
 }
 
 /// TLS termination settings of an `https` listener.

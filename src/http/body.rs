@@ -26,6 +26,9 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
+/// The detail of a 408 for a request body sent too slowly.
+pub const SLOW_BODY: &str = "the request body did not arrive in time";
+
 /// Why a body could not be read whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -39,6 +42,9 @@ pub enum ReadError {
     /// It broke off (the peer left).
     #[error("the body broke off: {0}")]
     Broken(BoxError),
+    /// The client sent it too slowly (`body_read_timeout`, `min_body_rate`).
+    #[error("the client sent the body too slowly")]
+    TimedOut,
 }
 
 /// Reads `body` whole, up to `limit` bytes, for the policies that must see
@@ -53,6 +59,8 @@ pub async fn read_whole(mut body: Body, limit: u64) -> Result<Bytes, ReadError> 
             // A listener's limit is the client's doing (413), not a break.
             if e.is::<BodyTooLarge>() {
                 ReadError::OverListenerLimit
+            } else if e.is::<BodyTooSlow>() {
+                ReadError::TimedOut
             } else {
                 ReadError::Broken(e)
             }
@@ -78,6 +86,8 @@ use std::task::{Context, Poll};
 
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
+use crate::http::pace::{BodyPace, PaceClock, TooSlow};
+
 /// What the pipeline learns from a request body while it streams upstream.
 #[derive(Debug, Default)]
 pub struct BodyStats {
@@ -88,16 +98,28 @@ pub struct BodyStats {
     /// Set when the client's body broke (bad framing, connection lost), so
     /// that a failed upstream request is answered 400, not 502.
     pub broken: AtomicBool,
+    /// Set when the client sent its body too slowly, so that the request
+    /// is answered 408 (and counted by what it failed).
+    pub too_slow: std::sync::OnceLock<TooSlow>,
 }
 
 /// A request body on its way upstream: counts the bytes (for the access log)
-/// and stops the stream once it exceeds the listener's `max_body`.
+/// and stops the stream once it exceeds the listener's `max_body`, or once
+/// the client is too slow sending it (see [`crate::http::pace`]).
 pub struct LimitedBody<B> {
     inner: B,
     limit: Option<u64>,
     seen: u64,
     stats: Arc<BodyStats>,
+    /// None until the body first has to wait (most never do).
+    clock: Option<Box<PaceClock>>,
+    pace: BodyPace,
 }
+
+/// Error a [`LimitedBody`] yields once its client was too slow.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent the request body too slowly ({})", .0.kind())]
+pub struct BodyTooSlow(pub TooSlow);
 
 /// Error a [`LimitedBody`] yields once the client sent more than `max_body`.
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +127,16 @@ pub struct LimitedBody<B> {
 pub struct BodyTooLarge;
 
 impl<B> LimitedBody<B> {
-    /// Wraps a client body; `stats` reports back to the pipeline.
-    pub fn new(inner: B, limit: Option<u64>, stats: Arc<BodyStats>) -> Self {
+    /// Wraps a client body held to `pace`; `stats` reports back to the
+    /// pipeline.
+    pub fn new(inner: B, limit: Option<u64>, pace: BodyPace, stats: Arc<BodyStats>) -> Self {
         LimitedBody {
             inner,
             limit,
             seen: 0,
             stats,
+            clock: None,
+            pace,
         }
     }
 }
@@ -128,7 +153,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_ready()
+            && let Some(clock) = &mut this.clock
+        {
+            clock.arrived();
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
@@ -145,7 +176,19 @@ where
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let pace = this.pace;
+                let clock = this
+                    .clock
+                    .get_or_insert_with(|| Box::new(PaceClock::new(pace)));
+                match clock.poll_waiting(this.seen, cx) {
+                    Poll::Ready(too_slow) => {
+                        let _ = this.stats.too_slow.set(too_slow);
+                        Poll::Ready(Some(Err(Box::new(BodyTooSlow(too_slow)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -5,5 +5,6 @@ pub mod body;
 pub mod codec;
 pub mod conditional;
 pub mod headers;
+pub mod pace;
 pub mod problem;
 pub mod upgrade;

@@ -114,6 +114,15 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
+/// Labels of `portcullis_client_timeouts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientTimeoutLabels {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// The limit the client failed (`body_read_timeout`, `min_body_rate`).
+    pub kind: &'static str,
+}
+
 /// Labels of `portcullis_compressed_responses_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CompressedLabels {
@@ -157,6 +166,8 @@ pub struct Metrics {
     pub connections_active: Family<ListenerLabel, Gauge>,
     /// `portcullis_connections_refused_total{listener,reason}`.
     pub connections_refused: Family<RefusedLabels, Counter>,
+    /// `portcullis_client_timeouts_total{listener,kind}`.
+    pub client_timeouts: Family<ClientTimeoutLabels, Counter>,
     /// `portcullis_upstream_target_healthy{upstream,target}`.
     pub upstream_target_healthy: Family<TargetLabel, Gauge>,
     /// `portcullis_config_reloads_total{result}`.
@@ -212,6 +223,7 @@ impl Metrics {
             HistogramFamily::<UpstreamLabel>::new_with_constructor(latency_histogram);
         let connections_active = Family::<ListenerLabel, Gauge>::default();
         let connections_refused = Family::<RefusedLabels, Counter>::default();
+        let client_timeouts = Family::<ClientTimeoutLabels, Counter>::default();
         let upstream_target_healthy = Family::<TargetLabel, Gauge>::default();
         registry.register(
             "upstream_target_healthy",
@@ -303,6 +315,11 @@ impl Metrics {
             connections_refused.clone(),
         );
         registry.register(
+            "client_timeouts",
+            "Requests answered 408 because the client sent its body too slowly, by the limit it failed",
+            client_timeouts.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by result",
             config_reloads.clone(),
@@ -317,6 +334,7 @@ impl Metrics {
             upstream_duration,
             connections_active,
             connections_refused,
+            client_timeouts,
             upstream_target_healthy,
             config_reloads,
             retries,

@@ -40,7 +40,7 @@ use self::rules::{
 };
 use self::store::{CacheStore, Flight, FlightGuard};
 use crate::config::model::CacheDef;
-use crate::http::body::{Body, ReadError, full, read_whole};
+use crate::http::body::{Body, ReadError, SLOW_BODY, full, read_whole};
 use crate::http::headers::host_of;
 use crate::http::problem::problem;
 use crate::observe::metrics::CacheRequestLabels;
@@ -787,6 +787,13 @@ impl Cache {
                 return Flow::Respond(problem(
                     StatusCode::BAD_REQUEST,
                     "the request body broke off",
+                    ctx.request_id_str(),
+                ));
+            }
+            Err(ReadError::TimedOut) => {
+                return Flow::Respond(problem(
+                    StatusCode::REQUEST_TIMEOUT,
+                    SLOW_BODY,
                     ctx.request_id_str(),
                 ));
             }

@@ -849,7 +849,12 @@ mod tests {
         assert!(matches!(got, Err(DecodeError::Broken(_))), "{got:?}");
         // Past the listener's max_body (on the encoded bytes): too large.
         let stats = std::sync::Arc::new(crate::http::body::BodyStats::default());
-        let limited = crate::http::body::LimitedBody::new(full(gzip_of(b"hello")), Some(5), stats);
+        let limited = crate::http::body::LimitedBody::new(
+            full(gzip_of(b"hello")),
+            Some(5),
+            crate::http::pace::BodyPace::default(),
+            stats,
+        );
         let got = decode(limited.boxed_unsync(), Encoding::Gzip, roomy).await;
         assert!(matches!(got, Err(DecodeError::TooLarge)), "{got:?}");
     }

@@ -1146,6 +1146,14 @@ impl Policy for OpenApi {
                         Map::new(),
                     ));
                 }
+                Err(crate::http::body::ReadError::TimedOut) => {
+                    return Flow::Respond(problem_with(
+                        StatusCode::REQUEST_TIMEOUT,
+                        crate::http::body::SLOW_BODY,
+                        ctx.request_id_str(),
+                        Map::new(),
+                    ));
+                }
             };
             self.body(validator, &bytes, required, &mut violations);
             match invalid(violations) {

@@ -27,7 +27,7 @@ use super::template::Template;
 use super::xml;
 use super::{BuildEnv, Flow, Phase, Policy, ResponsePhase};
 use crate::config::model::{FieldOpsDef, TransformDef, TransformStepDef};
-use crate::http::body::{Body, ReadError, full, read_whole};
+use crate::http::body::{Body, ReadError, SLOW_BODY, full, read_whole};
 use crate::http::headers::{is_json_media, is_xml_media, media_type};
 use crate::http::problem::{GatewayAnswer, problem};
 use crate::policy::context::RequestCtx;
@@ -361,6 +361,9 @@ impl Policy for Transform {
                 }
                 Err(ReadError::Broken(_)) => {
                     return refuse(StatusCode::BAD_REQUEST, "the request body broke off");
+                }
+                Err(ReadError::TimedOut) => {
+                    return refuse(StatusCode::REQUEST_TIMEOUT, SLOW_BODY);
                 }
             };
             if bytes.is_empty() {

@@ -214,7 +214,7 @@ impl Aggregate {
                 .await
                 .map_err(|e| match e {
                     ReadError::TooLarge(n) => format!("its answer is larger than {n} bytes"),
-                    ReadError::Broken(_) | ReadError::OverListenerLimit => {
+                    ReadError::Broken(_) | ReadError::OverListenerLimit | ReadError::TimedOut => {
                         "its answer broke off".to_string()
                     }
                 })?;

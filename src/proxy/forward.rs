@@ -139,6 +139,13 @@ pub async fn forward(
                 None,
             );
         }
+        (_, Kept::TooSlow) => {
+            return fail(
+                StatusCode::REQUEST_TIMEOUT,
+                crate::http::body::SLOW_BODY,
+                None,
+            );
+        }
         (_, Kept::Unreadable) => {
             return fail(
                 StatusCode::BAD_REQUEST,
@@ -317,6 +324,14 @@ fn relay(
                 (resp.map(|b| from_upstream(b, guards)), None)
             }
         }
+        Err(_) if body_stats.too_slow.get().is_some() => (
+            problem(
+                StatusCode::REQUEST_TIMEOUT,
+                crate::http::body::SLOW_BODY,
+                rid,
+            ),
+            None,
+        ),
         Err(_) if body_stats.too_large.load(Ordering::Relaxed) => (
             problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -409,6 +424,8 @@ enum Kept {
     Stream(Body),
     /// Crossed the listener's max_body while being read.
     TooLarge,
+    /// The client sent it too slowly.
+    TooSlow,
     /// The client's body broke while being read.
     Unreadable,
 }
@@ -425,6 +442,7 @@ async fn keep_body(body: Body, max: u64, stats: &BodyStats) -> Kept {
     match hint.exact() {
         Some(len) if len <= max => match body.collect().await {
             Ok(c) => Kept::Bytes(c.to_bytes()),
+            Err(_) if stats.too_slow.get().is_some() => Kept::TooSlow,
             Err(_) if stats.too_large.load(Ordering::Relaxed) => Kept::TooLarge,
             Err(_) => Kept::Unreadable,
         },

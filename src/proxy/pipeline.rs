@@ -40,8 +40,10 @@ use super::refresh;
 use crate::http::body::{Body, BodyStats, BoxError, LimitedBody};
 use crate::http::headers::host_of;
 use crate::http::headers::{X_REQUEST_ID, new_request_id, valid_request_id};
+use crate::http::pace::TooSlow;
 use crate::http::problem::{GatewayAnswer, problem};
-use crate::observe::metrics::{RequestLabels, empty_label};
+use crate::observe::metrics::{ClientTimeoutLabels, RequestLabels, empty_label};
+use crate::observe::throttle::Throttled;
 use crate::policy::context::RequestCtx;
 use crate::policy::{Chain, Flow};
 use crate::proxy::connection::{Busy, Connection};
@@ -169,8 +171,8 @@ where
     record.labels.route = route.name.clone();
     record.route = Some(route.metrics.clone());
 
-    let limit = listener.limits.max_body;
-    let mut req = req.map(|b| LimitedBody::new(b, limit, body_stats.clone()).boxed_unsync());
+    let (limit, pace) = (listener.limits.max_body, listener.limits.body_pace);
+    let mut req = req.map(|b| LimitedBody::new(b, limit, pace, body_stats.clone()).boxed_unsync());
 
     // request policies, in phase order; any may answer and stop the chain
     let chain = &binding.chain;
@@ -260,6 +262,10 @@ where
         },
     };
 
+    if let Some(too_slow) = body_stats.too_slow.get() {
+        count_slow_body(&snapshot, &ctx, *too_slow);
+    }
+
     // error hook: the upstream failed and the gateway's answer stands in
     if let Some(error) = ctx.upstream_error {
         for p in &chain.request[..ran] {
@@ -299,6 +305,24 @@ fn log_hooks(chain: &Chain, ran: usize, ctx: RequestCtx) -> OnLog {
             p.policy.on_log(&ctx, outcome);
         }
     })
+}
+
+/// Counts (and, now and then, logs) a request whose client sent its body
+/// too slowly: one line per period however many, as an attack makes many.
+fn count_slow_body(snapshot: &Snapshot, ctx: &RequestCtx, too_slow: TooSlow) {
+    static LOG: Throttled = Throttled::new(std::time::Duration::from_secs(10));
+    let labels = ClientTimeoutLabels {
+        listener: ctx.listener.clone(),
+        kind: too_slow.kind(),
+    };
+    snapshot
+        .metrics
+        .client_timeouts
+        .get_or_create(&labels)
+        .inc();
+    if let Some(times) = LOG.due() {
+        tracing::info!(client = %ctx.client, kind = too_slow.kind(), times, "request bodies sent too slowly answered 408");
+    }
 }
 
 /// The answer to a TRACE that no route lists: 405 (routes match TRACE only

@@ -63,6 +63,8 @@ pub struct Limits {
     pub max_connections_per_client: Option<u32>,
     /// Most new connections per second from one client address.
     pub max_connection_rate_per_client: Option<u32>,
+    /// How fast clients must send request bodies.
+    pub body_pace: crate::http::pace::BodyPace,
 }
 
 impl Limits {
@@ -96,6 +98,7 @@ impl Default for Limits {
             max_connections: None,
             max_connections_per_client: None,
             max_connection_rate_per_client: None,
+            body_pace: crate::http::pace::BodyPace::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -405,4 +406,140 @@ async fn past_max_connection_rate_per_client_new_connections_are_closed_for_the_
     // A second later the client is welcome again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let _again = kept_alive(addr).await;
+}
+
+/// A backend that reads the whole request body, then answers its length.
+async fn reading_backend() -> Backend {
+    use http_body_util::BodyExt;
+    Backend::start(|req: http::Request<hyper::body::Incoming>| async move {
+        let n = req
+            .into_body()
+            .collect()
+            .await
+            .map_or(0, |b| b.to_bytes().len());
+        http::Response::new(body(n.to_string()))
+    })
+    .await
+}
+
+/// The count of `portcullis_client_timeouts_total` for `kind`.
+async fn client_timeouts(gw: &TestGateway, kind: &str) -> u64 {
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("portcullis_client_timeouts_total{{listener=\"web\",kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends a POST head declaring `length` bytes, then `first` bytes of it,
+/// then one more byte every `every` (never finishing); returns the answer
+/// and how long it took.
+async fn slow_post(
+    addr: SocketAddr,
+    length: usize,
+    first: usize,
+    every: Duration,
+) -> (String, Duration) {
+    let started = Instant::now();
+    let io = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = io.into_split();
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n");
+    write.write_all(head.as_bytes()).await.unwrap();
+    write.write_all(&vec![b'a'; first]).await.unwrap();
+    let drip = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if write.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), read.read_to_string(&mut answer)).await;
+    drip.abort();
+    (answer, started.elapsed())
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_after_body_read_timeout_while_others_are_served() {
+    let backend = reading_backend().await;
+    let limits = "    body_read_timeout: 600ms\n    min_body_rate: 0";
+    let gw = gateway_with(backend.addr, limits).await;
+    let addr = gw.addr("web");
+    let stalled = tokio::spawn(slow_post(addr, 100, 10, Duration::from_secs(3600)));
+    // Meanwhile an ordinary upload goes through.
+    let resp = client()
+        .post(gw.url("web", "/upload"))
+        .body(vec![b'x'; 50_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "50000");
+    let (answer, took) = stalled.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(500),
+        "answered after {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    assert_eq!(client_timeouts(&gw, "body_read_timeout").await, 1);
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_once_below_min_body_rate() {
+    let backend = reading_backend().await;
+    let limits = "    min_body_rate: 100B\n    min_body_rate_grace: 1s";
+    let gw = gateway_with(backend.addr, limits).await;
+    // One byte every 100 ms: each wait is short, the rate far too low.
+    let (answer, took) = slow_post(gw.addr("web"), 1000, 1, Duration::from_millis(100)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    assert_eq!(client_timeouts(&gw, "min_body_rate").await, 1);
+    // A body at a decent pace (1 KiB per 100 ms) is not cut.
+    let (answer, _) = {
+        let chunks = futures_util::stream::unfold(0, |i| async move {
+            if i == 20 {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some((Ok::<_, std::io::Error>(vec![b'y'; 1024]), i + 1))
+        });
+        let resp = client()
+            .post(gw.url("web", "/upload"))
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        (resp.text().await.unwrap(), ())
+    };
+    assert_eq!(answer, "20480");
+}
+
+#[tokio::test]
+async fn a_stalled_http2_body_gets_408_too() {
+    let backend = reading_backend().await;
+    let limits = "    body_read_timeout: 600ms";
+    let gw = gateway_with(backend.addr, limits).await;
+    let stalled = futures_util::stream::once(async { Ok::<_, std::io::Error>(vec![b'z'; 10]) })
+        .chain(futures_util::stream::pending());
+    let started = Instant::now();
+    let resp = h2c_client()
+        .post(gw.url("web", "/upload"))
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(client_timeouts(&gw, "body_read_timeout").await, 1);
 }

@@ -582,16 +582,16 @@ async fn upstream_http2_over_tls_negotiates_h2_by_alpn() {
 }
 
 #[tokio::test]
-async fn an_idle_tls_keep_alive_connection_is_closed_after_header_read_timeout() {
+async fn an_idle_tls_keep_alive_connection_is_closed_after_keepalive_timeout() {
     let site = Site::new();
     let backend = Backend::echo("app").await;
-    let gw = https_gateway_with(&site, "    header_read_timeout: 600ms", "", backend.addr).await;
+    let gw = https_gateway_with(&site, "    keepalive_timeout: 600ms", "", backend.addr).await;
     let config = client_trusting(&site.ca, &[&rustls::version::TLS13]);
     let mut tls = connect(gw.addr("secure"), config, "a.test").await.unwrap();
     answered_200(&mut tls, b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await;
     let mut buf = vec![0u8; 16 * 1024];
 
-    // Kept alive, then idle: closed once header_read_timeout has passed.
+    // Kept alive, then idle: closed once keepalive_timeout has passed.
     let idle_from = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
