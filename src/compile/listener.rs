@@ -555,5 +555,16 @@ fn limits_of(l: &crate::config::model::Listener) -> Limits {
                 .min_body_rate_grace
                 .map_or(default.body_pace.grace, |d| d.0),
         },
+        http2_flood: {
+            let (f, d) = (&l.http2_flood, default.http2_flood);
+            crate::http::h2_guard::FloodLimits {
+                resets: f.rst_stream.unwrap_or(d.resets),
+                pings: f.ping.unwrap_or(d.pings),
+                settings: f.settings.unwrap_or(d.settings),
+                window_updates: f.window_update.unwrap_or(d.window_updates),
+                empty_frames: f.empty_frames.unwrap_or(d.empty_frames),
+                penalty: f.penalty.map_or(d.penalty, |p| p.0),
+            }
+        },
     }
 }

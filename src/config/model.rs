@@ -222,6 +222,35 @@ pub struct Listener {
     /// Waiting time before `min_body_rate` applies (default 5s).
     #[serde(default)]
     pub min_body_rate_grace: Option<Dur>,
+    /// HTTP/2 frames per second a client address may send, by type.
+    #[serde(default)]
+    pub http2_flood: Http2Flood,
+}
+
+/// `http2_flood` on a listener: frames per second one client address may
+/// send over all its connections; past one, GOAWAY ENHANCE_YOUR_CALM and
+/// the address refused for `penalty`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Flood {
+    /// RST_STREAM frames (default 200).
+    #[serde(default)]
+    pub rst_stream: Option<u32>,
+    /// PING frames (default 50).
+    #[serde(default)]
+    pub ping: Option<u32>,
+    /// SETTINGS frames (default 50).
+    #[serde(default)]
+    pub settings: Option<u32>,
+    /// WINDOW_UPDATE frames (default 2000).
+    #[serde(default)]
+    pub window_update: Option<u32>,
+    /// Empty DATA, HEADERS and CONTINUATION frames (default 200).
+    #[serde(default)]
+    pub empty_frames: Option<u32>,
+    /// How long an address past a limit is refused (default 10s).
+    #[serde(default)]
+    pub penalty: Option<Dur>,
 }
 
 /// TLS termination settings of an `https` listener.

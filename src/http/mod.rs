@@ -4,6 +4,7 @@
 pub mod body;
 pub mod codec;
 pub mod conditional;
+pub mod h2_guard;
 pub mod headers;
 pub mod pace;
 pub mod problem;

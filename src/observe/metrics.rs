@@ -123,6 +123,15 @@ pub struct ClientTimeoutLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `portcullis_http2_floods_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Http2FloodLabels {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// The frame type whose limit was crossed (`ping`, `rst_stream`, ...).
+    pub frame: &'static str,
+}
+
 /// Labels of `portcullis_compressed_responses_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CompressedLabels {
@@ -168,6 +177,8 @@ pub struct Metrics {
     pub connections_refused: Family<RefusedLabels, Counter>,
     /// `portcullis_client_timeouts_total{listener,kind}`.
     pub client_timeouts: Family<ClientTimeoutLabels, Counter>,
+    /// `portcullis_http2_floods_total{listener,frame}`.
+    pub http2_floods: Family<Http2FloodLabels, Counter>,
     /// `portcullis_upstream_target_healthy{upstream,target}`.
     pub upstream_target_healthy: Family<TargetLabel, Gauge>,
     /// `portcullis_config_reloads_total{result}`.
@@ -224,6 +235,7 @@ impl Metrics {
         let connections_active = Family::<ListenerLabel, Gauge>::default();
         let connections_refused = Family::<RefusedLabels, Counter>::default();
         let client_timeouts = Family::<ClientTimeoutLabels, Counter>::default();
+        let http2_floods = Family::<Http2FloodLabels, Counter>::default();
         let upstream_target_healthy = Family::<TargetLabel, Gauge>::default();
         registry.register(
             "upstream_target_healthy",
@@ -320,6 +332,11 @@ impl Metrics {
             client_timeouts.clone(),
         );
         registry.register(
+            "http2_floods",
+            "HTTP/2 connections sent GOAWAY ENHANCE_YOUR_CALM for crossing a flood limit, by frame type",
+            http2_floods.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by result",
             config_reloads.clone(),
@@ -335,6 +352,7 @@ impl Metrics {
             connections_active,
             connections_refused,
             client_timeouts,
+            http2_floods,
             upstream_target_healthy,
             config_reloads,
             retries,

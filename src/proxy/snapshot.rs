@@ -65,6 +65,8 @@ pub struct Limits {
     pub max_connection_rate_per_client: Option<u32>,
     /// How fast clients must send request bodies.
     pub body_pace: crate::http::pace::BodyPace,
+    /// HTTP/2 frames per second a client address may send.
+    pub http2_flood: crate::http::h2_guard::FloodLimits,
 }
 
 impl Limits {
@@ -99,6 +101,7 @@ impl Default for Limits {
             max_connections_per_client: None,
             max_connection_rate_per_client: None,
             body_pace: crate::http::pace::BodyPace::default(),
+            http2_flood: crate::http::h2_guard::FloodLimits::default(),
         }
     }
 }

@@ -61,6 +61,8 @@ pub enum Refused {
     PerClient,
     /// The client opened `max_connection_rate_per_client` in the last second.
     RatePerClient,
+    /// The client crossed an HTTP/2 flood limit and serves its penalty.
+    Http2Flood,
 }
 
 impl Refused {
@@ -69,6 +71,7 @@ impl Refused {
         match self {
             Refused::PerClient => "max_connections_per_client",
             Refused::RatePerClient => "max_connection_rate_per_client",
+            Refused::Http2Flood => "http2_flood",
         }
     }
 }

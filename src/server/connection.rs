@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use super::http1::{self, ClientIo, Ended};
 use super::http2;
 use super::ticket_hold::TicketHold;
+use crate::http::h2_guard::FloodLimits;
 use crate::l4::{self, L4Plan};
 use crate::net::proxy_protocol::{self, Prefixed};
 use crate::net::tls;
@@ -208,7 +209,13 @@ fn serve_http(
     let registered = rt.connections.register(conn);
     let conn = registered.connection().clone();
     if alpn_h2 {
-        let served = Box::pin(http2::serve(io, conn, h2_header_list(&limits), rt));
+        let served = Box::pin(http2::serve(
+            io,
+            conn,
+            h2_header_list(&limits),
+            limits.http2_flood,
+            rt,
+        ));
         return Watched {
             served: Either::Left(served),
             registered,
@@ -222,7 +229,14 @@ fn serve_http(
             Ended::Closed => None,
             Ended::Http2 { io, read, conn, rt } => {
                 let io = Prefixed::new(read.to_vec(), io);
-                Some(Box::pin(http2::serve(io, conn, header_list, rt)))
+                // Read from the listener now rather than kept in every
+                // HTTP/1 connection's state for the rare upgrade.
+                let flood = rt
+                    .snapshot
+                    .load()
+                    .listener(&conn.listener)
+                    .map_or_else(FloodLimits::default, |l| l.limits.http2_flood);
+                Some(Box::pin(http2::serve(io, conn, header_list, flood, rt)))
             }
         })
     });

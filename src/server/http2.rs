@@ -26,6 +26,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http::body::Body;
+use crate::http::h2_guard::{Flood, FloodLimits, FrameGuard};
+use crate::observe::metrics::Http2FloodLabels;
+use crate::observe::throttle::Throttled;
 use crate::proxy::connection::Connection;
 use crate::proxy::pipeline;
 use crate::server::client_body::ClientBody;
@@ -68,10 +71,22 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams
 /// a header list (above the limit the pipeline answers 431 for). The task
 /// must poll [`Activity::poll_expired`](crate::proxy::connection::Activity::poll_expired)
 /// to be woken by the drain.
-pub async fn serve<I>(io: I, conn: Arc<Connection>, max_header_list: u32, rt: Arc<Runtime>)
-where
+pub async fn serve<I>(
+    io: I,
+    conn: Arc<Connection>,
+    max_header_list: u32,
+    flood: FloodLimits,
+    rt: Arc<Runtime>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let io = FrameGuard::new(
+        io,
+        conn.client.ip(),
+        flood,
+        rt.floods.clone(),
+        on_flood(&conn, &rt),
+    );
     let queued = Streams::default();
     let mut builder = http2::Builder::new(queued.clone());
     builder
@@ -123,6 +138,24 @@ where
         }
     })
     .await;
+}
+
+/// What a connection does when its client crosses a flood limit: count it,
+/// and now and then say so.
+fn on_flood(conn: &Connection, rt: &Runtime) -> Box<dyn FnOnce(Flood) + Send> {
+    static LOG: Throttled = Throttled::new(std::time::Duration::from_secs(10));
+    let metrics = rt.metrics.clone();
+    let (listener, client) = (conn.listener.clone(), conn.client);
+    Box::new(move |flood| {
+        let labels = Http2FloodLabels {
+            listener,
+            frame: flood.name(),
+        };
+        metrics.http2_floods.get_or_create(&labels).inc();
+        if let Some(times) = LOG.due() {
+            tracing::info!(%client, frame = flood.name(), times, "HTTP/2 clients past a flood limit sent GOAWAY ENHANCE_YOUR_CALM and penalized");
+        }
+    })
 }
 
 /// The pipeline's future for one stream, made by a call of its own: with

@@ -501,7 +501,12 @@ async fn accept_loop(
         let Some(plan) = inner.runtime.snapshot.load().listener(&name).cloned() else {
             return;
         };
-        let slot = match admission.admit(client.ip(), &plan.limits) {
+        let admitted = if inner.runtime.floods.penalized(client.ip()) {
+            Err(admission::Refused::Http2Flood)
+        } else {
+            admission.admit(client.ip(), &plan.limits)
+        };
+        let slot = match admitted {
             Ok(slot) => slot,
             Err(refused) => {
                 let labels = RefusedLabels {

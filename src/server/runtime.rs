@@ -68,6 +68,8 @@ pub struct Runtime {
     pub dns: Dns,
     /// Open HTTP client connections, for idle timeouts and the drain.
     pub connections: Arc<Registry>,
+    /// HTTP/2 frame counts and penalties by client address.
+    pub floods: Arc<crate::http::h2_guard::FloodTable>,
     /// Rate-limit counters by policy name, kept across reloads.
     pub rate_limits: CounterRegistry,
     /// Basic-auth failure counters by policy name, kept across reloads.
@@ -125,6 +127,7 @@ impl Runtime {
             check_only,
             dns: Dns::new(resolve),
             connections: Arc::default(),
+            floods: Arc::default(),
             rate_limits: CounterRegistry::default(),
             basic_auth_failures: FailureRegistry::default(),
             key_sets: RemoteKeySets::default(),

@@ -543,3 +543,133 @@ async fn a_stalled_http2_body_gets_408_too() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(client_timeouts(&gw, "body_read_timeout").await, 1);
 }
+
+/// A PING frame (not an acknowledgement) on stream 0.
+fn h2_ping(n: u64) -> Vec<u8> {
+    let mut out = vec![0, 0, 8, 0x6, 0, 0, 0, 0, 0];
+    out.extend_from_slice(&n.to_be_bytes());
+    out
+}
+
+/// Reads frames until GOAWAY (its error code) or the end (None).
+async fn goaway_code(io: &mut TcpStream) -> Option<u32> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match try_read_h2_frame(io).await {
+                Some((0x7, _, _, payload)) => {
+                    return Some(u32::from_be_bytes([
+                        payload[4], payload[5], payload[6], payload[7],
+                    ]));
+                }
+                Some(_) => {}
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("neither GOAWAY nor the end within 5 s")
+}
+
+#[tokio::test]
+async fn a_ping_flood_gets_goaway_enhance_your_calm_and_a_penalty() {
+    let backend = Backend::echo("app").await;
+    let limits = "    http2_flood: { ping: 20, penalty: 1s }";
+    let gw = gateway_with(backend.addr, limits).await;
+    let addr = gw.addr("web");
+    // A few pings a second are fine.
+    let mut calm = h2_after_one_request(addr).await;
+    for n in 0..5 {
+        calm.write_all(&h2_ping(n)).await.unwrap();
+    }
+    // One request, then a flood of pings.
+    let mut io = h2_after_one_request(addr).await;
+    let flood: Vec<u8> = (0..1000).flat_map(h2_ping).collect();
+    let _ = io.write_all(&flood).await;
+    assert_eq!(goaway_code(&mut io).await, Some(0xb), "ENHANCE_YOUR_CALM");
+    assert!(
+        closed_within(&mut io, Duration::from_secs(3))
+            .await
+            .is_some()
+    );
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"portcullis_http2_floods_total{listener="web",frame="ping"} 1"#),
+        "{text}"
+    );
+    // The address serves its penalty: new connections are closed at once...
+    let mut refused_io = TcpStream::connect(addr).await.unwrap();
+    let _ = refused_io.write_all(&h2_preface_and_get()).await;
+    assert_eq!(goaway_code(&mut refused_io).await, None);
+    assert!(refused(&gw, "http2_flood").await >= 1);
+    // ...and welcome again once it is over.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let _again = h2_after_one_request(addr).await;
+}
+
+/// HEADERS for GET / on `stream` (not ending the stream), then RST_STREAM
+/// CANCEL for it: one "rapid reset".
+fn h2_rapid_reset(stream: u32) -> Vec<u8> {
+    let id = stream.to_be_bytes();
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, 9];
+    block.extend_from_slice(b"localhost");
+    let mut out = vec![
+        0,
+        0,
+        block.len() as u8,
+        0x1,
+        0x4,
+        id[0],
+        id[1],
+        id[2],
+        id[3],
+    ];
+    out.extend_from_slice(&block);
+    out.extend_from_slice(&[0, 0, 4, 0x3, 0, id[0], id[1], id[2], id[3], 0, 0, 0, 0x8]);
+    out
+}
+
+#[tokio::test]
+async fn rapid_resets_spread_over_reconnects_are_stopped_per_address() {
+    let backend = Backend::echo("app").await;
+    let limits = "    http2_flood: { rst_stream: 100, penalty: 5s }";
+    let gw = gateway_with(backend.addr, limits).await;
+    let addr = gw.addr("web");
+    // 19 resets per connection, each connection under any per-connection
+    // count, 30 connections in a row: 570 resets in well under a second.
+    let mut turned_away = 0;
+    for _ in 0..30 {
+        let Ok(mut io) = TcpStream::connect(addr).await else {
+            turned_away += 1;
+            continue;
+        };
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        for i in 0..19 {
+            out.extend(h2_rapid_reset(1 + 2 * i));
+        }
+        if io.write_all(&out).await.is_err() {
+            turned_away += 1;
+            continue;
+        }
+        // The client leaves (as a reconnecting attacker does).
+        let _ = io.shutdown().await;
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), io.read_to_end(&mut rest)).await;
+    }
+    assert!(
+        refused(&gw, "http2_flood").await >= 1,
+        "never penalized; turned away {turned_away}"
+    );
+    // An ordinary client from elsewhere would still be served; from this
+    // address, nothing until the penalty ends.
+    let mut io = TcpStream::connect(addr).await.unwrap();
+    let _ = io.write_all(&h2_preface_and_get()).await;
+    assert_eq!(goaway_code(&mut io).await, None);
+}
