@@ -555,6 +555,7 @@ fn limits_of(l: &crate::config::model::Listener) -> Limits {
                 .min_body_rate_grace
                 .map_or(default.body_pace.grace, |d| d.0),
         },
+        send_timeout: l.send_timeout.map_or(default.send_timeout, |d| d.0),
         http2_flood: {
             let (f, d) = (&l.http2_flood, default.http2_flood);
             crate::http::h2_guard::FloodLimits {

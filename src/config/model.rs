@@ -222,6 +222,11 @@ pub struct Listener {
     /// Waiting time before `min_body_rate` applies (default 5s).
     #[serde(default)]
     pub min_body_rate_grace: Option<Dur>,
+    /// How long an answer may wait for a client that does not take it
+    /// (socket full, or HTTP/2 window closed) before the connection is
+    /// cut (default 60s, as nginx's `send_timeout`).
+    #[serde(default)]
+    pub send_timeout: Option<Dur>,
     /// HTTP/2 frames per second a client address may send, by type.
     #[serde(default)]
     pub http2_flood: Http2Flood,

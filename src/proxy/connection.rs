@@ -34,6 +34,8 @@ pub struct IdleLimits {
     pub keepalive: Duration,
     /// HTTP/2, with no stream open (`http2_idle_timeout`).
     pub http2: Duration,
+    /// An answer the client is not taking (`send_timeout`).
+    pub send: Duration,
 }
 
 /// What the listener knows about the connection a request came on.
@@ -101,6 +103,13 @@ pub struct Activity {
     keepalive_ms: u32,
     /// `http2_idle_timeout` in milliseconds.
     http2_ms: u32,
+    /// `send_timeout` in milliseconds.
+    send_ms: u32,
+    /// Answers whose body has handed out a chunk that the connection has
+    /// not taken yet (the socket, or HTTP/2 flow control, is holding it).
+    stalled: AtomicU32,
+    /// When an answer's body last made progress ([`now_ms`]).
+    sent_at: AtomicU64,
     /// Milliseconds since [`epoch`] when the connection last became idle
     /// (or, between HTTP/1.1 requests, when the next head began).
     idle_since: AtomicU64,
@@ -137,6 +146,9 @@ impl Activity {
             head_ms: ms(limits.head),
             keepalive_ms: ms(limits.keepalive),
             http2_ms: ms(limits.http2),
+            send_ms: ms(limits.send),
+            stalled: AtomicU32::new(0),
+            sent_at: AtomicU64::new(0),
             idle_since: AtomicU64::new(now_ms()),
             kept_alive: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
@@ -176,6 +188,15 @@ impl Activity {
     /// it sends GOAWAY; HTTP/1: it closes), then, for an HTTP/2 connection
     /// still open [`GOAWAY_GRACE`] later, [`CLOSE`].
     pub fn due(&self, now_ms: u64) -> Option<u8> {
+        // An answer the client has not taken for `send_timeout` (nginx's
+        // send_timeout; HTTP/2 streams held on a zero window included):
+        // the connection is cut.
+        if self.stalled.load(Ordering::Relaxed) > 0 {
+            let since = self.sent_at.load(Ordering::Relaxed);
+            let stuck = since.saturating_add(u64::from(self.send_ms)) <= now_ms;
+            let signals = self.signal.load(Ordering::Relaxed);
+            return (stuck && signals & CLOSE == 0).then_some(CLOSE);
+        }
         if self.busy.load(Ordering::Relaxed) > 0 {
             return None;
         }
@@ -221,7 +242,11 @@ impl Activity {
         // Register before looking, so that a signal set in between wakes us.
         self.waker.register(cx.waker());
         let signals = self.signal.load(Ordering::Acquire);
-        let close = if self.multiplexed() { CLOSE } else { EXPIRED };
+        let close = if self.multiplexed() {
+            CLOSE
+        } else {
+            EXPIRED | CLOSE
+        };
         if signals & close != 0 {
             Poll::Ready(())
         } else {
@@ -252,6 +277,23 @@ impl Busy {
     pub fn new(conn: &Arc<Connection>, http2: bool) -> Busy {
         conn.activity.begin(http2);
         Busy(conn.clone())
+    }
+}
+
+impl Busy {
+    /// Notes that the answer's body handed out a chunk the connection has
+    /// yet to take: until [`Busy::unstall`], `send_timeout` runs.
+    pub fn stall(&self) {
+        let activity = &self.0.activity;
+        activity.sent_at.store(now_ms(), Ordering::Relaxed);
+        activity.stalled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes that the connection took the chunk (it asks for the next).
+    pub fn unstall(&self) {
+        let activity = &self.0.activity;
+        activity.sent_at.store(now_ms(), Ordering::Relaxed);
+        activity.stalled.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -337,16 +337,35 @@ pub struct RecordedBody {
     status: StatusCode,
     bytes: u64,
     record: Option<Record>,
+    /// A chunk was handed out and the connection has not asked for the
+    /// next yet: the client may not be reading (`send_timeout`).
+    stalled: bool,
 }
 
 impl RecordedBody {
     /// Wraps `inner`, the body of a response with `status`.
     pub fn new(inner: Body, status: StatusCode, record: Record) -> Self {
+        // The head goes out now; until the connection asks for the body,
+        // the client may be refusing it (an HTTP/2 window of zero).
+        let stalled = !inner.is_end_stream();
+        if stalled {
+            record.busy.stall();
+        }
         RecordedBody {
             inner,
             status,
             bytes: 0,
             record: Some(record),
+            stalled,
+        }
+    }
+
+    /// The connection asked for more: the last chunk was taken.
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.stalled)
+            && let Some(r) = &self.record
+        {
+            r.busy.unstall();
         }
     }
 
@@ -366,6 +385,7 @@ impl HttpBody for RecordedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        this.taken();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -374,6 +394,9 @@ impl HttpBody for RecordedBody {
                 }
                 if this.inner.is_end_stream() {
                     this.done(true);
+                } else if let Some(r) = &this.record {
+                    r.busy.stall();
+                    this.stalled = true;
                 }
             }
             Poll::Ready(None) => this.done(true),
@@ -397,6 +420,7 @@ impl Drop for RecordedBody {
         // A client that disconnects mid-body still gets its line. (A body
         // that was empty from the start is complete when dropped unpolled.)
         let complete = self.inner.is_end_stream();
+        self.taken();
         self.done(complete);
     }
 }

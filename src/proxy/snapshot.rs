@@ -65,6 +65,8 @@ pub struct Limits {
     pub max_connection_rate_per_client: Option<u32>,
     /// How fast clients must send request bodies.
     pub body_pace: crate::http::pace::BodyPace,
+    /// How long an answer may wait for a client that does not read it.
+    pub send_timeout: Duration,
     /// HTTP/2 frames per second a client address may send.
     pub http2_flood: crate::http::h2_guard::FloodLimits,
 }
@@ -76,6 +78,7 @@ impl Limits {
             head: self.header_read_timeout,
             keepalive: self.keepalive_timeout,
             http2: self.http2_idle_timeout,
+            send: self.send_timeout,
         }
     }
 
@@ -84,6 +87,7 @@ impl Limits {
         self.header_read_timeout
             .min(self.keepalive_timeout)
             .min(self.http2_idle_timeout)
+            .min(self.send_timeout)
     }
 }
 
@@ -101,6 +105,7 @@ impl Default for Limits {
             max_connections_per_client: None,
             max_connection_rate_per_client: None,
             body_pace: crate::http::pace::BodyPace::default(),
+            send_timeout: Duration::from_secs(60),
             http2_flood: crate::http::h2_guard::FloodLimits::default(),
         }
     }

@@ -116,6 +116,7 @@ mod tests {
             head: limit,
             keepalive: limit,
             http2: limit,
+            send: limit,
         };
         Connection::new("l".into(), addr, addr, idle)
     }
@@ -167,6 +168,7 @@ mod tests {
             head: Duration::from_millis(100),
             keepalive: Duration::from_millis(1000),
             http2: Duration::from_millis(500),
+            send: Duration::from_millis(300),
         };
         let c = Arc::new(Connection::new("l".into(), addr, addr, idle));
         let a = &c.activity;
@@ -185,6 +187,26 @@ mod tests {
         let head_from = now_ms();
         assert_eq!(a.due(head_from + 50), None);
         assert_eq!(a.due(head_from + 100), Some(EXPIRED));
+    }
+
+    #[test]
+    fn an_answer_not_taken_for_send_timeout_cuts_the_connection() {
+        let c = Arc::new(conn(Duration::from_millis(300)));
+        let a = &c.activity;
+        let busy = Busy::new(&c, false);
+        // Waiting on the upstream is nobody's stall.
+        assert_eq!(a.due(now_ms() + 10_000), None);
+        busy.stall();
+        let from = now_ms();
+        assert_eq!(a.due(from + 200), None);
+        assert_eq!(a.due(from + 300), Some(CLOSE));
+        // Taken in time: the clock starts again at each chunk.
+        busy.unstall();
+        busy.stall();
+        let again = now_ms();
+        assert_eq!(a.due(again + 200), None);
+        busy.unstall();
+        assert_eq!(a.due(again + 10_000), None, "a request is in flight");
     }
 
     #[test]

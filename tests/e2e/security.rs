@@ -673,3 +673,66 @@ async fn rapid_resets_spread_over_reconnects_are_stopped_per_address() {
     let _ = io.write_all(&h2_preface_and_get()).await;
     assert_eq!(goaway_code(&mut io).await, None);
 }
+
+/// A backend whose answer to anything is `mib` MiB, streamed in 64 KiB chunks.
+async fn big_backend(mib: usize) -> Backend {
+    Backend::start(
+        move |_req: http::Request<hyper::body::Incoming>| async move {
+            let chunks = futures_util::stream::iter((0..mib * 16).map(|_| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                    bytes::Bytes::from(vec![b'b'; 64 * 1024]),
+                ))
+            }));
+            http::Response::new(http_body_util::BodyExt::boxed(
+                http_body_util::StreamBody::new(chunks),
+            ))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_its_answer_is_cut_after_send_timeout() {
+    let backend = big_backend(64).await;
+    let gw = gateway_with(backend.addr, "    send_timeout: 1s").await;
+    let mut io = TcpStream::connect(gw.addr("web")).await.unwrap();
+    io.write_all(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Not reading while buffers fill and the timeout runs.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was still open");
+    assert!(total < 64 << 20, "the whole answer came: {total}");
+}
+
+#[tokio::test]
+async fn an_http2_stream_held_on_a_zero_window_is_cut_after_send_timeout() {
+    let backend = big_backend(1).await;
+    let gw = gateway_with(backend.addr, "    send_timeout: 1s").await;
+    let mut io = TcpStream::connect(gw.addr("web")).await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0: no DATA may be sent until the
+    // client opens the window, which it never does.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 0x4, 0, 0, 0, 0]);
+    let get = h2_preface_and_get();
+    out.extend_from_slice(&get[24 + 9..]);
+    io.write_all(&out).await.unwrap();
+    let started = Instant::now();
+    let closed = closed_within(&mut io, Duration::from_secs(6)).await;
+    assert!(
+        closed.is_some(),
+        "the stalled connection was still open after 6 s"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
