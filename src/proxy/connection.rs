@@ -218,6 +218,11 @@ impl Activity {
         (multiplexed && signals & CLOSE == 0 && cut <= now_ms).then_some(CLOSE)
     }
 
+    /// Whether an answer is waiting for the client to take it.
+    pub fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed) > 0
+    }
+
     /// Whether requests on this connection are HTTP/2 streams.
     pub fn multiplexed(&self) -> bool {
         self.multiplexed.load(Ordering::Relaxed)

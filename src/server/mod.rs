@@ -586,7 +586,9 @@ async fn sweep_loop(runtime: std::sync::Weak<Runtime>) {
             let Some(runtime) = runtime.upgrade() else {
                 return;
             };
-            runtime.connections.sweep();
+            runtime
+                .connections
+                .sweep(|conn| count_send_timeout(&runtime, conn));
             let snapshot = runtime.snapshot.load();
             let shortest = snapshot
                 .listeners
@@ -597,6 +599,20 @@ async fn sweep_loop(runtime: std::sync::Weak<Runtime>) {
             registry::tick(shortest)
         };
         tokio::time::sleep(tick).await;
+    }
+}
+
+/// Counts (and now and then logs) a connection cut for not taking its
+/// answer within `send_timeout`.
+fn count_send_timeout(runtime: &Runtime, conn: &crate::proxy::connection::Connection) {
+    static LOG: Throttled = Throttled::new(LOG_PERIOD);
+    let labels = crate::observe::metrics::ClientTimeoutLabels {
+        listener: conn.listener.clone(),
+        kind: "send_timeout",
+    };
+    runtime.metrics.client_timeouts.get_or_create(&labels).inc();
+    if let Some(times) = LOG.due() {
+        tracing::info!(client = %conn.client, times, "connections whose client did not take its answer within send_timeout cut");
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use slab::Slab;
 
-use crate::proxy::connection::{Connection, DRAINING, now_ms};
+use crate::proxy::connection::{CLOSE, Connection, DRAINING, now_ms};
 
 /// Sweeps at least this often, however long the limits.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -50,12 +50,17 @@ impl Registry {
         Registered(conn, self.clone())
     }
 
-    /// Signals every connection idle past its limit.
-    pub fn sweep(&self) {
+    /// Signals every connection idle past its limit, and cuts those whose
+    /// client has not taken an answer for `send_timeout` (telling
+    /// `on_send_timeout` about each).
+    pub fn sweep(&self, mut on_send_timeout: impl FnMut(&Connection)) {
         let now = now_ms();
         let state = self.state();
         for (_, conn) in &state.open {
             if let Some(flag) = conn.activity.due(now) {
+                if flag == CLOSE && conn.activity.stalled() {
+                    on_send_timeout(conn);
+                }
                 conn.activity.signal(flag);
             }
         }
@@ -108,7 +113,7 @@ mod tests {
     use std::task::Context;
 
     use super::*;
-    use crate::proxy::connection::{Busy, CLOSE, EXPIRED, GOAWAY_GRACE, IdleLimits, now_ms};
+    use crate::proxy::connection::{Busy, EXPIRED, GOAWAY_GRACE, IdleLimits};
 
     fn conn(limit: Duration) -> Connection {
         let addr = "127.0.0.1:1".parse().unwrap();
@@ -131,29 +136,29 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let registered = registry.register(conn(limit));
         let c = registered.connection();
-        registry.sweep();
+        registry.sweep(|_| {});
         assert_eq!(flags(c), 0);
         std::thread::sleep(Duration::from_millis(60));
 
         let busy = Busy::new(c, false);
-        registry.sweep();
+        registry.sweep(|_| {});
         assert_eq!(flags(c), 0, "a request is in flight");
         drop(busy);
-        registry.sweep();
+        registry.sweep(|_| {});
         assert_eq!(flags(c), 0, "idle again from now");
         std::thread::sleep(Duration::from_millis(60));
-        registry.sweep();
+        registry.sweep(|_| {});
         assert_eq!(flags(c), EXPIRED);
 
         // HTTP/2: told to go away once idle, then cut after the grace.
         let h2 = registry.register(conn(limit));
         let busy = Busy::new(h2.connection(), true);
         std::thread::sleep(Duration::from_millis(60));
-        registry.sweep();
+        registry.sweep(|_| {});
         assert_eq!(flags(h2.connection()), 0, "a stream is open");
         drop(busy);
         std::thread::sleep(Duration::from_millis(60));
-        registry.sweep();
+        registry.sweep(|_| {});
         assert_eq!(flags(h2.connection()), EXPIRED);
         let activity = &h2.connection().activity;
         let grace = GOAWAY_GRACE.as_millis() as u64;
@@ -234,7 +239,7 @@ mod tests {
         let waker = futures_util::task::waker(Arc::new(Flag(woken.clone())));
         let mut cx = Context::from_waker(&waker);
         assert!(activity.poll_expired(&mut cx).is_pending());
-        registry.sweep();
+        registry.sweep(|_| {});
         assert!(woken.load(Ordering::Acquire));
         assert!(activity.poll_expired(&mut cx).is_ready());
     }

@@ -714,6 +714,7 @@ async fn a_client_that_does_not_read_its_answer_is_cut_after_send_timeout() {
     .await;
     assert!(ended.is_ok(), "the connection was still open");
     assert!(total < 64 << 20, "the whole answer came: {total}");
+    assert_eq!(client_timeouts(&gw, "send_timeout").await, 1);
 }
 
 #[tokio::test]
@@ -735,4 +736,5 @@ async fn an_http2_stream_held_on_a_zero_window_is_cut_after_send_timeout() {
         "the stalled connection was still open after 6 s"
     );
     assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(client_timeouts(&gw, "send_timeout").await, 1);
 }
