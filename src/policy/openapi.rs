@@ -17,7 +17,7 @@
 //! with `Allow`; otherwise they pass unchecked. `validate_responses: log`
 //! logs an answer that breaks the document, `enforce` replaces it with 502.
 
-mod doc;
+pub mod doc;
 mod matcher;
 mod spec;
 
