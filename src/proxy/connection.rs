@@ -108,13 +108,22 @@ pub struct Activity {
     /// Answers whose body has handed out a chunk that the connection has
     /// not taken yet (the socket, or HTTP/2 flow control, is holding it).
     stalled: AtomicU32,
-    /// When an answer's body last made progress ([`now_ms`]).
-    sent_at: AtomicU64,
+    /// Bumped whenever an answer hands out or has taken a chunk. A counter
+    /// rather than a time: reading the clock twice per answer costs more
+    /// than the rest of this bookkeeping; the sweep reads it instead.
+    progress: AtomicU32,
+    /// `progress` as the sweep last saw it, and when it first saw that
+    /// value (touched by the sweep only).
+    progress_seen: AtomicU32,
+    progress_seen_at: AtomicU64,
     /// Milliseconds since [`epoch`] when the connection last became idle
     /// (or, between HTTP/1.1 requests, when the next head began).
     idle_since: AtomicU64,
     /// Between HTTP/1.1 requests: waiting for the next head's first bytes.
     kept_alive: AtomicBool,
+    /// The next head's first bytes came; the sweep starts its
+    /// `header_read_timeout` when it sees this (no clock read per request).
+    head_begun: AtomicBool,
     /// Set by the first HTTP/2 request: streams are multiplexed.
     multiplexed: AtomicBool,
     /// [`EXPIRED`], [`DRAINING`] and [`CLOSE`].
@@ -148,9 +157,12 @@ impl Activity {
             http2_ms: ms(limits.http2),
             send_ms: ms(limits.send),
             stalled: AtomicU32::new(0),
-            sent_at: AtomicU64::new(0),
+            progress: AtomicU32::new(0),
+            progress_seen: AtomicU32::new(0),
+            progress_seen_at: AtomicU64::new(0),
             idle_since: AtomicU64::new(now_ms()),
             kept_alive: AtomicBool::new(false),
+            head_begun: AtomicBool::new(false),
             multiplexed: AtomicBool::new(false),
             signal: AtomicU8::new(0),
             waker: AtomicWaker::new(),
@@ -171,15 +183,18 @@ impl Activity {
         // Stamp first: the sweep reads `busy`, then `idle_since`.
         self.idle_since.store(now_ms(), Ordering::Relaxed);
         self.kept_alive.store(true, Ordering::Relaxed);
+        self.head_begun.store(false, Ordering::Relaxed);
         self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Notes that the first bytes of a request head have arrived: from
-    /// here the head has `header_read_timeout` to complete, as the first
-    /// one had from the connection's start.
+    /// here (as the next sweep sees it, a tick late at worst) the head has
+    /// `header_read_timeout` to complete, as the first one had from the
+    /// connection's start.
     pub fn head_started(&self) {
-        if self.kept_alive.swap(false, Ordering::Relaxed) {
-            self.idle_since.store(now_ms(), Ordering::Relaxed);
+        if self.kept_alive.load(Ordering::Relaxed) {
+            self.kept_alive.store(false, Ordering::Relaxed);
+            self.head_begun.store(true, Ordering::Relaxed);
         }
     }
 
@@ -192,13 +207,23 @@ impl Activity {
         // send_timeout; HTTP/2 streams held on a zero window included):
         // the connection is cut.
         if self.stalled.load(Ordering::Relaxed) > 0 {
-            let since = self.sent_at.load(Ordering::Relaxed);
+            // The stall is timed from the first sweep that sees no
+            // progress: a tick (at most a second) late at worst.
+            let progress = self.progress.load(Ordering::Relaxed);
+            if self.progress_seen.swap(progress, Ordering::Relaxed) != progress {
+                self.progress_seen_at.store(now_ms, Ordering::Relaxed);
+                return None;
+            }
+            let since = self.progress_seen_at.load(Ordering::Relaxed);
             let stuck = since.saturating_add(u64::from(self.send_ms)) <= now_ms;
             let signals = self.signal.load(Ordering::Relaxed);
             return (stuck && signals & CLOSE == 0).then_some(CLOSE);
         }
         if self.busy.load(Ordering::Relaxed) > 0 {
             return None;
+        }
+        if self.head_begun.swap(false, Ordering::Relaxed) {
+            self.idle_since.store(now_ms, Ordering::Relaxed);
         }
         let multiplexed = self.multiplexed.load(Ordering::Relaxed);
         let limit = if multiplexed {
@@ -290,14 +315,14 @@ impl Busy {
     /// yet to take: until [`Busy::unstall`], `send_timeout` runs.
     pub fn stall(&self) {
         let activity = &self.0.activity;
-        activity.sent_at.store(now_ms(), Ordering::Relaxed);
+        activity.progress.fetch_add(1, Ordering::Relaxed);
         activity.stalled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Notes that the connection took the chunk (it asks for the next).
     pub fn unstall(&self) {
         let activity = &self.0.activity;
-        activity.sent_at.store(now_ms(), Ordering::Relaxed);
+        activity.progress.fetch_add(1, Ordering::Relaxed);
         activity.stalled.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -189,7 +189,9 @@ mod tests {
         assert_eq!(a.due(idle_from + 500), None);
         assert_eq!(a.due(idle_from + 1000), Some(EXPIRED));
         a.head_started();
-        let head_from = now_ms();
+        // The sweep that first sees the head begun starts its time.
+        let head_from = now_ms() + 700;
+        assert_eq!(a.due(head_from), None);
         assert_eq!(a.due(head_from + 50), None);
         assert_eq!(a.due(head_from + 100), Some(EXPIRED));
     }
@@ -202,16 +204,19 @@ mod tests {
         // Waiting on the upstream is nobody's stall.
         assert_eq!(a.due(now_ms() + 10_000), None);
         busy.stall();
+        // Timed from the first sweep that sees the stall.
         let from = now_ms();
+        assert_eq!(a.due(from), None);
         assert_eq!(a.due(from + 200), None);
         assert_eq!(a.due(from + 300), Some(CLOSE));
         // Taken in time: the clock starts again at each chunk.
         busy.unstall();
         busy.stall();
-        let again = now_ms();
-        assert_eq!(a.due(again + 200), None);
+        assert_eq!(a.due(from + 400), None);
+        assert_eq!(a.due(from + 600), None);
+        assert_eq!(a.due(from + 700), Some(CLOSE));
         busy.unstall();
-        assert_eq!(a.due(again + 10_000), None, "a request is in flight");
+        assert_eq!(a.due(from + 10_000), None, "a request is in flight");
     }
 
     #[test]
