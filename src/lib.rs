@@ -32,6 +32,14 @@ pub(crate) fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_
     l.read().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Milliseconds on the process's one coarse clock (from its first use),
+/// which idle sweeps, flood counts and throttled logs share.
+pub fn now_ms() -> u64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
 /// Write-locks `l`, recovering from a poisoned lock (as [`lock`]).
 pub(crate) fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())

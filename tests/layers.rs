@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The layers, bottom first: each top-level module of the crate and its rank.
 /// Keep in step with the table in ARCHITECTURE.md.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("lock", &["lock", "read", "write"]),
+    ("lock", &["lock", "read", "write", "now_ms"]),
     ("kept", &["kept"]),
     ("config", &["config"]),
     ("net", &["net"]),

@@ -22,12 +22,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Milliseconds on this module's clock.
-fn now_ms() -> u64 {
-    static EPOCH: std::sync::LazyLock<std::time::Instant> =
-        std::sync::LazyLock::new(std::time::Instant::now);
-    EPOCH.elapsed().as_millis() as u64
-}
+use crate::now_ms;
 
 /// The client connection preface, which comes before the first frame.
 const PREFACE_LEN: usize = 24;
@@ -403,11 +398,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FrameGuard<I> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let written = ready_ok(Pin::new(&mut this.io).poll_write(cx, data))?;
-        if let Poll::Ready(n) = written {
+        let written = Pin::new(&mut this.io).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = written {
             this.outbound.feed(&data[..n], |_, _, _| {});
         }
-        written.map(Ok)
+        written
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -416,15 +411,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for FrameGuard<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-/// `Ready(Ok(x))` as `Ok(Ready(x))`, for `?` on a poll.
-fn ready_ok<T>(p: Poll<io::Result<T>>) -> io::Result<Poll<T>> {
-    match p {
-        Poll::Ready(Ok(v)) => Ok(Poll::Ready(v)),
-        Poll::Ready(Err(e)) => Err(e),
-        Poll::Pending => Ok(Poll::Pending),
     }
 }
 

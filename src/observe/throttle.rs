@@ -1,15 +1,10 @@
 //! Log lines that an attack cannot multiply: one line per period for an
 //! event however often it happens, with the count of those left out.
 
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Milliseconds since the first throttled log was asked about.
-fn now_ms() -> u64 {
-    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-    EPOCH.elapsed().as_millis() as u64
-}
+use crate::now_ms;
 
 /// One event's log, written at most once per period.
 pub struct Throttled {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
 use http::HeaderValue;
@@ -134,16 +134,8 @@ pub struct Activity {
     pub registry_key: usize,
 }
 
-/// The clock the activity marks count from.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-    *EPOCH
-}
-
-/// Milliseconds on the activity clock.
-pub fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
-}
+/// Milliseconds on the clock the activity marks count from.
+pub use crate::now_ms;
 
 impl Activity {
     /// A connection that has just been accepted (idle from now) and may

@@ -941,6 +941,29 @@ impl Drop for Redis {
     }
 }
 
+/// The gateway's Prometheus metrics, as text.
+pub async fn metrics_text(gw: &TestGateway) -> String {
+    client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the metrics series written exactly `series` (name and
+/// labels), 0 when absent.
+pub async fn metric_value(gw: &TestGateway, series: &str) -> u64 {
+    let prefix = format!("{series} ");
+    metrics_text(gw)
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// GET an admin path; its JSON answer.
 pub async fn admin_json(gw: &TestGateway, path: &str) -> serde_json::Value {
     let text = client()

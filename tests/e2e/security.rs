@@ -250,23 +250,8 @@ upstreams:
             opened.push(b.await.unwrap());
         }
     }
-    let active = |m: &str| -> u64 {
-        m.lines()
-            .find(|l| l.starts_with("portcullis_connections_active{listener=\"web\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let metrics = || async {
-        client()
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    assert!(active(&metrics().await) >= CONNECTIONS as u64);
+    let active = r#"portcullis_connections_active{listener="web"}"#;
+    assert!(metric_value(&gw, active).await >= CONNECTIONS as u64);
     // Every one is told to go away and closed (none answers the PING).
     let mut closing: Vec<_> = opened
         .into_iter()
@@ -282,7 +267,7 @@ upstreams:
     }
     let mut left = u64::MAX;
     for _ in 0..50 {
-        left = active(&metrics().await);
+        left = metric_value(&gw, active).await;
         if left == 0 {
             break;
         }
@@ -318,19 +303,9 @@ async fn past_max_connections_new_connections_wait_until_one_closes() {
 
 /// The count of `portcullis_connections_refused_total` for `reason`.
 async fn refused(gw: &TestGateway, reason: &str) -> u64 {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix =
-        format!("portcullis_connections_refused_total{{listener=\"web\",reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0)
+    let series =
+        format!("portcullis_connections_refused_total{{listener=\"web\",reason=\"{reason}\"}}");
+    metric_value(gw, &series).await
 }
 
 /// A gateway with an admin listener and `limits` on its `web` listener.
@@ -424,18 +399,8 @@ async fn reading_backend() -> Backend {
 
 /// The count of `portcullis_client_timeouts_total` for `kind`.
 async fn client_timeouts(gw: &TestGateway, kind: &str) -> u64 {
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("portcullis_client_timeouts_total{{listener=\"web\",kind=\"{kind}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or(0)
+    let series = format!("portcullis_client_timeouts_total{{listener=\"web\",kind=\"{kind}\"}}");
+    metric_value(gw, &series).await
 }
 
 /// Sends a POST head declaring `length` bytes, then `first` bytes of it,
@@ -591,14 +556,7 @@ async fn a_ping_flood_gets_goaway_enhance_your_calm_and_a_penalty() {
             .await
             .is_some()
     );
-    let text = client()
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&gw).await;
     assert!(
         text.contains(r#"portcullis_http2_floods_total{listener="web",frame="ping"} 1"#),
         "{text}"
